@@ -1,0 +1,260 @@
+"""Wraps the docker SDK's low-level client. Engine errors are classified once, here, into
+dockworker's error families; nothing from ``docker`` or ``requests`` escapes this module."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any, NoReturn
+
+import docker
+import docker.errors
+import requests
+
+from ..errors import EngineUnavailable, InfrastructureError, TaskSetupError
+
+LABEL_PREFIX = "dockworker."
+TASK_LABEL = LABEL_PREFIX + "task"
+RUNNER_LABEL = LABEL_PREFIX + "runner"
+
+# Messages with which the engine reports that the user's command or image cannot run,
+# whatever HTTP status it chose for them (dockerd 20.10 answers 400 or 500 for these).
+_USER_FAULT_MARKERS = (
+    "executable file not found",
+    "no such file or directory",
+    "permission denied",
+    "not a directory",
+    "exec format error",
+    "unable to find user",
+    "no matching entries in passwd",
+    "invalid reference format",
+)
+
+
+class ContainerGone(InfrastructureError):
+    """The container no longer exists."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bind:
+    source: str
+    target: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerSpec:
+    image: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    binds: tuple[Bind, ...] = ()
+    working_dir: str | None = None
+    user: str = "1000:1000"
+    memory_bytes: int = 512 * 1024 * 1024
+    cpus: float = 1.0
+    pids: int = 256
+    tmpfs: dict[str, str] = field(default_factory=dict)
+    log_max_bytes: int = 8 * 1024 * 1024
+    network_disabled: bool = True
+    read_only_root: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExitInfo:
+    exit_code: int
+    oom_killed: bool
+    error: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerInfo:
+    id: str
+    labels: dict[str, str]
+    running: bool
+
+
+def _explanation(exc: docker.errors.APIError) -> str:
+    text = exc.explanation
+    if isinstance(text, bytes):
+        text = text.decode(errors="replace")
+    return str(text or exc)
+
+
+def _raise_classified(exc: Exception, action: str) -> NoReturn:
+    if isinstance(exc, docker.errors.ImageNotFound):
+        raise TaskSetupError(f"image not found on the engine: {_explanation(exc)}") from exc
+    if isinstance(exc, docker.errors.NotFound):
+        raise ContainerGone(f"{action}: {_explanation(exc)}") from exc
+    if isinstance(exc, docker.errors.APIError):
+        text = _explanation(exc)
+        lowered = text.lower()
+        if any(marker in lowered for marker in _USER_FAULT_MARKERS):
+            raise TaskSetupError(f"{action}: {text}") from exc
+        if exc.is_client_error():
+            raise TaskSetupError(f"{action}: {text}") from exc
+        raise InfrastructureError(f"{action}: engine error {exc.status_code}: {text}") from exc
+    if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError | FileNotFoundError):
+        raise EngineUnavailable(f"{action}: Docker engine unreachable: {exc}") from exc
+    raise InfrastructureError(f"{action}: {type(exc).__name__}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _classified(action: str) -> Iterator[None]:
+    try:
+        yield
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        _raise_classified(exc, action)
+
+
+class DockerEngine:
+    """One engine connection. Thread-safe: the runner's task threads share it."""
+
+    def __init__(self, base_url: str | None = None, *, pool_size: int = 32, timeout: float = 60) -> None:
+        self._base_url = base_url or docker.constants.DEFAULT_UNIX_SOCKET
+        with _classified("connect"):
+            self._api = docker.APIClient(
+                base_url=self._base_url, version="auto", timeout=int(timeout), max_pool_size=pool_size
+            )
+            # Attach streams stay open for the whole task: no read timeout on them.
+            self._streams = docker.APIClient(
+                base_url=self._base_url, version=self._api.api_version, timeout=None,  # type: ignore[arg-type]
+                max_pool_size=pool_size,
+            )
+
+    def close(self) -> None:
+        self._api.close()
+        self._streams.close()
+
+    def ping(self) -> None:
+        with _classified("ping"):
+            self._api.ping()
+
+    def image_exists(self, ref: str) -> bool:
+        try:
+            with _classified("inspect image"):
+                self._api.inspect_image(ref)
+        except (TaskSetupError, ContainerGone):
+            return False
+        return True
+
+    def image_labels(self, ref: str) -> dict[str, str] | None:
+        """The image's labels, or None when there is no such image."""
+        try:
+            with _classified("inspect image"):
+                data = self._api.inspect_image(ref)
+        except (TaskSetupError, ContainerGone):
+            return None
+        labels = (data.get("Config") or {}).get("Labels") or {}
+        return dict(labels)
+
+    def image_size(self, ref: str) -> int | None:
+        try:
+            with _classified("inspect image"):
+                data = self._api.inspect_image(ref)
+        except (TaskSetupError, ContainerGone):
+            return None
+        return int(data.get("Size") or 0)
+
+    def import_image(self, tar: IO[bytes], *, repository: str, tag: str, changes: list[str]) -> None:
+        """Create an image from a root filesystem tarball (``docker import``)."""
+        with _classified("import image"):
+            # The SDK's import_image posts the data with the client-wide timeout.
+            result = self._streams.import_image_from_data(
+                tar, repository=repository, tag=tag, changes=changes
+            )
+        if isinstance(result, str) and '"error"' in result:
+            raise InfrastructureError(f"import image: {result.strip()}")
+
+    def remove_image(self, ref: str) -> None:
+        with _classified("remove image"):
+            self._api.remove_image(ref, force=True)
+
+    def create(self, spec: ContainerSpec) -> str:
+        binds = {b.source: {"bind": b.target, "mode": "ro" if b.read_only else "rw"} for b in spec.binds}
+        with _classified("create container"):
+            host_config = self._api.create_host_config(
+                binds=binds,
+                mem_limit=spec.memory_bytes,
+                memswap_limit=spec.memory_bytes,
+                nano_cpus=int(spec.cpus * 1e9),
+                pids_limit=spec.pids,
+                read_only=spec.read_only_root,
+                tmpfs=spec.tmpfs,
+                cap_drop=["ALL"],
+                security_opt=["no-new-privileges:true"],
+                init=True,
+                log_config=docker.types.LogConfig(
+                    type="json-file", config={"max-size": str(spec.log_max_bytes + 65536), "max-file": "1"}
+                ),
+            )
+            created = self._api.create_container(
+                spec.image,
+                spec.command,
+                environment=spec.env,
+                labels=spec.labels,
+                working_dir=spec.working_dir,
+                user=spec.user,
+                host_config=host_config,
+                network_disabled=spec.network_disabled,
+                stdin_open=False,
+                tty=False,
+            )
+        return str(created["Id"])
+
+    def attach(self, container_id: str) -> Iterator[bytes]:
+        """Stdout and stderr, interleaved in the order the engine received them. Call before
+        :meth:`start` so nothing is missed. Iteration errors are classified too."""
+        with _classified("attach"):
+            stream = self._streams.attach(container_id, stdout=True, stderr=True, stream=True, logs=True)
+        return self._classified_stream(stream)
+
+    @staticmethod
+    def _classified_stream(stream: Any) -> Iterator[bytes]:
+        with _classified("read output"):
+            yield from stream
+
+    def start(self, container_id: str) -> None:
+        with _classified("start container"):
+            self._api.start(container_id)
+
+    def wait(self, container_id: str, timeout: float = 30) -> ExitInfo:
+        """Wait for the container to exit (it should already have) and read its outcome."""
+        with _classified("wait container"):
+            result = self._api.wait(container_id, timeout=int(max(1, timeout)))
+            state = self._api.inspect_container(container_id)["State"]
+        return ExitInfo(
+            exit_code=int(result.get("StatusCode", state.get("ExitCode", -1))),
+            oom_killed=bool(state.get("OOMKilled")),
+            error=str(state.get("Error") or ""),
+        )
+
+    def kill(self, container_id: str) -> None:
+        """SIGKILL the container; returns once it has exited. A container already gone is fine."""
+        try:
+            with _classified("kill container"):
+                self._api.kill(container_id)
+        except ContainerGone:
+            return
+        except TaskSetupError as exc:  # 409: "is not running"
+            if "not running" not in str(exc):
+                raise
+
+    def remove(self, container_id: str) -> None:
+        try:
+            with _classified("remove container"):
+                self._api.remove_container(container_id, force=True, v=True)
+        except ContainerGone:
+            return
+        except TaskSetupError as exc:  # 409: removal already in progress
+            if "already in progress" not in str(exc):
+                raise
+
+    def list_labelled(self, label: str = TASK_LABEL) -> list[ContainerInfo]:
+        with _classified("list containers"):
+            found = self._api.containers(all=True, filters={"label": label})
+        return [
+            ContainerInfo(id=c["Id"], labels=dict(c.get("Labels") or {}), running=c.get("State") == "running")
+            for c in found
+        ]

@@ -1,0 +1,64 @@
+"""The three error families of dockworker.
+
+* :class:`InfrastructureError`: the platform failed (engine unreachable, 5xx, transport
+  errors, lost runner). Retryable, with a budget of its own, never counted against the
+  user's retries.
+* :class:`TaskSetupError`: the task cannot run as specified (image missing, command not
+  found). Ends the task as ``error`` with the reason in ``msg``; not retried by the platform.
+* :class:`ClientError`: a caller sent something wrong. Becomes an HTTP 4xx ``{"msg": ...}``
+  or a CLI message with a non-zero exit code.
+
+Each class's docstring is its default message.
+"""
+
+from __future__ import annotations
+
+
+class DockworkerError(Exception):
+    """A dockworker error occurred."""
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or (self.__doc__ or "").strip()
+        super().__init__(self.message)
+
+
+class InfrastructureError(DockworkerError):
+    """The infrastructure failed; the operation may succeed if retried."""
+
+
+class EngineUnavailable(InfrastructureError):
+    """The Docker engine could not be reached."""
+
+
+class TaskSetupError(DockworkerError):
+    """The task could not be started as specified."""
+
+
+class ClientError(DockworkerError):
+    """The request is invalid."""
+
+    status_code = 400
+
+
+class Unauthorized(ClientError):
+    """Invalid or missing token."""
+
+    status_code = 401
+
+
+class NotFound(ClientError):
+    """Not found."""
+
+    status_code = 404
+
+
+class Conflict(ClientError):
+    """The request conflicts with the current state."""
+
+    status_code = 409
+
+
+class PayloadTooLarge(ClientError):
+    """The request is too large."""
+
+    status_code = 413

@@ -1,0 +1,133 @@
+"""Table definitions. Migrations under ``migrations/`` must produce exactly this schema
+(checked by tests/integration/test_migrations.py)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+Id = sa.String(24)
+Time = sa.Float()
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("project_id", Id, sa.ForeignKey("projects.id", ondelete="CASCADE"), nullable=True),
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("revoked_at", Time, nullable=True),
+)
+
+codes = sa.Table(
+    "codes",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("project_id", Id, sa.ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("rev", sa.Integer, nullable=False),
+    sa.Column("latest_revision_id", Id, nullable=False),
+    sa.Column("max_concurrency", sa.Integer, nullable=True),
+    sa.Column("paused", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+    sa.UniqueConstraint("project_id", "name", name="uq_codes_project_name"),
+)
+
+code_revisions = sa.Table(
+    "code_revisions",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("code_id", Id, sa.ForeignKey("codes.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("project_id", Id, nullable=False),
+    sa.Column("rev", sa.Integer, nullable=False),
+    sa.Column("spec", sa.JSON, nullable=False),
+    sa.Column("checksum", sa.String(64), nullable=True),
+    sa.Column("code_size", sa.Integer, nullable=True),
+    sa.Column("archive", sa.LargeBinary, nullable=True),
+    sa.Column("created_at", Time, nullable=False),
+    sa.UniqueConstraint("code_id", "rev", name="uq_code_revisions_code_rev"),
+)
+
+tasks = sa.Table(
+    "tasks",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("project_id", Id, sa.ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("code_id", Id, nullable=False),
+    sa.Column("code_name", sa.String(255), nullable=False),
+    sa.Column("code_rev", sa.Integer, nullable=False),
+    sa.Column("revision_id", Id, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("msg", sa.Text, nullable=True),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("timeout", sa.Integer, nullable=False),
+    sa.Column("delay", sa.Integer, nullable=False),
+    sa.Column("label", sa.String(255), nullable=True),
+    sa.Column("cluster", sa.String(100), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+    sa.Column("run_at", Time, nullable=False),
+    sa.Column("start_time", Time, nullable=True),
+    sa.Column("end_time", Time, nullable=True),
+    sa.Column("percent", sa.Integer, nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("retry_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("original_task_id", Id, nullable=True),
+    sa.Column("retry_task_id", Id, nullable=True),
+    sa.Column("runner_id", sa.String(200), nullable=True),
+    sa.Column("lease_expires_at", Time, nullable=True),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("infra_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("log_size", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("schedule_id", Id, nullable=True),
+    sa.CheckConstraint(
+        "status IN ('queued','preparing','running','complete','error','cancelled','killed','timeout')",
+        name="status_known",
+    ),
+    sa.CheckConstraint("priority BETWEEN 0 AND 2", name="priority_range"),
+    sa.Index("ix_tasks_claim", "status", "cluster", "priority", "run_at"),
+    sa.Index("ix_tasks_project_created", "project_id", "created_at"),
+    sa.Index("ix_tasks_code_status", "code_id", "status"),
+    sa.Index("ix_tasks_runner_status", "runner_id", "status"),
+)
+
+task_log_chunks = sa.Table(
+    "task_log_chunks",
+    metadata,
+    sa.Column("task_id", Id, sa.ForeignKey("tasks.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("start", sa.Integer, nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),
+)
+
+task_events = sa.Table(
+    "task_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("task_id", Id, sa.ForeignKey("tasks.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("at", Time, nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False, server_default=""),
+    sa.Index("ix_task_events_task", "task_id", "id"),
+)
