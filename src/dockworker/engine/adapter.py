@@ -149,6 +149,15 @@ class DockerEngine:
         labels = (data.get("Config") or {}).get("Labels") or {}
         return dict(labels)
 
+    def image_id(self, ref: str) -> str | None:
+        """The image's id (``sha256:...``), or None when there is no such image."""
+        try:
+            with _classified("inspect image"):
+                data = self._api.inspect_image(ref)
+        except (TaskSetupError, ContainerGone):
+            return None
+        return str(data["Id"])
+
     def image_size(self, ref: str) -> int | None:
         try:
             with _classified("inspect image"):

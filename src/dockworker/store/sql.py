@@ -568,6 +568,13 @@ class SqlStore(abc.ABC):
                 expired.append(self._task(conn, task.id))
         return expired
 
+    def leased_task_ids(self, runner_id: str) -> set[str]:
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(tasks.c.id).where(tasks.c.runner_id == runner_id, tasks.c.status.in_(_ACTIVE))
+            ).all()
+        return {r.id for r in rows}
+
     def active_task_ids(self) -> set[str]:
         with self._read() as conn:
             return {r.id for r in conn.execute(sa.select(tasks.c.id).where(tasks.c.status.in_(_ACTIVE))).all()}

@@ -1,0 +1,47 @@
+"""The application factory: explicit wiring, no globals."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI
+
+from .. import __version__
+from ..settings import Settings
+from ..store import Store
+from . import codes, projects, tasks
+from .deps import Services
+from .errors import install_error_handlers
+from .limits import BodySizeLimit
+
+DESCRIPTION = """\
+dockworker runs each task in a fresh Docker container. This API is wire-compatible with
+IronWorker's REST API v2: authenticate with `Authorization: OAuth <token>` or `?oauth=<token>`;
+errors come back as `{"msg": "..."}`.
+"""
+
+
+def create_app(
+    settings: Settings,
+    store: Store,
+    *,
+    on_enqueue: Callable[[], None] | None = None,
+    image_present: Callable[[str], bool | None] | None = None,
+) -> FastAPI:
+    app = FastAPI(title="dockworker", version=__version__, description=DESCRIPTION)
+    app.state.services = Services(
+        settings=settings,
+        store=store,
+        on_enqueue=on_enqueue or (lambda: None),
+        image_present=image_present or (lambda _image: None),
+    )
+    install_error_handlers(app)
+    app.include_router(projects.router)
+    app.include_router(codes.router)
+    app.include_router(tasks.router)
+    app.add_middleware(
+        BodySizeLimit,
+        default_limit=settings.max_request_bytes,
+        upload_limit=settings.max_code_bytes + 1024 * 1024,
+    )
+    return app

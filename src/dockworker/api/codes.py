@@ -1,0 +1,176 @@
+"""Code packages: upload (multipart), list, inspect, revisions, download, delete."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import io
+import json
+import zipfile
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, Query, UploadFile
+from fastapi.responses import Response
+from pydantic import ValidationError
+
+from ..errors import ClientError
+from ..models import CodeSpec
+from ..runner.archive import ArchiveLimits, check_archive
+from ..settings import Settings
+from ..stacks.catalog import get_stack, stack_for_runtime
+from .deps import PagingDep, ProjectDep, ServicesDep
+from .errors import describe_validation_error
+from .schemas import CodeUpload, code_json, revision_json
+
+router = APIRouter(tags=["codes"])
+
+
+def _parse_upload(data: str) -> CodeUpload:
+    try:
+        raw = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise ClientError(f"'data' is not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ClientError("'data' must be a JSON object")
+    try:
+        return CodeUpload.model_validate(raw)
+    except ValidationError as exc:
+        raise ClientError(describe_validation_error(exc, prefix="data")) from exc
+
+
+def _archive_bytes(file: UploadFile | None) -> bytes | None:
+    if file is None:
+        return None
+    content = file.file.read()
+    if not content:
+        return None
+    # iron_worker_python on Python 3 sends the zip as the text of a bytes literal
+    # ("b'PK\\x03...'"); decode it so that client works unchanged.
+    if content[:2] in (b"b'", b'b"') and not content.startswith(b"PK"):
+        try:
+            decoded = ast.literal_eval(content.decode("ascii"))
+        except (ValueError, SyntaxError, UnicodeDecodeError) as exc:
+            raise ClientError("'file' is not a zip archive") from exc
+        if not isinstance(decoded, bytes):
+            raise ClientError("'file' is not a zip archive")
+        content = decoded
+    return content
+
+
+def _validate_spec(upload: CodeUpload, archive: bytes | None, settings: Settings) -> CodeSpec:
+    if upload.image and (upload.stack or upload.runtime):
+        raise ClientError("give either 'image' or 'stack'/'runtime', not both")
+    if not (upload.image or upload.stack or upload.runtime):
+        raise ClientError("one of 'image', 'stack' or 'runtime' is required")
+    if upload.stack:
+        get_stack(upload.stack)
+    if upload.runtime:
+        stack_for_runtime(upload.runtime)
+        if not upload.command and not upload.file_name:
+            raise ClientError("a 'runtime' upload needs 'file_name' (the file to run) or a 'command'")
+    if upload.stack and not upload.runtime and not upload.command:
+        raise ClientError("a 'stack' upload needs a 'command'")
+    if upload.file_name and archive is not None:
+        with zipfile.ZipFile(io.BytesIO(archive)) as zipped:
+            if upload.file_name not in zipped.namelist():
+                raise ClientError(f"'file_name' {upload.file_name!r} is not in the uploaded zip")
+    if upload.config is not None and len(upload.config.encode()) > settings.max_config_bytes:
+        raise ClientError(f"'config' is larger than {settings.max_config_bytes} bytes")
+    limits = settings.limits
+    if upload.memory_mb is not None and upload.memory_mb > limits.max_memory_mb:
+        raise ClientError(f"'memory_mb' may be at most {limits.max_memory_mb}")
+    if upload.cpus is not None and upload.cpus > limits.max_cpus:
+        raise ClientError(f"'cpus' may be at most {limits.max_cpus}")
+    if upload.pids is not None and upload.pids > limits.max_pids:
+        raise ClientError(f"'pids' may be at most {limits.max_pids}")
+    return CodeSpec(
+        name=upload.name,
+        image=upload.image,
+        stack=upload.stack,
+        command=upload.command,
+        runtime=upload.runtime,
+        file_name=upload.file_name,
+        config=upload.config,
+        env_vars=upload.env_vars or {},
+        max_concurrency=upload.max_concurrency if upload.max_concurrency and upload.max_concurrency > 0 else None,
+        retries=upload.retries or 0,
+        retries_delay=upload.retries_delay or 0,
+        default_priority=upload.default_priority or 0,
+        memory_mb=upload.memory_mb,
+        cpus=upload.cpus,
+        pids=upload.pids,
+    )
+
+
+@router.post("/2/projects/{project_id}/codes")
+def upload_code(
+    svc: ServicesDep,
+    project_id: ProjectDep,
+    data: Annotated[str, Form(description="JSON object: name, image or stack/runtime, command, ...")],
+    file: Annotated[UploadFile | None, File(description="The code, as a zip archive")] = None,
+) -> dict[str, Any]:
+    upload = _parse_upload(data)
+    archive = _archive_bytes(file)
+    settings = svc.settings
+    if archive is not None:
+        check_archive(
+            archive,
+            ArchiveLimits(
+                max_bytes=settings.max_code_bytes,
+                max_unpacked_bytes=settings.max_code_unpacked_bytes,
+                max_entries=settings.max_code_entries,
+            ),
+        )
+    spec = _validate_spec(upload, archive, settings)
+    checksum = hashlib.sha256(archive).hexdigest() if archive is not None else None
+    code = svc.store.save_code(project_id, spec, archive, checksum)
+    body = {"msg": "Upload successful.", **code_json(code)}
+    if spec.image and svc.image_present(spec.image) is False:
+        body["warning"] = f"image {spec.image!r} is not present on this host's Docker engine"
+    return body
+
+
+@router.get("/2/projects/{project_id}/codes")
+def list_codes(svc: ServicesDep, project_id: ProjectDep, paging: PagingDep) -> dict[str, Any]:
+    page, per_page = paging
+    return {"codes": [code_json(c) for c in svc.store.list_codes(project_id, page, per_page)]}
+
+
+@router.get("/2/projects/{project_id}/codes/{code_id}")
+def get_code(svc: ServicesDep, project_id: ProjectDep, code_id: str) -> dict[str, Any]:
+    return code_json(svc.store.get_code(project_id, code_id))
+
+
+@router.delete("/2/projects/{project_id}/codes/{code_id}")
+def delete_code(svc: ServicesDep, project_id: ProjectDep, code_id: str) -> dict[str, str]:
+    svc.store.delete_code(project_id, code_id)
+    return {"msg": "Deleted"}
+
+
+@router.get("/2/projects/{project_id}/codes/{code_id}/revisions")
+def list_revisions(svc: ServicesDep, project_id: ProjectDep, code_id: str, paging: PagingDep) -> dict[str, Any]:
+    page, per_page = paging
+    code = svc.store.get_code(project_id, code_id)
+    revisions = svc.store.list_revisions(project_id, code_id, page, per_page)
+    return {"revisions": [revision_json(r, code.name) for r in revisions]}
+
+
+@router.get(
+    "/2/projects/{project_id}/codes/{code_id}/download",
+    response_class=Response,
+    responses={200: {"content": {"application/zip": {}}}},
+)
+def download_code(
+    svc: ServicesDep,
+    project_id: ProjectDep,
+    code_id: str,
+    revision: Annotated[int | None, Query(ge=1)] = None,
+) -> Response:
+    code = svc.store.get_code(project_id, code_id)
+    found, archive = svc.store.get_archive(project_id, code_id, revision)
+    filename = f"{code.name}_{found.rev}.zip".replace('"', "")
+    return Response(
+        content=archive,
+        media_type="application/zip",
+        headers={"Content-Disposition": f"filename={filename}"},
+    )

@@ -1,0 +1,81 @@
+"""Request-scoped dependencies: the services an endpoint needs, and who is calling."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Path, Query, Request
+
+from ..errors import ClientError, NotFound, Unauthorized
+from ..models import TokenInfo
+from ..settings import Settings
+from ..store import Store
+
+
+@dataclass(frozen=True, kw_only=True)
+class Services:
+    settings: Settings
+    store: Store
+    on_enqueue: Callable[[], None]
+    image_present: Callable[[str], bool | None]
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+def _token_from(request: Request, oauth: str | None) -> str:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() in ("oauth", "bearer") and value.strip():
+        return value.strip()
+    if oauth:
+        return oauth
+    raise Unauthorized("Missing token: send 'Authorization: OAuth <token>' or '?oauth=<token>'")
+
+
+def caller(
+    request: Request,
+    svc: ServicesDep,
+    oauth: Annotated[str | None, Query(description="The token, when no Authorization header is sent")] = None,
+) -> TokenInfo:
+    info = svc.store.authenticate(_token_from(request, oauth))
+    if info is None:
+        raise Unauthorized("Invalid or revoked token")
+    return info
+
+
+CallerDep = Annotated[TokenInfo, Depends(caller)]
+
+
+def project_id(
+    svc: ServicesDep,
+    who: CallerDep,
+    project_id: Annotated[str, Path(max_length=100)],
+) -> str:
+    """The project of the path, if the caller's token may reach it (404 otherwise)."""
+    if who.project_id is not None and who.project_id != project_id:
+        raise NotFound("Project not found")
+    svc.store.get_project(project_id)
+    return project_id
+
+
+ProjectDep = Annotated[str, Depends(project_id)]
+
+
+def paging(
+    page: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    per_page: Annotated[int, Query(ge=1)] = 30,
+) -> tuple[int, int]:
+    if per_page > 100:
+        raise ClientError("per_page may be at most 100")
+    return page, per_page
+
+
+PagingDep = Annotated[tuple[int, int], Depends(paging)]

@@ -1,0 +1,177 @@
+"""Request and response shapes at the API edge (IronWorker v2 field names)."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .. import timeutil
+from ..models import Code, CodeRevision, Task
+
+NAME_PATTERN = re.compile(r"^[^\x00-\x1f\x7f/\\]+$")
+ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+RESERVED_ENV = frozenset({"TASK_ID", "TASK_DIR", "PAYLOAD_FILE", "CONFIG_FILE", "CODE_DIR", "HOME"})
+IMAGE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+def _check_name(value: str) -> str:
+    if value != value.strip() or not NAME_PATTERN.match(value):
+        raise ValueError("must be 1-255 printable characters, without slashes or surrounding spaces")
+    return value
+
+
+class CodeUpload(Strict):
+    """The ``data`` part of ``POST /codes``."""
+
+    name: Annotated[str, Field(min_length=1, max_length=255)]
+    image: Annotated[str | None, Field(max_length=255)] = None
+    stack: Annotated[str | None, Field(max_length=100)] = None
+    command: Annotated[str | None, Field(max_length=4096)] = None
+    runtime: Annotated[str | None, Field(max_length=50)] = None
+    file_name: Annotated[str | None, Field(max_length=1024)] = None
+    config: str | None = None
+    env_vars: dict[str, str] | None = None
+    max_concurrency: Annotated[int | None, Field(ge=-1, le=10_000)] = None
+    retries: Annotated[int | None, Field(ge=0, le=10)] = None
+    retries_delay: Annotated[int | None, Field(ge=0, le=7 * 24 * 3600)] = None
+    default_priority: Annotated[int | None, Field(ge=0, le=2)] = None
+    memory_mb: Annotated[int | None, Field(ge=16)] = None
+    cpus: Annotated[float | None, Field(gt=0)] = None
+    pids: Annotated[int | None, Field(ge=16)] = None
+    host: str | None = None  # sent by some IronWorker clients; ignored
+
+    _name = field_validator("name")(_check_name)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        if value is not None and not IMAGE_PATTERN.match(value):
+            raise ValueError("is not a valid Docker image reference")
+        return value
+
+    @field_validator("env_vars")
+    @classmethod
+    def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for key in value or {}:
+            if not ENV_NAME_PATTERN.match(key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+            if key in RESERVED_ENV:
+                raise ValueError(f"{key} is set by dockworker and cannot be overridden")
+        return value
+
+
+class TaskIn(Strict):
+    code_name: Annotated[str, Field(min_length=1, max_length=255)]
+    payload: str | None = None
+    priority: Annotated[int | None, Field(ge=0, le=2)] = None
+    timeout: Annotated[int | None, Field(ge=0)] = None
+    delay: Annotated[int | None, Field(ge=0)] = None
+    label: Annotated[str | None, Field(max_length=255)] = None
+    cluster: Annotated[str | None, Field(min_length=1, max_length=100)] = None
+    name: str | None = None  # the Python client sends the code name again here; ignored
+    sync: bool | None = None  # experimental IronWorker flag; accepted and ignored
+
+
+class TasksIn(Strict):
+    tasks: Annotated[list[TaskIn], Field(min_length=1)]
+
+
+class ProgressIn(Strict):
+    percent: Annotated[int | None, Field(ge=0, le=100)] = None
+    msg: Annotated[str | None, Field(max_length=65536)] = None
+
+
+class RetryIn(Strict):
+    delay: Annotated[int, Field(ge=0)] = 0
+
+
+def task_json(task: Task, with_payload: bool = False) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": task.id,
+        "project_id": task.project_id,
+        "code_id": task.code_id,
+        "code_history_id": task.revision_id,
+        "code_name": task.code_name,
+        "code_rev": task.code_rev,
+        "status": task.status.value,
+        "msg": task.msg,
+        "priority": task.priority,
+        "timeout": task.timeout,
+        "delay": task.delay,
+        "label": task.label,
+        "cluster": task.cluster,
+        "created_at": timeutil.rfc3339(task.created_at),
+        "updated_at": timeutil.rfc3339(task.updated_at),
+        "start_time": timeutil.rfc3339(task.start_time),
+        "end_time": timeutil.rfc3339(task.end_time),
+        "duration": task.duration_ms,
+        "percent": task.percent,
+        "exit_code": task.exit_code,
+        "retry_count": task.retry_count,
+        "original_task_id": task.original_task_id,
+        "retry_task_id": task.retry_task_id,
+        "schedule_id": task.schedule_id,
+        "log_size": task.log_size,
+        "run_times": 1,
+    }
+    if with_payload:
+        data["payload"] = task.payload
+    return data
+
+
+def _revision_fields(revision: CodeRevision) -> dict[str, Any]:
+    spec = revision.spec
+    return {
+        "image": spec.image,
+        "stack": spec.stack,
+        "runtime": spec.runtime,
+        "file_name": spec.file_name,
+        "command": spec.command,
+        "config": spec.config,
+        "env_vars": spec.env_vars,
+        "max_concurrency": spec.max_concurrency,
+        "retries": spec.retries,
+        "retries_delay": spec.retries_delay,
+        "default_priority": spec.default_priority,
+        "memory_mb": spec.memory_mb,
+        "cpus": spec.cpus,
+        "pids": spec.pids,
+    }
+
+
+def code_json(code: Code) -> dict[str, Any]:
+    revision = code.latest_revision
+    return {
+        "id": code.id,
+        "project_id": code.project_id,
+        "name": code.name,
+        "rev": code.rev,
+        "created_at": timeutil.rfc3339(code.created_at),
+        "updated_at": timeutil.rfc3339(code.updated_at),
+        "latest_history_id": revision.id,
+        "latest_change": timeutil.rfc3339(revision.created_at),
+        "latest_checksum": revision.checksum,
+        "code_size": revision.code_size,
+        "paused": code.paused,
+        **_revision_fields(revision),
+    }
+
+
+def revision_json(revision: CodeRevision, code_name: str) -> dict[str, Any]:
+    return {
+        "id": revision.id,
+        "code_id": revision.code_id,
+        "project_id": revision.project_id,
+        "name": code_name,
+        "rev": revision.rev,
+        "created_at": timeutil.rfc3339(revision.created_at),
+        "checksum": revision.checksum,
+        "code_size": revision.code_size,
+        **_revision_fields(revision),
+    }

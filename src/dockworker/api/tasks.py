@@ -1,0 +1,199 @@
+"""Tasks: queue (batch), list, inspect, log (also followed live), cancel, progress, retry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import anyio
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+
+from .. import timeutil
+from ..errors import ClientError, NotFound
+from ..models import NewTask, TaskFilter
+from ..states import TaskStatus
+from .deps import PagingDep, ProjectDep, ServicesDep
+from .schemas import ProgressIn, RetryIn, TasksIn, task_json
+
+router = APIRouter(tags=["tasks"])
+
+CANCEL_CONFIRM_S = 3.0
+FOLLOW_POLL_S = 0.2
+
+
+@router.post("/2/projects/{project_id}/tasks")
+def queue_tasks(svc: ServicesDep, project_id: ProjectDep, body: TasksIn) -> dict[str, Any]:
+    settings = svc.settings
+    if len(body.tasks) > settings.max_batch_tasks:
+        raise ClientError(f"at most {settings.max_batch_tasks} tasks per request")
+    new_tasks = []
+    for index, item in enumerate(body.tasks):
+        payload = item.payload or ""
+        if len(payload.encode()) > settings.max_payload_bytes:
+            raise ClientError(f"tasks[{index}].payload is larger than {settings.max_payload_bytes} bytes")
+        delay = item.delay or 0
+        if delay > settings.limits.max_delay_s:
+            raise ClientError(f"tasks[{index}].delay may be at most {settings.limits.max_delay_s} s")
+        new_tasks.append(
+            NewTask(
+                code_name=item.code_name,
+                payload=payload,
+                priority=item.priority,
+                timeout=item.timeout or None,
+                delay=delay,
+                label=item.label,
+                cluster=item.cluster or "default",
+            )
+        )
+    default_timeout = settings.limits.timeout_s
+    tasks = svc.store.enqueue(
+        project_id,
+        [t if t.timeout is not None else _with_timeout(t, default_timeout) for t in new_tasks],
+        settings.limits.max_timeout_s,
+    )
+    svc.on_enqueue()
+    return {"msg": "Queued up", "tasks": [task_json(t) for t in tasks]}
+
+
+def _with_timeout(task: NewTask, timeout: int) -> NewTask:
+    return NewTask(
+        code_name=task.code_name,
+        payload=task.payload,
+        priority=task.priority,
+        timeout=timeout,
+        delay=task.delay,
+        label=task.label,
+        cluster=task.cluster,
+    )
+
+
+def _truthy(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true", "yes")
+
+
+@router.get("/2/projects/{project_id}/tasks")
+def list_tasks(
+    request: Request,
+    svc: ServicesDep,
+    project_id: ProjectDep,
+    paging: PagingDep,
+    code_name: Annotated[str | None, Query(max_length=255)] = None,
+    from_time: Annotated[int | None, Query(ge=0, description="epoch seconds, on creation time")] = None,
+    to_time: Annotated[int | None, Query(ge=0, description="epoch seconds, on creation time")] = None,
+    queued: str | None = None,
+    preparing: str | None = None,
+    running: str | None = None,
+    complete: str | None = None,
+    error: str | None = None,
+    cancelled: str | None = None,
+    killed: str | None = None,
+    timeout: str | None = None,
+) -> dict[str, Any]:
+    """Status flags (``queued=1&error=1``) are OR-ed; none means every status."""
+    flags = {
+        TaskStatus.QUEUED: queued,
+        TaskStatus.PREPARING: preparing,
+        TaskStatus.RUNNING: running,
+        TaskStatus.COMPLETE: complete,
+        TaskStatus.ERROR: error,
+        TaskStatus.CANCELLED: cancelled,
+        TaskStatus.KILLED: killed,
+        TaskStatus.TIMEOUT: timeout,
+    }
+    page, per_page = paging
+    task_filter = TaskFilter(
+        code_name=code_name,
+        statuses=frozenset(status for status, flag in flags.items() if _truthy(flag)),
+        from_time=from_time,
+        to_time=to_time,
+        page=page,
+        per_page=per_page,
+    )
+    return {"tasks": [task_json(t) for t in svc.store.list_tasks(project_id, task_filter)]}
+
+
+@router.get("/2/projects/{project_id}/tasks/{task_id}")
+def get_task(svc: ServicesDep, project_id: ProjectDep, task_id: str) -> dict[str, Any]:
+    return task_json(svc.store.get_task(project_id, task_id), with_payload=True)
+
+
+@router.get("/2/projects/{project_id}/tasks/{task_id}/events")
+def task_events(svc: ServicesDep, project_id: ProjectDep, task_id: str) -> dict[str, Any]:
+    svc.store.get_task(project_id, task_id)
+    return {
+        "events": [
+            {"at": timeutil.rfc3339(e.at), "kind": e.kind, "detail": e.detail} for e in svc.store.list_events(task_id)
+        ]
+    }
+
+
+@router.get(
+    "/2/projects/{project_id}/tasks/{task_id}/log",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+def task_log(
+    svc: ServicesDep,
+    project_id: ProjectDep,
+    task_id: str,
+    follow: Annotated[bool, Query(description="stream the log until the task ends")] = False,
+) -> Response:
+    """The task's stdout and stderr, interleaved in order."""
+    task = svc.store.get_task(project_id, task_id)
+    if follow:
+        return StreamingResponse(_follow(svc, project_id, task_id), media_type="text/plain; charset=utf-8")
+    if task.status is TaskStatus.QUEUED and task.log_size == 0:
+        raise NotFound("Log not available yet: the task has not started")
+    return Response(svc.store.read_log(task_id), media_type="text/plain; charset=utf-8")
+
+
+async def _follow(svc: Any, project_id: str, task_id: str) -> AsyncIterator[bytes]:
+    offset = 0
+    while True:
+        task = await anyio.to_thread.run_sync(svc.store.get_task, project_id, task_id)
+        data = await anyio.to_thread.run_sync(svc.store.read_log, task_id, offset)
+        if data:
+            offset += len(data)
+            yield data
+        if task.status.is_terminal:
+            rest = await anyio.to_thread.run_sync(svc.store.read_log, task_id, offset)
+            if rest:
+                yield rest
+            return
+        await anyio.sleep(FOLLOW_POLL_S)
+
+
+@router.post("/2/projects/{project_id}/tasks/{task_id}/cancel")
+def cancel_task(svc: ServicesDep, project_id: ProjectDep, task_id: str) -> dict[str, Any]:
+    """A queued task is cancelled at once; a running one has its container killed (within a
+    second); the answer waits up to a few seconds for that to be confirmed."""
+    task = svc.store.request_cancel(project_id, task_id)
+    deadline = time.monotonic() + CANCEL_CONFIRM_S
+    while not task.status.is_terminal and time.monotonic() < deadline:
+        time.sleep(0.05)
+        task = svc.store.get_task(project_id, task_id)
+    msg = "Cancelled" if task.status is TaskStatus.CANCELLED else "Cancellation requested"
+    return {"msg": msg, "status": task.status.value}
+
+
+@router.post("/2/projects/{project_id}/tasks/{task_id}/progress")
+def set_progress(svc: ServicesDep, project_id: ProjectDep, task_id: str, body: ProgressIn) -> dict[str, str]:
+    svc.store.set_progress(project_id, task_id, body.percent, body.msg)
+    return {"msg": "Progress set"}
+
+
+@router.post("/2/projects/{project_id}/tasks/{task_id}/retry")
+def retry_task(
+    svc: ServicesDep,
+    project_id: ProjectDep,
+    task_id: str,
+    body: Annotated[RetryIn | None, Body()] = None,
+) -> dict[str, Any]:
+    delay = body.delay if body is not None else 0
+    if delay > svc.settings.limits.max_delay_s:
+        raise ClientError(f"delay may be at most {svc.settings.limits.max_delay_s} s")
+    task = svc.store.retry(project_id, task_id, delay)
+    svc.on_enqueue()
+    return {"msg": "Queued up", "tasks": [task_json(task)]}

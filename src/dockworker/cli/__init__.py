@@ -1,0 +1,1 @@
+"""The ``dockworker`` command line."""

@@ -1,0 +1,359 @@
+"""``dockworker``: run the service, and use it from the shell."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from .. import __version__
+from ..errors import ClientError, DockworkerError
+from ..settings import load_settings
+from .client import Client, ClientConfig, zip_directory
+
+app = typer.Typer(help="dockworker: one fresh Docker container per task, IronWorker API v2 compatible.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+stacks_app = typer.Typer(help="Build and list stack images.", no_args_is_help=True)
+token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
+app.add_typer(stacks_app, name="stacks")
+app.add_typer(token_app, name="token")
+
+out = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where the database, code cache and iron.json live")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="iron.json to read (default: ./iron.json, then DATA_DIR/iron.json)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]
+
+
+def _client(config: Path | None) -> Client:
+    return Client(ClientConfig.load(config))
+
+
+# --- running the service ----------------------------------------------------------------------
+
+
+@app.command()
+def up(
+    data_dir: DataDir = None,
+    host: Annotated[str | None, typer.Option(help="Address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to listen on")] = None,
+    slots: Annotated[int | None, typer.Option(help="Concurrent tasks (default: 2 x cores)")] = None,
+) -> None:
+    """Run everything in one process: API, housekeeping and runner, on SQLite in DATA_DIR."""
+    from ..service import configure_logging, ensure_credentials, open_migrated_store, run_service
+
+    configure_logging()
+    settings = load_settings(data_dir=data_dir, host=host, port=port, slots=slots)
+    store = open_migrated_store(settings)
+    created = ensure_credentials(settings, store)
+    store.close()
+    if created is not None:
+        out.print(f"[bold]Created project {created.project_id}[/] and a token, written to {created.path}")
+    iron_json = settings.data_dir / "iron.json"
+    ready = (
+        f"dockworker {__version__} listening on http://{settings.host}:{settings.port} "
+        f"(API docs at /docs). Credentials: {iron_json}. "
+        f"Try: dockworker --help, or point an IronWorker client at {iron_json}"
+    )
+    run_service(settings, api=True, runner=True, on_ready=ready)
+
+
+@app.command()
+def server(
+    data_dir: DataDir = None,
+    host: Annotated[str | None, typer.Option()] = None,
+    port: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Run the API server (and lease housekeeping) without a runner."""
+    from ..service import configure_logging, run_service
+
+    configure_logging()
+    settings = load_settings(data_dir=data_dir, host=host, port=port)
+    run_service(settings, api=True, runner=False, on_ready=f"API on http://{settings.host}:{settings.port}")
+
+
+@app.command()
+def runner(
+    data_dir: DataDir = None,
+    slots: Annotated[int | None, typer.Option(help="Concurrent tasks (default: 2 x cores)")] = None,
+    cluster: Annotated[list[str] | None, typer.Option(help="Take tasks of this cluster (repeatable)")] = None,
+    runner_id: Annotated[str | None, typer.Option(help="Stable name of this runner (default: host name)")] = None,
+) -> None:
+    """Run a task runner against the store."""
+    from ..service import configure_logging, run_service
+
+    configure_logging()
+    settings = load_settings(
+        data_dir=data_dir, slots=slots, runner_id=runner_id, clusters=tuple(cluster) if cluster else None
+    )
+    run_service(settings, api=False, runner=True, on_ready="runner started")
+
+
+# --- using the service ------------------------------------------------------------------------
+
+
+def _parse_env(pairs: list[str] | None) -> dict[str, str]:
+    env = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ClientError(f"--env takes KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def _read_arg(value: str | None) -> str | None:
+    if value is not None and value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise ClientError(f"cannot read {path}: {exc}") from exc
+    return value
+
+
+@app.command()
+def upload(
+    directory: Annotated[Path, typer.Argument(help="The worker's directory; zipped and uploaded")],
+    name: Annotated[str, typer.Option(help="Code package name (same name = new revision)")],
+    command: Annotated[str | None, typer.Option(help="Command to run, e.g. 'python3 hello.py'")] = None,
+    stack: Annotated[str | None, typer.Option(help="Stack to run in (see 'dockworker stacks list')")] = None,
+    image: Annotated[str | None, typer.Option(help="Docker image to run in instead of a stack")] = None,
+    config_value: Annotated[str | None, typer.Option("--worker-config", help="Config string, or @file")] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE (repeatable)")] = None,
+    retries: Annotated[int | None, typer.Option(help="Automatic retries on error (max 10)")] = None,
+    retries_delay: Annotated[int | None, typer.Option(help="Seconds before a retry")] = None,
+    max_concurrency: Annotated[int | None, typer.Option(help="Most tasks of this package running at once")] = None,
+    memory_mb: Annotated[int | None, typer.Option(help="Memory limit per task, MB")] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload a directory as a code package."""
+    if (stack is None) == (image is None):
+        raise ClientError("give exactly one of --stack or --image")
+    data: dict[str, Any] = {"name": name, "command": command, "stack": stack, "image": image,
+                            "config": _read_arg(config_value), "env_vars": _parse_env(env) or None,
+                            "retries": retries, "retries_delay": retries_delay,
+                            "max_concurrency": max_concurrency, "memory_mb": memory_mb}
+    data = {k: v for k, v in data.items() if v is not None}
+    archive = zip_directory(directory)
+    result = _client(config).upload(data, archive)
+    if as_json:
+        out.print_json(data=result)
+        return
+    out.print(f"Uploaded [bold]{result['name']}[/] revision {result['rev']} (id {result['id']}, {len(archive)} bytes)")
+    if "warning" in result:
+        err.print(f"[yellow]warning:[/] {result['warning']}")
+
+
+@app.command()
+def queue(
+    name: Annotated[str, typer.Argument(help="Code package name")],
+    payload: Annotated[str | None, typer.Option(help="Payload string (usually JSON), or @file")] = None,
+    priority: Annotated[int | None, typer.Option(min=0, max=2)] = None,
+    timeout: Annotated[int | None, typer.Option(help="Seconds")] = None,
+    delay: Annotated[int | None, typer.Option(help="Seconds before the task may run")] = None,
+    label: Annotated[str | None, typer.Option()] = None,
+    cluster: Annotated[str | None, typer.Option()] = None,
+    count: Annotated[int, typer.Option("-n", "--count", min=1, max=1000, help="How many tasks")] = 1,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the log; exit non-zero unless the task completes")] = False,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Queue task(s) for a code package."""
+    body: dict[str, Any] = {"code_name": name, "payload": _read_arg(payload) or "", "priority": priority,
+                            "timeout": timeout, "delay": delay, "label": label, "cluster": cluster}
+    body = {k: v for k, v in body.items() if v is not None}
+    client = _client(config)
+    queued = client.queue([body] * count)
+    if as_json and not wait:
+        out.print_json(data=queued)
+        return
+    for task in queued:
+        (err if wait else out).print(f"Queued task {task['id']}" if wait else task["id"])
+    if wait:
+        if count != 1:
+            raise ClientError("--wait follows one task; use -n 1")
+        raise typer.Exit(_follow_until_done(client, queued[0]["id"]))
+
+
+def _follow_until_done(client: Client, task_id: str) -> int:
+    for chunk in client.follow_log(task_id):
+        sys.stdout.buffer.write(chunk)
+        sys.stdout.buffer.flush()
+    task = client.task(task_id)
+    while task["status"] in ("queued", "preparing", "running"):
+        time.sleep(0.2)
+        task = client.task(task_id)
+    msg = f": {task['msg']}" if task.get("msg") else ""
+    err.print(f"Task {task_id} {task['status']}{msg}")
+    return 0 if task["status"] == "complete" else 1
+
+
+@app.command()
+def status(task_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Show a task."""
+    task = _client(config).task(task_id)
+    if as_json:
+        out.print_json(data=task)
+        return
+    for key in ("id", "code_name", "code_rev", "status", "msg", "exit_code", "priority", "cluster", "label",
+                "created_at", "start_time", "end_time", "duration", "retry_count", "original_task_id"):
+        if task.get(key) not in (None, ""):
+            out.print(f"{key:>16}: {task[key]}")
+
+
+@app.command()
+def log(
+    task_id: str,
+    follow: Annotated[bool, typer.Option("-f", "--follow", help="Stream until the task ends")] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Print a task's log (stdout and stderr, in order)."""
+    client = _client(config)
+    if follow:
+        for chunk in client.follow_log(task_id):
+            sys.stdout.buffer.write(chunk)
+            sys.stdout.buffer.flush()
+        return
+    sys.stdout.write(client.log(task_id))
+
+
+@app.command()
+def tasks(
+    code: Annotated[str | None, typer.Option("--code", help="Only this code package")] = None,
+    status_filter: Annotated[list[str] | None, typer.Option("--status", help="Only these statuses (repeatable)")] = None,
+    page: int = 0,
+    per_page: Annotated[int, typer.Option(max=100)] = 30,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List tasks, newest first."""
+    params: dict[str, Any] = {"page": page, "per_page": per_page}
+    if code:
+        params["code_name"] = code
+    for flag in status_filter or []:
+        params[flag] = 1
+    found = _client(config).tasks(params)
+    if as_json:
+        out.print_json(data=found)
+        return
+    table = Table("id", "code", "status", "created", "duration ms", "msg")
+    for task in found:
+        table.add_row(task["id"], task["code_name"], task["status"], task["created_at"],
+                      str(task["duration"] or ""), (task.get("msg") or "")[:60])
+    out.print(table)
+
+
+@app.command()
+def cancel(task_id: str, config: ConfigOpt = None) -> None:
+    """Cancel a task (a running task's container is killed)."""
+    result = _client(config).cancel(task_id)
+    out.print(f"{result['msg']} ({result['status']})")
+
+
+@app.command()
+def retry(
+    task_id: str,
+    delay: Annotated[int, typer.Option(help="Seconds before the new task may run")] = 0,
+    config: ConfigOpt = None,
+) -> None:
+    """Queue a finished task again, as a new task linked to it."""
+    task = _client(config).retry(task_id, delay)
+    out.print(task["id"])
+
+
+@token_app.command("create")
+def token_create(
+    data_dir: DataDir = None,
+    project: Annotated[str | None, typer.Option(help="Project id (default: the first project)")] = None,
+    name: Annotated[str, typer.Option(help="A name to recognise the token by")] = "cli",
+) -> None:
+    """Create a project token directly in the store (run on the service's host)."""
+    from ..service import open_migrated_store
+
+    store = open_migrated_store(load_settings(data_dir=data_dir))
+    try:
+        projects = store.list_projects()
+        if project is None:
+            if not projects:
+                raise ClientError("no project yet: start 'dockworker up' once first")
+            project = projects[0].id
+        secret, _ = store.create_token(project, name)
+    finally:
+        store.close()
+    out.print(secret)
+
+
+# --- stacks -----------------------------------------------------------------------------------
+
+
+@stacks_app.command("list")
+def stacks_list(as_json: JsonOpt = False) -> None:
+    """The stacks dockworker knows, and which are built on this engine."""
+    from ..engine import DockerEngine
+    from ..stacks import STACKS, stack_status
+
+    engine = DockerEngine()
+    rows = [{"name": s.name, "version": s.version, "image": s.image, "status": stack_status(s, engine),
+             "size_mb": round((engine.image_size(s.image) or 0) / 1e6, 1), "description": s.description}
+            for s in STACKS.values()]
+    if as_json:
+        out.print_json(data=rows)
+        return
+    table = Table("name", "version", "image", "status", "size MB", "description")
+    for row in rows:
+        table.add_row(*(str(row[k]) for k in ("name", "version", "image", "status", "size_mb", "description")))
+    out.print(table)
+
+
+@stacks_app.command("build")
+def stacks_build(
+    names: Annotated[list[str] | None, typer.Argument(help="Stacks to build")] = None,
+    all_stacks: Annotated[bool, typer.Option("--all", help="Build every stack")] = False,
+    force: Annotated[bool, typer.Option(help="Rebuild even when up to date")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Build stack images offline from Debian packages (busybox from the host's busybox-static)."""
+    from ..engine import DockerEngine
+    from ..stacks import STACKS, build_stack, get_stack
+
+    if all_stacks:
+        selected = list(STACKS.values())
+    elif names:
+        selected = [get_stack(n) for n in names]
+    else:
+        raise ClientError("name the stacks to build, or pass --all")
+    settings = load_settings(data_dir=data_dir)
+    engine = DockerEngine()
+    columns = (TextColumn("{task.fields[stack]:<10}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+               TimeElapsedColumn(), TextColumn("{task.description}"))
+    with Progress(*columns, console=err, transient=False) as progress:
+        for stack in selected:
+            bar = progress.add_task("starting", total=1.0, stack=stack.name)
+
+            def report(message: str, fraction: float | None, bar: Any = bar) -> None:
+                progress.update(bar, description=message[:70], **({"completed": fraction} if fraction is not None else {}))
+                if not sys.stderr.isatty():
+                    err.print(f"{stack.name}: {message}" + (f" ({fraction:.0%})" if fraction is not None else ""))
+
+            started = time.monotonic()
+            built = build_stack(stack, engine, cache_dir=settings.data_dir / "stack-cache", force=force, on_progress=report)
+            verdict = f"built in {time.monotonic() - started:.0f} s" if built else "up to date"
+            progress.update(bar, completed=1.0, description=verdict)
+
+
+def main() -> None:
+    try:
+        app()
+    except DockworkerError as exc:
+        err.print(f"[red]error:[/] {exc.message}")
+        raise SystemExit(2 if isinstance(exc, ClientError) else 3) from None

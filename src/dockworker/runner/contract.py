@@ -1,0 +1,126 @@
+"""The worker-side contract: what a task's container sees. Shared by the runner and
+``dockworker run-local`` so both run a worker identically."""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..engine import Bind, ContainerSpec
+from ..engine.adapter import RUNNER_LABEL, TASK_LABEL
+from ..errors import TaskSetupError
+from ..models import CodeSpec
+from ..settings import MB, Settings
+from ..stacks.catalog import get_stack, stack_for_runtime
+
+CODE_DIR = "/mnt/code"
+TASK_DIR = "/mnt/task"
+PAYLOAD_NAME = "payload.json"
+CONFIG_NAME = "config.json"
+HOSTS_FILE = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaskFiles:
+    """Host-side paths of one task's inputs."""
+
+    task_dir: Path
+    code_dir: Path | None
+    hosts_file: Path
+
+
+def resolve_image(spec: CodeSpec) -> str:
+    if spec.image:
+        return spec.image
+    if spec.stack:
+        return get_stack(spec.stack).image
+    if spec.runtime:
+        return stack_for_runtime(spec.runtime).image
+    raise TaskSetupError("the code package names neither an image nor a stack")
+
+
+def resolve_command(spec: CodeSpec, task_id: str, has_config: bool) -> list[str]:
+    """The command to run; empty means the image's own default command."""
+    if spec.command:
+        try:
+            return shlex.split(spec.command)
+        except ValueError as exc:
+            raise TaskSetupError(f"cannot parse command {spec.command!r}: {exc}") from exc
+    if spec.runtime and spec.file_name:
+        stack = get_stack(spec.stack) if spec.stack else stack_for_runtime(spec.runtime)
+        command = shlex.split(stack.legacy_command.format(file=shlex.quote(spec.file_name)))
+        command += ["-payload", f"{TASK_DIR}/{PAYLOAD_NAME}"]
+        if has_config:
+            command += ["-config", f"{TASK_DIR}/{CONFIG_NAME}"]
+        return [*command, "-id", task_id, "-d", TASK_DIR]
+    return []
+
+
+def write_task_files(task_dir: Path, payload: str, config: str | None, uid: int, gid: int) -> None:
+    task_dir.mkdir(parents=True, exist_ok=True)
+    (task_dir / PAYLOAD_NAME).write_text(payload)
+    if config is not None:
+        (task_dir / CONFIG_NAME).write_text(config)
+    for path in (task_dir, *task_dir.iterdir()):
+        try:
+            os.chown(path, uid, gid)
+        except PermissionError:  # not root: the directory stays ours and world-readable
+            path.chmod(0o777 if path.is_dir() else 0o666)
+
+
+def ensure_hosts_file(data_dir: Path) -> Path:
+    path = data_dir / "hosts"
+    if not path.exists() or path.read_text() != HOSTS_FILE:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(HOSTS_FILE)
+        path.chmod(0o644)
+    return path
+
+
+def parse_user(user: str) -> tuple[int, int]:
+    uid, _, gid = user.partition(":")
+    return int(uid), int(gid or uid)
+
+
+def container_spec(
+    *,
+    spec: CodeSpec,
+    task_id: str,
+    files: TaskFiles,
+    settings: Settings,
+    runner_id: str,
+) -> ContainerSpec:
+    limits = settings.limits
+    has_config = spec.config is not None
+    binds = [
+        Bind(source=str(files.task_dir.resolve()), target=TASK_DIR, read_only=False),
+        Bind(source=str(files.hosts_file.resolve()), target="/etc/hosts", read_only=True),
+    ]
+    if files.code_dir is not None:
+        binds.append(Bind(source=str(files.code_dir.resolve()), target=CODE_DIR, read_only=True))
+    env = dict(spec.env_vars)
+    env.update(
+        TASK_ID=task_id,
+        TASK_DIR=TASK_DIR,
+        PAYLOAD_FILE=f"{TASK_DIR}/{PAYLOAD_NAME}",
+        CONFIG_FILE=f"{TASK_DIR}/{CONFIG_NAME}",
+        HOME=TASK_DIR,
+    )
+    if files.code_dir is not None:
+        env["CODE_DIR"] = CODE_DIR
+    return ContainerSpec(
+        image=resolve_image(spec),
+        command=resolve_command(spec, task_id, has_config),
+        env=env,
+        labels={TASK_LABEL: task_id, RUNNER_LABEL: runner_id},
+        binds=tuple(binds),
+        working_dir=CODE_DIR if files.code_dir is not None else TASK_DIR,
+        user=settings.task_user,
+        memory_bytes=(spec.memory_mb or limits.memory_mb) * MB,
+        cpus=spec.cpus or limits.cpus,
+        pids=spec.pids or limits.pids,
+        tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmp_mb}m,mode=1777"},
+        log_max_bytes=limits.log_bytes,
+    )

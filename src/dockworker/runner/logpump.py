@@ -1,0 +1,81 @@
+"""Moves a container's output into the store while it runs, in chunks, with a size cap."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+from ..errors import InfrastructureError
+from ..store import Store
+
+FLUSH_BYTES = 64 * 1024
+FLUSH_INTERVAL_S = 0.25
+
+
+class LogPump:
+    """Reads the attach stream on its own thread; :meth:`flush` (called from the supervising
+    thread) writes what has arrived. After ``cap`` bytes one marker line is written and the
+    rest is read and dropped, so a flood can neither fill the store nor block the container."""
+
+    def __init__(self, task_id: str, stream: Iterator[bytes], store: Store, cap: int) -> None:
+        self._task_id = task_id
+        self._stream = stream
+        self._store = store
+        self._cap = cap
+        self._lock = threading.Lock()
+        self._pending = bytearray()
+        self._kept = 0
+        self._dropped = 0
+        self._truncated = False
+        self._seq = 0
+        self._last_flush = time.monotonic()
+        self.error: InfrastructureError | None = None
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._read, name=f"log-{task_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for chunk in self._stream:
+                self._accept(chunk)
+        except InfrastructureError as exc:
+            self.error = exc
+        finally:
+            self.done.set()
+
+    def _accept(self, chunk: bytes) -> None:
+        with self._lock:
+            room = self._cap - self._kept
+            if room > 0:
+                kept = chunk[:room]
+                self._pending += kept
+                self._kept += len(kept)
+                self._dropped += len(chunk) - len(kept)
+            else:
+                self._dropped += len(chunk)
+            if self._dropped and not self._truncated:
+                self._truncated = True
+                self._pending += f"\n[dockworker: log truncated at {self._cap} bytes]\n".encode()
+
+    def flush(self, force: bool = False) -> None:
+        with self._lock:
+            due = force or len(self._pending) >= FLUSH_BYTES or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S
+            if not due or not self._pending:
+                return
+            data = bytes(self._pending)
+            self._pending.clear()
+            seq = self._seq
+            self._seq += 1
+            self._last_flush = time.monotonic()
+        self._store.append_log(self._task_id, seq, data)
+
+    def join(self, timeout: float) -> bool:
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def dropped_bytes(self) -> int:
+        return self._dropped

@@ -1,0 +1,207 @@
+"""The runner: claims tasks into N slots, keeps their leases alive, relays cancels, and
+removes containers that no task owns any more."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+
+from ..engine import DockerEngine
+from ..engine.adapter import RUNNER_LABEL, TASK_LABEL
+from ..errors import InfrastructureError
+from ..settings import Settings
+from ..store import Store
+from .codecache import CodeCache
+from .execution import RunnerContext, TaskExecution
+
+log = logging.getLogger("dockworker.runner")
+
+CANCEL_POLL_S = 0.2
+REAP_INTERVAL_S = 30.0
+
+
+def default_runner_id() -> str:
+    return socket.gethostname()
+
+
+class Runner:
+    def __init__(self, settings: Settings, store: Store, engine: DockerEngine, runner_id: str | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.engine = engine
+        self.runner_id = runner_id or settings.runner_id or default_runner_id()
+        self._context = RunnerContext(
+            settings=settings,
+            store=store,
+            engine=engine,
+            code_cache=CodeCache(settings.code_cache_dir, store),
+            runner_id=self.runner_id,
+        )
+        self._executions: dict[str, TaskExecution] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop_claiming = threading.Event()
+        self._stopped = threading.Event()
+        self._force = threading.Event()
+
+    # --- public ---------------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New work may be available (called in-process by the API after an enqueue)."""
+        self._wake.set()
+
+    def force_stop(self) -> None:
+        """Skip the grace period: running tasks go back to the queue now."""
+        self._force.set()
+
+    def running_task_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._executions)
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set; then stop claiming, let running tasks finish within the
+        grace period, and hand the rest back to the queue."""
+        self.settings.task_dirs.mkdir(parents=True, exist_ok=True)
+        self._recover_own_leases()
+        self.reap_orphans()
+        watcher = threading.Thread(target=self._watch, name="runner-watch", daemon=True)
+        watcher.start()
+        try:
+            self._claim_loop(stop)
+        finally:
+            self._shutdown()
+            self._stopped.set()
+            watcher.join(5)
+
+    # --- claiming -------------------------------------------------------------------------------
+
+    def _free_slots(self) -> int:
+        with self._lock:
+            return self.settings.slots - len(self._executions)
+
+    def _claim_loop(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            if self._free_slots() <= 0:
+                self._wake.wait(self.settings.poll_interval_s)
+                self._wake.clear()
+                continue
+            try:
+                task = self.store.claim(self.runner_id, self.settings.clusters, self.settings.lease_ttl_s)
+            except Exception:
+                log.exception("runner.claim_failed")
+                stop.wait(self.settings.poll_interval_s)
+                continue
+            if task is None:
+                self._wake.wait(self.settings.poll_interval_s)
+                self._wake.clear()
+                continue
+            self._start(TaskExecution(task, self._context))
+
+    def _start(self, execution: TaskExecution) -> None:
+        task_id = execution.task.id
+        thread = threading.Thread(target=self._run_execution, args=(execution,), name=f"task-{task_id}", daemon=True)
+        with self._lock:
+            self._executions[task_id] = execution
+            self._threads[task_id] = thread
+        thread.start()
+
+    def _run_execution(self, execution: TaskExecution) -> None:
+        try:
+            execution.run()
+        finally:
+            with self._lock:
+                self._executions.pop(execution.task.id, None)
+                self._threads.pop(execution.task.id, None)
+            self._wake.set()
+
+    # --- leases, cancels, orphans ---------------------------------------------------------------
+
+    def _watch(self) -> None:
+        last_heartbeat = 0.0
+        last_reap = time.monotonic()
+        while not self._stopped.wait(CANCEL_POLL_S):
+            try:
+                self._relay_cancels()
+                now = time.monotonic()
+                if now - last_heartbeat >= self.settings.heartbeat_interval_s:
+                    self._heartbeat()
+                    last_heartbeat = now
+                if now - last_reap >= REAP_INTERVAL_S:
+                    self.reap_orphans()
+                    last_reap = now
+            except Exception:
+                log.exception("runner.watch_failed")
+
+    def _relay_cancels(self) -> None:
+        with self._lock:
+            if not self._executions:
+                return
+        for task_id in self.store.cancel_requested(self.runner_id):
+            with self._lock:
+                execution = self._executions.get(task_id)
+            if execution is not None:
+                execution.cancel()
+
+    def _heartbeat(self) -> None:
+        running = self.running_task_ids()
+        still_ours = self.store.heartbeat(self.runner_id, running, self.settings.lease_ttl_s)
+        for task_id in running - still_ours:
+            # Our lease was taken away (expired and re-queued): stop the container now.
+            with self._lock:
+                execution = self._executions.get(task_id)
+            if execution is not None:
+                log.warning("runner.lease_lost", extra={"task_id": task_id})
+                execution.cancel()
+
+    def _recover_own_leases(self) -> None:
+        """Tasks leased to this runner id by an earlier process of ours cannot be followed any
+        more: hand them back to the queue as an infrastructure failure."""
+        for task_id in self.store.leased_task_ids(self.runner_id):
+            self.store.requeue_after_infra_failure(
+                task_id,
+                self.runner_id,
+                "the runner restarted while the task was running",
+                self.settings.infra_retry_budget,
+                self.settings.infra_retry_base_delay_s,
+            )
+
+    def reap_orphans(self) -> int:
+        """Remove labelled containers whose task the store no longer considers running, and
+        containers of this runner that no current execution owns."""
+        try:
+            containers = self.engine.list_labelled(TASK_LABEL)
+        except InfrastructureError:
+            log.warning("runner.reap_skipped: engine unavailable")
+            return 0
+        active = self.store.active_task_ids()
+        mine = self.running_task_ids()
+        removed = 0
+        for container in containers:
+            task_id = container.labels.get(TASK_LABEL, "")
+            owner = container.labels.get(RUNNER_LABEL)
+            orphan = task_id not in active or (owner == self.runner_id and task_id not in mine)
+            if not orphan:
+                continue
+            try:
+                self.engine.remove(container.id)
+                removed += 1
+            except InfrastructureError:
+                log.warning("runner.reap_failed", extra={"container": container.id})
+        return removed
+
+    # --- shutdown -------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + self.settings.shutdown_grace_s
+        while self.running_task_ids() and time.monotonic() < deadline and not self._force.is_set():
+            self._force.wait(0.1)
+        with self._lock:
+            remaining = list(self._executions.values())
+            threads = list(self._threads.values())
+        for execution in remaining:
+            execution.interrupt("the runner shut down before the task finished")
+        for thread in threads:
+            thread.join(15)

@@ -1,0 +1,7 @@
+"""Time-driven work that belongs to no single runner."""
+
+from __future__ import annotations
+
+from .housekeeping import Housekeeper
+
+__all__ = ["Housekeeper"]

@@ -1,0 +1,32 @@
+"""Reclaims tasks whose runner stopped renewing its lease: they go back to the queue as an
+infrastructure failure (or end per the retry budget), exactly once, whichever process does it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from ..settings import Settings
+from ..store import Store
+
+log = logging.getLogger("dockworker.scheduler")
+
+
+class Housekeeper:
+    def __init__(self, settings: Settings, store: Store, interval_s: float = 1.0) -> None:
+        self.settings = settings
+        self.store = store
+        self.interval_s = interval_s
+
+    def tick(self) -> int:
+        expired = self.store.expire_leases(self.settings.infra_retry_budget, self.settings.infra_retry_base_delay_s)
+        for task in expired:
+            log.warning("lease.expired task=%s now=%s", task.id, task.status)
+        return len(expired)
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval_s):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("housekeeping.failed")
