@@ -6,14 +6,13 @@ import re
 import pytest
 
 from dockworker.errors import ClientError
-from dockworker.stacks import RUNTIME_ALIASES, STACKS, Stack, get_stack, stack_for_runtime
-from dockworker.stacks import catalog
+from dockworker.stacks import RUNTIME_ALIASES, STACKS, Stack, catalog, get_stack, stack_for_runtime
 
 
 def test_the_catalog_has_busybox_and_python() -> None:
     busybox, python = STACKS["busybox"], STACKS["python"]
-    assert (busybox.name, busybox.version, busybox.packages, busybox.base) == ("busybox", "1.35", (), "busybox")
-    assert (python.name, python.version, python.base) == ("python", "3.11", "debian")
+    assert (busybox.version, busybox.packages, busybox.base) == ("1.35", (), "busybox")
+    assert (python.version, python.base) == ("3.11", "debian")
     assert "python3" in python.packages
 
 
@@ -47,7 +46,7 @@ def test_stack_is_frozen_and_keyword_only() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError):
         STACKS["python"].version = "3.12"  # type: ignore[misc]
     with pytest.raises(TypeError):
-        Stack("x", "1", "d", (), "x {file}")  # type: ignore[misc]
+        Stack("x", "1", "d", (), "x {file}")  # type: ignore[call-arg]
 
 
 def test_get_stack() -> None:

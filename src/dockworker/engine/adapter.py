@@ -100,6 +100,19 @@ def _raise_classified(exc: Exception, action: str) -> NoReturn:
     raise InfrastructureError(f"{action}: {type(exc).__name__}: {exc}") from exc
 
 
+def _close_stream(stream: Any) -> None:
+    """Close an attach stream for good. The SDK's close() shuts the socket but leaves the
+    file object the HTTP response reads through, which keeps the descriptor open."""
+    response = getattr(stream, "_response", None)
+    with contextlib.suppress(Exception):
+        stream.close()
+    if response is not None:
+        with contextlib.suppress(Exception):
+            response.raw._fp.fp.raw.close()
+        with contextlib.suppress(Exception):
+            response.close()
+
+
 @contextlib.contextmanager
 def _classified(action: str) -> Iterator[None]:
     try:
@@ -221,8 +234,11 @@ class DockerEngine:
 
     @staticmethod
     def _classified_stream(stream: Any) -> Iterator[bytes]:
-        with _classified("read output"):
-            yield from stream
+        try:
+            with _classified("read output"):
+                yield from stream
+        finally:
+            _close_stream(stream)
 
     def start(self, container_id: str) -> None:
         with _classified("start container"):

@@ -43,7 +43,8 @@ def classify_exit(exit_info: ExitInfo, spec_memory_mb: int) -> TaskOutcome:
             msg=f"out of memory: the task exceeded its {spec_memory_mb} MB memory limit and was killed",
             exit_code=exit_info.exit_code,
         )
-    detail = f": {exit_info.error}" if exit_info.error else ""
+    hints = {126: " (command not executable)", 127: " (command not found)"}
+    detail = hints.get(exit_info.exit_code, "") + (f": {exit_info.error}" if exit_info.error else "")
     return TaskOutcome(status=TaskStatus.ERROR, msg=f"exit code {exit_info.exit_code}{detail}", exit_code=exit_info.exit_code)
 
 
@@ -66,22 +67,30 @@ class TaskExecution:
         self._interrupt_reason = reason
         self._cancel.set()
 
-    # The whole lifecycle; never raises. Every path reports once and removes the container.
+    # The whole lifecycle; never raises. The container is removed before the outcome is
+    # reported, so no container outlives its task's terminal state.
     def run(self) -> None:
         ctx = self._ctx
+        outcome: TaskOutcome | None = None
+        infra_reason: str | None = None
         try:
             outcome = self._execute()
-            if outcome is not None:
-                ctx.store.finish(self.task.id, ctx.runner_id, outcome)
         except TaskSetupError as exc:
-            ctx.store.finish(self.task.id, ctx.runner_id, TaskOutcome(status=TaskStatus.ERROR, msg=exc.message))
+            outcome = TaskOutcome(status=TaskStatus.ERROR, msg=exc.message)
         except InfrastructureError as exc:
-            self._infra_failure(exc.message)
+            infra_reason = exc.message
         except Exception as exc:  # a bug of ours: retry the task on the infrastructure budget
             log.exception("task.crashed", extra={"task_id": self.task.id})
-            self._infra_failure(f"runner failure: {type(exc).__name__}: {exc}")
+            infra_reason = f"runner failure: {type(exc).__name__}: {exc}"
         finally:
             self._cleanup()
+        try:
+            if outcome is not None:
+                ctx.store.finish(self.task.id, ctx.runner_id, outcome)
+            elif infra_reason is not None:
+                self._infra_failure(infra_reason)
+        except Exception:  # the store is down: the lease expires and the task is reclaimed
+            log.exception("task.report_failed", extra={"task_id": self.task.id})
 
     def _infra_failure(self, reason: str) -> None:
         ctx = self._ctx

@@ -1,0 +1,43 @@
+"""Test helpers shared by the tiers."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+import zipfile
+
+from dockworker.models import CodeSpec, NewTask, Task
+from dockworker.store import Store
+
+
+def make_zip(files: dict[str, str | bytes], modes: dict[str, int] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, content in files.items():
+            info = zipfile.ZipInfo(name)
+            info.external_attr = ((modes or {}).get(name, 0o644) | 0o100000) << 16
+            archive.writestr(info, content)
+    return buffer.getvalue()
+
+
+def save_code(store: Store, project_id: str, spec: CodeSpec, files: dict[str, str | bytes] | None = None) -> None:
+    archive = make_zip(files) if files is not None else None
+    checksum = hashlib.sha256(archive).hexdigest() if archive is not None else None
+    store.save_code(project_id, spec, archive, checksum)
+
+
+def queue(store: Store, project_id: str, code_name: str, payload: str = "", timeout: int = 60, **kw: object) -> Task:
+    return store.enqueue(project_id, [NewTask(code_name=code_name, payload=payload, timeout=timeout, **kw)], 3600)[0]  # type: ignore[arg-type]
+
+
+def wait_for(store: Store, task_id: str, statuses: set[str] | None = None, timeout: float = 60) -> Task:
+    """Poll until the task reaches one of ``statuses`` (default: any terminal one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        task = store.load_task(task_id)
+        if (statuses is None and task.status.is_terminal) or (statuses and task.status.value in statuses):
+            return task
+        if time.monotonic() > deadline:
+            raise AssertionError(f"task {task_id} still {task.status} after {timeout} s: {task.msg}")
+        time.sleep(0.05)
