@@ -17,6 +17,7 @@ def make_zip(files: dict[str, str | bytes], modes: dict[str, int] | None = None)
         for name, content in files.items():
             info = zipfile.ZipInfo(name)
             info.external_attr = ((modes or {}).get(name, 0o644) | 0o100000) << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, content)
     return buffer.getvalue()
 

@@ -468,12 +468,11 @@ def test_debian_build_makes_the_base_once_and_installs_the_packages(
         stack, engine.as_engine(), cache_dir=cache_dir, on_progress=lambda m, f: reports.append(f)
     )
 
-    assert fake_debian_host.calls[0] == [
-        "debootstrap", "--variant=minbase", "bookworm", fake_debian_host.calls[0][3], "http://mirror.example/debian"
-    ]  # fmt: skip
-    assert fake_debian_host.programs()[1:] == [
-        "mount", "chroot update", "chroot python3", "chroot clean", "umount"
-    ]  # fmt: skip
+    debootstrap = fake_debian_host.calls[0]
+    assert debootstrap[:3] == ["debootstrap", "--variant=minbase", "bookworm"]
+    assert debootstrap[4:] == ["http://mirror.example/debian"]
+    expected_programs = ["mount", "chroot update", "chroot python3", "chroot clean", "umount"]
+    assert fake_debian_host.programs()[1:] == expected_programs
     assert debian.base_tarball_path(cache_dir).is_file()
     assert [f for f in reports if f is not None] == sorted(f for f in reports if f is not None)
     assert reports[-1] == 1.0
