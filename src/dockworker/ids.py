@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import secrets
 import time
 
 
+# Seconds, then a per-process counter (so ids made in one batch sort in creation order),
+# then randomness (so ids from different processes do not collide).
+_counter = itertools.count(secrets.randbelow(1 << 20))
+
+
 def new_id() -> str:
-    return f"{int(time.time()):08x}{secrets.token_hex(8)}"
+    return f"{int(time.time()):08x}{next(_counter) & 0xFFFFFF:06x}{secrets.token_hex(5)}"
 
 
 def is_id(value: str) -> bool:
