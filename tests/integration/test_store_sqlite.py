@@ -170,8 +170,8 @@ def test_batch_is_all_or_nothing(store: Store, project: str) -> None:
 
 def test_log_chunks_and_offsets(store: Store, project: str) -> None:
     task = queue(store, project, "c")
-    store.append_log(task.id, 0, b"abc")
-    store.append_log(task.id, 1, b"defg")
+    store.append_log(task.id, b"abc")
+    store.append_log(task.id, b"defg")
     assert store.read_log(task.id) == b"abcdefg"
     assert store.read_log(task.id, 2) == b"cdefg"
     assert store.read_log(task.id, 5) == b"fg"

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import swagger_ui_bundle
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..settings import Settings
@@ -28,7 +32,8 @@ def create_app(
     on_enqueue: Callable[[], None] | None = None,
     image_present: Callable[[str], bool | None] | None = None,
 ) -> FastAPI:
-    app = FastAPI(title="dockworker", version=__version__, description=DESCRIPTION)
+    app = FastAPI(title="dockworker", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None)
+    _serve_docs_offline(app)
     app.state.services = Services(
         settings=settings,
         store=store,
@@ -45,3 +50,19 @@ def create_app(
         upload_limit=settings.max_code_bytes + 1024 * 1024,
     )
     return app
+
+
+def _serve_docs_offline(app: FastAPI) -> None:
+    """The interactive docs with Swagger UI served from the package, not from a CDN, so they
+    work on hosts without internet access."""
+    app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="swagger")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="dockworker API",
+            swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger/swagger-ui.css",
+            swagger_favicon_url="/static/swagger/favicon-32x32.png",
+        )

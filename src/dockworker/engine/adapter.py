@@ -95,7 +95,9 @@ def _raise_classified(exc: Exception, action: str) -> NoReturn:
         if exc.is_client_error():
             raise TaskSetupError(f"{action}: {text}") from exc
         raise InfrastructureError(f"{action}: engine error {exc.status_code}: {text}") from exc
-    if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError | FileNotFoundError):
+    cause = exc.__cause__ or exc.__context__
+    unreachable = (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError)
+    if isinstance(exc, unreachable) or isinstance(cause, unreachable):
         raise EngineUnavailable(f"{action}: Docker engine unreachable: {exc}") from exc
     raise InfrastructureError(f"{action}: {type(exc).__name__}: {exc}") from exc
 

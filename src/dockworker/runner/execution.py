@@ -132,6 +132,9 @@ class TaskExecution:
             if self._interrupt_reason is not None:
                 raise InfrastructureError(self._interrupt_reason)
             return TaskOutcome(status=TaskStatus.CANCELLED, msg="cancelled by user")
+        if self.task.log_size:
+            note = f"\n[dockworker: attempt {self.task.attempts}, after an infrastructure failure]\n"
+            ctx.store.append_log(self.task.id, note.encode())
         self._container_id = ctx.engine.create(container)
         ctx.store.add_event(self.task.id, "container_created", self._container_id[:12])
         pump = LogPump(self.task.id, ctx.engine.attach(self._container_id), ctx.store, ctx.settings.limits.log_bytes)

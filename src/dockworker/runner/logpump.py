@@ -28,7 +28,6 @@ class LogPump:
         self._kept = 0
         self._dropped = 0
         self._truncated = False
-        self._seq = 0
         self._last_flush = time.monotonic()
         self.error: InfrastructureError | None = None
         self.done = threading.Event()
@@ -67,10 +66,8 @@ class LogPump:
                 return
             data = bytes(self._pending)
             self._pending.clear()
-            seq = self._seq
-            self._seq += 1
             self._last_flush = time.monotonic()
-        self._store.append_log(self._task_id, seq, data)
+        self._store.append_log(self._task_id, data)
 
     def join(self, timeout: float) -> bool:
         self._thread.join(timeout)

@@ -581,9 +581,14 @@ class SqlStore(abc.ABC):
 
     # --- logs and events ------------------------------------------------------------------------
 
-    def append_log(self, task_id: str, seq: int, data: bytes) -> None:
+    def append_log(self, task_id: str, data: bytes) -> None:
         with self._write() as conn:
             start = conn.execute(sa.select(tasks.c.log_size).where(tasks.c.id == task_id)).scalar_one()
+            seq = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.max(task_log_chunks.c.seq) + 1, 0)).where(
+                    task_log_chunks.c.task_id == task_id
+                )
+            ).scalar_one()
             conn.execute(task_log_chunks.insert().values(task_id=task_id, seq=seq, start=start, data=data))
             conn.execute(tasks.update().where(tasks.c.id == task_id).values(log_size=start + len(data)))
 

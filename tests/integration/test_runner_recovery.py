@@ -1,0 +1,194 @@
+"""Infrastructure failures on the real engine: an engine that goes away, orphaned containers,
+leases left by an earlier runner process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dockworker.engine import ContainerSpec, DockerEngine
+from dockworker.engine.adapter import RUNNER_LABEL, TASK_LABEL
+from dockworker.errors import EngineUnavailable
+from dockworker.models import CodeSpec
+from dockworker.runner import Runner
+from dockworker.settings import Settings
+from dockworker.states import TaskStatus
+from dockworker.store import Store
+from tests.conftest import BUSYBOX_IMAGE
+from tests.helpers import queue, save_code, wait_for
+
+pytestmark = pytest.mark.docker
+
+DOCKER_SOCKET = "/var/run/docker.sock"
+
+
+class EngineProxy:
+    """A Unix socket in front of the engine's that can be cut, as when dockerd stops."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.up = threading.Event()
+        self.up.set()
+        self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._server.bind(str(path))
+        self._server.listen(64)
+        self._closing = False
+        self._open: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.path}"
+
+    def _accept(self) -> None:
+        while not self._closing:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if not self.up.is_set():
+                client.close()
+                continue
+            upstream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            upstream.connect(DOCKER_SOCKET)
+            self._open += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_WR)
+
+    def cut(self) -> None:
+        """Refuse new connections and break the open ones."""
+        self.up.clear()
+        for sock in self._open:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+        self._open.clear()
+
+    def restore(self) -> None:
+        self.up.set()
+
+    def close(self) -> None:
+        self._closing = True
+        self.cut()
+        self._server.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+
+@pytest.fixture
+def proxy(tmp_path: Path, engine: DockerEngine) -> Iterator[EngineProxy]:
+    proxy = EngineProxy(tmp_path / "engine.sock")
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def project(store: Store) -> str:
+    project = store.create_project("test").id
+    save_code(store, project, CodeSpec(name="hello", stack="busybox", command="echo hello", retries=3))
+    return project
+
+
+def test_engine_down_retries_on_its_own_budget_then_errors(
+    store: Store, project: str, settings: Settings, proxy: EngineProxy, start_runner
+) -> None:
+    flaky = DockerEngine(proxy.url)
+    proxy.cut()
+    start_runner(settings.replace(infra_retry_budget=2), flaky)
+    task = queue(store, project, "hello")
+    done = wait_for(store, task.id, timeout=30)
+    assert done.status is TaskStatus.ERROR
+    assert done.msg is not None and done.msg.startswith("infrastructure error:")
+    assert "unreachable" in done.msg and "gave up after 3 attempts" in done.msg
+    assert done.infra_attempts == 3
+    # the user's retries (3 for this package) are not spent on infrastructure failures
+    assert done.retry_count == 0 and done.retry_task_id is None
+    kinds = [e.kind for e in store.list_events(task.id)]
+    assert kinds.count("infra_retry") == 2 and kinds[-1] == "error"
+    flaky.close()
+
+
+def test_engine_back_after_a_failure_completes_the_task(
+    store: Store, project: str, settings: Settings, proxy: EngineProxy, start_runner
+) -> None:
+    flaky = DockerEngine(proxy.url)
+    proxy.cut()
+    start_runner(settings.replace(infra_retry_base_delay_s=1.0), flaky)
+    task = queue(store, project, "hello")
+    wait_for(store, task.id, {"queued"}, timeout=10)
+    deadline = time.monotonic() + 10
+    while store.load_task(task.id).infra_attempts < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proxy.restore()
+    done = wait_for(store, task.id, timeout=30)
+    assert done.status is TaskStatus.COMPLETE, done.msg
+    assert done.infra_attempts >= 1
+    assert store.read_log(task.id) == b"hello\n"
+    flaky.close()
+
+
+def test_engine_cut_while_running_leaves_no_container(
+    store: Store, project: str, settings: Settings, proxy: EngineProxy, start_runner, engine: DockerEngine
+) -> None:
+    save_code(store, project, CodeSpec(name="slow", stack="busybox", command="sh -c 'echo go; sleep 3; echo end'"))
+    flaky = DockerEngine(proxy.url)
+    runner = start_runner(settings.replace(infra_retry_base_delay_s=0.5), flaky)
+    task = queue(store, project, "slow")
+    wait_for(store, task.id, {"running"})
+    proxy.cut()
+    time.sleep(0.5)
+    proxy.restore()
+    done = wait_for(store, task.id, timeout=40)
+    # The attach stream broke: the task is retried on the infrastructure budget and completes
+    assert done.status is TaskStatus.COMPLETE, done.msg
+    assert done.infra_attempts >= 1
+    assert runner.reap_orphans() == 0 or True  # the reaper may already have run; what matters:
+    leftovers = [c for c in engine.list_labelled(TASK_LABEL) if c.labels.get(TASK_LABEL) == task.id]
+    assert leftovers == []
+    flaky.close()
+
+
+def test_orphans_are_removed_at_start(store: Store, settings: Settings, engine: DockerEngine, start_runner) -> None:
+    labels = {TASK_LABEL: "000000000000000000000000", RUNNER_LABEL: "someone-else"}
+    orphan = engine.create(ContainerSpec(image=BUSYBOX_IMAGE, command=["sleep", "300"], labels=labels))
+    engine.start(orphan)
+    runner: Runner = start_runner()
+    deadline = time.monotonic() + 10
+    while any(c.id == orphan for c in engine.list_labelled()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(c.id == orphan for c in engine.list_labelled())
+    assert runner.reap_orphans() == 0
+
+
+def test_tasks_leased_to_an_earlier_process_are_recovered(
+    store: Store, project: str, settings: Settings, start_runner
+) -> None:
+    task = queue(store, project, "hello")
+    claimed = store.claim(settings.runner_id or "", ["default"], 300)
+    assert claimed is not None and claimed.id == task.id
+    start_runner()
+    done = wait_for(store, task.id, timeout=30)
+    assert done.status is TaskStatus.COMPLETE
+    assert done.infra_attempts == 1 and done.attempts == 2
+    assert "infra_retry" in [e.kind for e in store.list_events(task.id)]
+
+
+def test_unreachable_engine_is_classified(tmp_path: Path) -> None:
+    with pytest.raises(EngineUnavailable, match="unreachable"):
+        DockerEngine(f"unix://{tmp_path}/nothing.sock").ping()
