@@ -43,6 +43,8 @@ from typing import Any
 
 import httpx2
 
+from dockworker.engine import Bind, ContainerSpec, DockerEngine
+
 IMAGE = "dockworker/stack-busybox:1.35"
 STACK = "busybox"
 CODE_NAME = "bench-noop"
@@ -141,6 +143,13 @@ def process_cpu_s(pid: int) -> float:
     return (int(rest[11]) + int(rest[12])) / CLK_TCK
 
 
+def background_busy(seconds: float) -> float:
+    """Fraction of all cores busy over ``seconds`` while we sleep: other load on the host."""
+    before = host_cpu_busy_s()
+    time.sleep(seconds)
+    return (host_cpu_busy_s() - before) / seconds / (os.cpu_count() or 1)
+
+
 def children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -186,7 +195,8 @@ class Baseline:
         done = subprocess.run(self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
         elapsed = time.perf_counter() - started
         if done.returncode != 0:
-            raise RuntimeError(f"baseline docker run failed ({done.returncode}): {done.stderr.decode()[-500:]}")
+            detail = done.stderr.decode(errors="replace")[-500:]
+            raise RuntimeError(f"baseline docker run failed ({done.returncode}): {detail}")
         return elapsed
 
     def throughput(self, tasks: int, concurrency: int, meter: CpuMeter) -> dict[str, Any]:
@@ -205,6 +215,88 @@ class Baseline:
         }
 
 
+# --- the engine floor: dockworker's container settings, no service -------------------------
+
+
+class Floor:
+    """The engine alone, through dockworker's own adapter, with the container the runner makes
+    (network disabled, read-only root, limits, init, the task/code/hosts bind mounts, a /tmp
+    tmpfs): create, attach, start, read the output to EOF, wait (+inspect), remove. No store,
+    no HTTP, no threads of ours. dockworker's figures minus these are what the service adds."""
+
+    def __init__(self, image: str, run_label: str, work_dir: Path) -> None:
+        key, _, value = run_label.partition("=")
+        task_dir, code_dir, hosts = work_dir / "task", work_dir / "code", work_dir / "hosts"
+        for directory in (task_dir, code_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o777)
+        (task_dir / "payload.json").write_text("")
+        (code_dir / "noop.sh").write_text("true\n")
+        hosts.write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+        for path in (task_dir / "payload.json", code_dir / "noop.sh", hosts):
+            path.chmod(0o644)
+        self.engine = DockerEngine(pool_size=16)
+        self.spec = ContainerSpec(
+            image=image,
+            command=["true"],
+            env={"TASK_ID": "floor", "TASK_DIR": "/mnt/task", "HOME": "/mnt/task", "CODE_DIR": "/mnt/code"},
+            labels={key: value},
+            binds=(
+                Bind(source=str(task_dir), target="/mnt/task", read_only=False),
+                Bind(source=str(hosts), target="/etc/hosts"),
+                Bind(source=str(code_dir), target="/mnt/code"),
+            ),
+            working_dir="/mnt/code",
+            tmpfs={"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"},
+        )
+
+    def one(self) -> dict[str, float]:
+        """Milliseconds per phase, and in total; raises when the container fails."""
+        t0 = time.perf_counter()
+        container_id = self.engine.create(self.spec)
+        t1 = time.perf_counter()
+        try:
+            stream = self.engine.attach(container_id)
+            self.engine.start(container_id)
+            t2 = time.perf_counter()
+            for _ in stream:
+                pass
+            t3 = time.perf_counter()
+            exit_info = self.engine.wait(container_id)
+            t4 = time.perf_counter()
+        finally:
+            self.engine.remove(container_id)
+        t5 = time.perf_counter()
+        if exit_info.exit_code != 0:
+            raise RuntimeError(f"floor container failed: {exit_info}")
+        return {
+            "create": ms(t1 - t0),
+            "attach_start": ms(t2 - t1),
+            "output_eof": ms(t3 - t2),
+            "wait_inspect": ms(t4 - t3),
+            "remove": ms(t5 - t4),
+            "total": ms(t5 - t0),
+        }
+
+    def throughput(self, tasks: int, concurrency: int, meter: CpuMeter) -> dict[str, Any]:
+        meter.start()
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            totals = [r["total"] for r in pool.map(lambda _: self.one(), range(tasks))]
+        wall = time.perf_counter() - started
+        return {
+            "tasks": tasks,
+            "concurrency": concurrency,
+            "wall_s": wall,
+            "tasks_per_s": tasks / wall,
+            "latency_under_load_ms": asdict(Summary.of(totals)),
+            **meter.stop(tasks),
+        }
+
+    def close(self) -> None:
+        self.engine.close()
+
+
 # --- dockworker: the service and its API ------------------------------------------------------
 
 
@@ -218,13 +310,15 @@ class TaskSample:
     polls: int
     poll_rtt_ms: float
     split_ms: dict[str, float] = field(default_factory=dict)
+    events: list[str] = field(default_factory=list)
 
 
 class Service:
     """``dockworker up`` in a subprocess on a temporary data dir, and an API client for it."""
 
-    def __init__(self, slots: int, runner_id: str) -> None:
+    def __init__(self, slots: int, runner_id: str, guarded: bool) -> None:
         self.slots = slots
+        self.guarded = guarded
         self.runner_id = runner_id
         self.data_dir = Path(tempfile.mkdtemp(prefix="dockworker-bench-"))
         self.port = free_port()
@@ -239,9 +333,13 @@ class Service:
         return self.process.pid if self.process else None
 
     def start(self, timeout: float = 60) -> None:
-        executable = Path(sys.executable).parent / "dockworker"
-        command = [str(executable) if executable.exists() else shutil.which("dockworker") or "dockworker"]
-        command += ["up", "--data-dir", str(self.data_dir), "--port", str(self.port), "--slots", str(self.slots)]
+        if self.guarded:
+            command = [sys.executable, str(Path(__file__).resolve().parent / "guarded_up.py")]
+        else:
+            executable = Path(sys.executable).parent / "dockworker"
+            command = [str(executable) if executable.exists() else shutil.which("dockworker") or "dockworker"]
+        command += ["up", "--data-dir", str(self.data_dir), "--port", str(self.port)]
+        command += ["--slots", str(self.slots)]
         env = {**os.environ, "DOCKWORKER_RUNNER_ID": self.runner_id}
         with open(self.log_path, "wb") as log_file:
             # Own session: a Ctrl-C at the terminal reaches only us; we stop it with SIGTERM.
@@ -253,7 +351,8 @@ class Service:
         with httpx2.Client(base_url=base, timeout=2, trust_env=False) as probe:
             while True:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"dockworker up exited with {self.process.returncode}:\n{self.log_tail()}")
+                    code = self.process.returncode
+                    raise RuntimeError(f"dockworker up exited with {code}:\n{self.log_tail()}")
                 with contextlib.suppress(httpx2.TransportError):
                     response = probe.get("/version")
                     if response.status_code == 200:
@@ -319,14 +418,19 @@ class Service:
             time.sleep(poll_s)
         latency = seen - started
         sample = TaskSample(task_id, task["status"], ms(latency), polls, ms(rtt / polls))
-        sample.split_ms = self._split(task, wall0, wall0 + latency)
+        kinds = self.call("GET", f"/tasks/{task_id}/events")["events"]
+        sample.events = [e["kind"] for e in kinds]
+        sample.split_ms = self._split(task, kinds, wall0, wall0 + latency)
         return sample
 
-    def _split(self, task: dict[str, Any], posted: float, seen: float) -> dict[str, float]:
+    @staticmethod
+    def _split(
+        task: dict[str, Any], kinds: list[dict[str, Any]], posted: float, seen: float
+    ) -> dict[str, float]:
         """Where the time went, from the task's timestamps and events (read after the fact).
         Server timestamps have millisecond resolution; client and server share the clock."""
         events: dict[str, float] = {}
-        for event in self.call("GET", f"/tasks/{task['id']}/events")["events"]:
+        for event in kinds:
             at = parse_time(event["at"])
             if at is not None:
                 events.setdefault(event["kind"], at)
@@ -421,7 +525,8 @@ def max_overlap(tasks: Sequence[dict[str, Any]]) -> int:
 def host_info() -> dict[str, Any]:
     cpu_model = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        cpu_model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+        models = (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+        cpu_model = next(models, "")
     return {
         "cores": os.cpu_count(),
         "cpu_model": cpu_model,
@@ -439,11 +544,44 @@ def containers(label_filter: str) -> list[str]:
     return out.split()
 
 
-def foreign_containers(run_label: str, runner_id: str) -> int:
-    """Containers on the engine that are not this run's (other work adds noise)."""
-    everything = set(run_text(["docker", "ps", "-a", "-q"]).split())
-    ours = set(containers(run_label)) | set(containers(f"{RUNNER_LABEL}={runner_id}"))
-    return len(everything - ours)
+@dataclass
+class Noise:
+    """Counts containers on the engine that are not this run's: other work on a shared engine
+    competes for the 2 cores. Sampled between measurements, never inside one."""
+
+    run_label: str
+    runner_id: str
+    samples: list[int] = field(default_factory=list)
+
+    def foreign(self) -> int:
+        everything = set(run_text(["docker", "ps", "-a", "-q"]).split())
+        ours = set(containers(self.run_label)) | set(containers(f"{RUNNER_LABEL}={self.runner_id}"))
+        return len(everything - ours)
+
+    def sample(self) -> int:
+        count = self.foreign()
+        self.samples.append(count)
+        return count
+
+    def wait_quiet(self, timeout: float, quiet_checks: int = 3, max_busy: float = 0.25) -> bool:
+        """Wait until, for ``quiet_checks`` seconds in a row, no foreign container exists and
+        the host's CPUs are less than ``max_busy`` busy."""
+        deadline = time.monotonic() + timeout
+        streak = 0
+        while time.monotonic() < deadline:
+            quiet = self.foreign() == 0 and background_busy(1.0) < max_busy
+            streak = streak + 1 if quiet else 0
+            if streak >= quiet_checks:
+                return True
+        return False
+
+    def summary(self) -> dict[str, Any]:
+        busy = sum(1 for c in self.samples if c)
+        return {
+            "samples": len(self.samples),
+            "samples_with_foreign": busy,
+            "max_foreign": max(self.samples or [0]),
+        }
 
 
 def remove_containers(ids: Sequence[str]) -> None:
@@ -465,19 +603,40 @@ class Options:
     poll_ms: float
     batch_poll_ms: float
     image: str
+    floor: bool
+    unguarded: bool
+    wait_quiet_s: float
 
 
 def parse_options(argv: Sequence[str] | None = None) -> Options:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--n", type=int, default=30, help="measured single tasks per side (default 30)")
     parser.add_argument("--batch", type=int, default=60, help="tasks per throughput batch (default 60)")
     parser.add_argument("--slots", type=int, default=4, help="dockworker runner slots (default 4)")
     parser.add_argument("--concurrency", type=int, default=4, help="baseline concurrent workers (default 4)")
     parser.add_argument("--warmup", type=int, default=3, help="discarded first runs per side (default 3)")
-    parser.add_argument("--rounds", type=int, default=2, help="throughput rounds, order alternating (default 2)")
+    parser.add_argument("--rounds", type=int, default=2, help="throughput rounds, alternating (default 2)")
     parser.add_argument("--poll-ms", type=float, default=5.0, help="single-task poll interval (default 5)")
     parser.add_argument("--batch-poll-ms", type=float, default=25.0, help="batch poll interval (default 25)")
-    parser.add_argument("--image", default=IMAGE, help=f"baseline image (default {IMAGE}, the busybox stack's)")
+    parser.add_argument("--image", default=IMAGE, help=f"baseline image (default {IMAGE})")
+    parser.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the engine floor (dockworker's container through its adapter, without the service)",
+    )
+    parser.add_argument(
+        "--unguarded",
+        action="store_true",
+        help="run the plain 'dockworker up' (its reaper may remove other dockworker runs' containers)",
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="first wait up to S s for an engine without other containers (default 120; 0: don't)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: n=5, batch=8, 1 round")
     args = parser.parse_args(argv)
     if args.quick:
@@ -494,60 +653,85 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         poll_ms=args.poll_ms,
         batch_poll_ms=args.batch_poll_ms,
         image=args.image,
+        floor=not args.no_floor,
+        unguarded=args.unguarded,
+        wait_quiet_s=args.wait_quiet,
     )
 
 
-def measure_latency(options: Options, baseline: Baseline, service: Service) -> dict[str, Any]:
-    """Single tasks, one at a time, the two sides interleaved (who goes first alternates)."""
+def rotated(names: Sequence[str], index: int) -> list[str]:
+    """The sides in a different order each time, so each goes first equally often."""
+    k = index % len(names)
+    return [*names[k:], *names[:k]]
+
+
+def measure_latency(
+    options: Options, baseline: Baseline, service: Service, floor: Floor | None, noise: Noise
+) -> dict[str, Any]:
+    """Single tasks, one at a time, the sides interleaved (who goes first rotates)."""
     base: list[float] = []
+    floor_runs: list[dict[str, float]] = []
     samples: list[TaskSample] = []
     sides: dict[str, Callable[[], None]] = {
         "baseline": lambda: base.append(ms(baseline.one())),
         "dockworker": lambda: samples.append(service.one(options.poll_ms / 1000)),
     }
+    if floor is not None:
+        sides["floor"] = lambda: floor_runs.append(floor.one())
     total = options.warmup + options.n
     for i in range(total):
-        order = ("baseline", "dockworker") if i % 2 == 0 else ("dockworker", "baseline")
-        for side in order:
+        for side in rotated(list(sides), i):
             sides[side]()
+        noise.sample()
         if (i + 1) % 10 == 0 or i + 1 == total:
             log(f"  latency: {i + 1}/{total} (first {options.warmup} are warm-up)")
     kept = samples[options.warmup :]
-    failed = [s for s in kept if s.status != "complete"]
+    kept_floor = floor_runs[options.warmup :]
     split_keys = sorted({k for s in kept for k in s.split_ms})
     return {
         "baseline_ms": asdict(Summary.of(base[options.warmup :])),
         "dockworker_ms": asdict(Summary.of([s.latency_ms for s in kept if s.status == "complete"])),
-        "dockworker_failed": [asdict(s) for s in failed],
+        "dockworker_failed": [asdict(s) for s in kept if s.status != "complete"],
+        "dockworker_infra_retried": [s.task_id for s in kept if "infra_retry" in s.events],
         "dockworker_split_ms": {
             k: asdict(Summary.of([s.split_ms[k] for s in kept if k in s.split_ms])) for k in split_keys
         },
         "dockworker_polls_per_task": statistics.fmean(s.polls for s in kept) if kept else 0,
         "dockworker_poll_rtt_ms": statistics.median(s.poll_rtt_ms for s in kept) if kept else 0,
+        "floor_phases_ms": {k: asdict(Summary.of([r[k] for r in kept_floor])) for k in floor_runs[0]}
+        if floor_runs
+        else {},
         "raw": {
             "baseline_ms": base,
             "dockworker": [asdict(s) for s in samples],
+            "floor_ms": floor_runs,
             "warmup_discarded": options.warmup,
         },
     }
 
 
-def measure_throughput(options: Options, baseline: Baseline, service: Service) -> dict[str, Any]:
-    meter_base = CpuMeter()
+def measure_throughput(
+    options: Options, baseline: Baseline, service: Service, floor: Floor | None, noise: Noise
+) -> dict[str, Any]:
+    """One batch per side per round; the order alternates between rounds. A small batch per
+    side first, as warm-up (discarded)."""
+    meter_base, meter_floor = CpuMeter(), CpuMeter()
     meter_dw = CpuMeter(service_pid=service.pid)
-    # Warm-up: a small discarded batch on each side.
-    warm = max(options.warmup, 1)
-    baseline.throughput(warm, options.concurrency, meter_base)
-    service.throughput(warm, options.batch_poll_ms / 1000, meter_dw)
-    runs: dict[str, list[dict[str, Any]]] = {"baseline": [], "dockworker": []}
+    batch_poll = options.batch_poll_ms / 1000
+    sides: dict[str, Callable[[int], dict[str, Any]]] = {
+        "baseline": lambda n: baseline.throughput(n, options.concurrency, meter_base),
+        "dockworker": lambda n: service.throughput(n, batch_poll, meter_dw),
+    }
+    if floor is not None:
+        sides["floor"] = lambda n: floor.throughput(n, options.slots, meter_floor)
+    for run in sides.values():
+        run(max(options.warmup, 1))
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
     for round_index in range(options.rounds):
-        order = ("baseline", "dockworker") if round_index % 2 == 0 else ("dockworker", "baseline")
-        for side in order:
+        for side in rotated(list(sides), round_index):
             log(f"  throughput round {round_index + 1}/{options.rounds}: {side}")
-            if side == "baseline":
-                runs[side].append(baseline.throughput(options.batch, options.concurrency, meter_base))
-            else:
-                runs[side].append(service.throughput(options.batch, options.batch_poll_ms / 1000, meter_dw))
+            noise.sample()
+            runs[side].append(sides[side](options.batch))
     return {
         side: {
             "tasks_per_s": statistics.median(r["tasks_per_s"] for r in results),
@@ -568,86 +752,127 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if b else "-"
 
 
-def render(result: dict[str, Any]) -> str:
-    host, options = result["host"], result["options"]
-    lat, thr = result["latency"], result["throughput"]
-    b, d = lat["baseline_ms"], lat["dockworker_ms"]
-    tb, td = thr["baseline"], thr["dockworker"]
-    rows = [
-        ("latency p50 (ms)", b["p50"], d["p50"], ratio(d["p50"], b["p50"])),
-        ("latency p90 (ms)", b["p90"], d["p90"], ratio(d["p90"], b["p90"])),
-        ("latency min (ms)", b["min"], d["min"], ratio(d["min"], b["min"])),
-        ("latency max (ms)", b["max"], d["max"], ratio(d["max"], b["max"])),
-        ("throughput (tasks/s)", tb["tasks_per_s"], td["tasks_per_s"], ratio(td["tasks_per_s"], tb["tasks_per_s"])),
-        (
-            "host CPU per task (ms)",
-            tb["host_cpu_ms_per_task"],
-            td["host_cpu_ms_per_task"],
-            ratio(td["host_cpu_ms_per_task"], tb["host_cpu_ms_per_task"]),
-        ),
+SPLIT_KEYS = (
+    "post_to_queued",
+    "queued_to_claimed",
+    "claimed_to_container_created",
+    "container_created_to_started",
+    "started_to_finished",
+    "finished_to_seen",
+    "queue_wait",
+    "run",
+)
+
+
+def comparison(names: tuple[str, str], lat: tuple[dict[str, Any], dict[str, Any]], thr: Any) -> list[str]:
+    """Rows of one side against another (latency summaries, throughput results)."""
+    (a, b), (ta, tb) = lat, thr
+    rows = [(f"latency {k} (ms)", a[k], b[k]) for k in ("p50", "p90", "min", "max")]
+    rows += [
+        ("throughput (tasks/s)", ta["tasks_per_s"], tb["tasks_per_s"]),
+        ("host CPU per task (ms)", ta["host_cpu_ms_per_task"], tb["host_cpu_ms_per_task"]),
     ]
-    lines = [
-        f"host: {host['cores']} cores ({host['cpu_model']}), kernel {host['kernel']}, Python {host['python']}",
+    head = f"dw / {names[0][:5]}"
+    lines = [f"{'':24}{names[0]:>12}{names[1]:>12}{head:>12}"]
+    lines += [f"{name:24}{fmt(x):>12}{fmt(y):>12}{ratio(y, x):>12}" for name, x, y in rows]
+    return lines
+
+
+def render_header(result: dict[str, Any]) -> list[str]:
+    host, options = result["host"], result["options"]
+    return [
+        f"host: {host['cores']} cores ({host['cpu_model']}), kernel {host['kernel']}, "
+        f"Python {host['python']}",
         f"docker: engine {host['docker_server']} (API {host['docker_api']}), CLI {host['docker_client']}; "
-        f"dockworker {result['dockworker_version']}",
+        f"dockworker {result['dockworker_version']} ({result['service_command']})",
         f"run: n={options['n']} single tasks per side (+{options['warmup']} warm-up discarded, interleaved), "
         f"batch={options['batch']} x {options['rounds']} round(s), slots={options['slots']}, "
         f"baseline concurrency={options['concurrency']}, poll {fmt(options['poll_ms'], 0)} ms",
         f"baseline: {' '.join(result['baseline_command'])}",
         "",
-        f"{'':24}{'baseline':>12}{'dockworker':>12}{'dw / base':>12}",
     ]
-    lines += [f"{name:24}{fmt(x):>12}{fmt(y):>12}{r:>12}" for name, x, y, r in rows]
-    lines += [
-        "",
-        "latency ratio > 1: dockworker is slower; throughput ratio > 1: dockworker is faster.",
-        "",
-        "dockworker single task, where the time goes (server timestamps, ms, p50 / p90):",
-    ]
+
+
+def render_details(result: dict[str, Any]) -> list[str]:
+    lat, thr = result["latency"], result["throughput"]
+    lines = ["", "dockworker single task, where the time goes (server timestamps, ms, p50 / p90):"]
     split = lat["dockworker_split_ms"]
-    for key in (
-        "post_to_queued",
-        "queued_to_claimed",
-        "claimed_to_container_created",
-        "container_created_to_started",
-        "started_to_finished",
-        "finished_to_seen",
-        "queue_wait",
-        "run",
-    ):
-        if key in split:
-            lines.append(f"  {key:32}{fmt(split[key]['p50']):>8}{fmt(split[key]['p90']):>8}")
+    lines += [f"  {k:32}{fmt(split[k]['p50']):>8}{fmt(split[k]['p90']):>8}" for k in SPLIT_KEYS if k in split]
     lines.append(
         f"  polls per task {fmt(lat['dockworker_polls_per_task'])}, poll round trip p50 "
         f"{fmt(lat['dockworker_poll_rtt_ms'], 2)} ms"
     )
+    if lat["floor_phases_ms"]:
+        phases = ", ".join(f"{k} {fmt(v['p50'])}" for k, v in lat["floor_phases_ms"].items())
+        lines.append(f"engine floor phases (ms, p50): {phases}")
     lines.append("")
-    for side in ("baseline", "dockworker"):
-        for index, run in enumerate(thr[side]["rounds"], 1):
-            extra = (
-                f", max running at once {run['max_running_at_once']}, statuses {run['statuses']}"
-                if side == "dockworker"
-                else ""
-            )
-            service_cpu = run.get("service_cpu_ms_per_task")
-            lines.append(
+    for side, results in thr.items():
+        for index, run in enumerate(results["rounds"], 1):
+            line = (
                 f"throughput {side:10} round {index}: {run['tasks']} tasks in {fmt(run['wall_s'], 2)} s = "
                 f"{fmt(run['tasks_per_s'], 2)}/s, host CPU {fmt(run['host_cpu_ms_per_task'], 0)} ms/task"
-                + (f" (service process {fmt(service_cpu, 0)})" if service_cpu is not None else "")
-                + extra
             )
+            if side == "dockworker":
+                line += (
+                    f" (service process {fmt(run['service_cpu_ms_per_task'], 0)}), "
+                    f"max running at once {run['max_running_at_once']}, {run['statuses']}"
+                )
+            lines.append(line)
+    return lines
+
+
+def render_warnings(result: dict[str, Any]) -> list[str]:
+    lat, host, noise = result["latency"], result["host"], result["noise"]
+    lines = []
     if lat["dockworker_failed"]:
         lines.append(f"WARNING: {len(lat['dockworker_failed'])} dockworker single task(s) did not complete")
+    if lat["dockworker_infra_retried"]:
+        lines.append(
+            f"WARNING: {len(lat['dockworker_infra_retried'])} dockworker single task(s) were retried after "
+            "an infrastructure error (their container vanished?); their latency includes the retry"
+        )
     lines.append(
-        f"load average start {host['loadavg_start'][0]:.2f}, end {host['loadavg_end'][0]:.2f}; "
-        f"other containers on the engine at start/end: {result['foreign_containers']}"
+        f"other load: CPUs {host['background_busy_start']:.0%} busy before the run, "
+        f"{host['background_busy_end']:.0%} after (2 s idle each); load average start "
+        f"{host['loadavg_start'][0]:.2f}, end {host['loadavg_end'][0]:.2f}"
     )
+    lines.append(
+        f"other containers on the engine in {noise['samples_with_foreign']} of {noise['samples']} samples "
+        f"(max {noise['max_foreign']})"
+        + ("  <- shared engine: figures are noisy" if noise["samples_with_foreign"] else "")
+    )
+    return lines
+
+
+def render(result: dict[str, Any]) -> str:
+    lat, thr = result["latency"], result["throughput"]
+    lines = render_header(result)
+    lines += comparison(
+        ("baseline", "dockworker"),
+        (lat["baseline_ms"], lat["dockworker_ms"]),
+        (thr["baseline"], thr["dockworker"]),
+    )
+    lines.append("latency ratio > 1: dockworker is slower; throughput ratio > 1: dockworker is faster.")
+    if "floor" in thr:
+        floor_ms = lat["floor_phases_ms"]["total"]
+        lines += [
+            "",
+            f"engine floor: the runner's container through dockworker's adapter, no service "
+            f"({result['options']['slots']} concurrent for throughput):",
+        ]
+        lines += comparison(
+            ("floor", "dockworker"), (floor_ms, lat["dockworker_ms"]), (thr["floor"], thr["dockworker"])
+        )
+        added = lat["dockworker_ms"]["p50"] - floor_ms["p50"]
+        lines.append(f"what the service adds to a single task (p50 - p50): {fmt(added)} ms")
+    lines += render_details(result)
+    lines += render_warnings(result)
     return "\n".join(lines)
 
 
 @contextlib.contextmanager
 def running_service(options: Options, runner_id: str) -> Iterator[Service]:
-    service = Service(options.slots, runner_id)
+    service = Service(options.slots, runner_id, guarded=not options.unguarded)
     try:
         service.start()
         yield service
@@ -663,10 +888,12 @@ def running_service(options: Options, runner_id: str) -> Iterator[Service]:
         )
 
 
-def check_clean(run_label: str) -> dict[str, Any]:
+def check_clean(run_label: str, runner_id: str) -> dict[str, Any]:
     remove_containers(containers(run_label))  # baseline leftovers, if a run was interrupted
-    left = containers(TASK_LABEL)
-    return {"dockworker_task_containers_left": left, "baseline_containers_left": containers(run_label)}
+    return {
+        "dockworker_task_containers": containers(TASK_LABEL),
+        "ours_left": containers(f"{RUNNER_LABEL}={runner_id}") + containers(run_label),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -677,37 +904,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     run_label = f"{BENCH_LABEL}={run_id}"
     runner_id = f"bench-{run_id}"
+    noise = Noise(run_label, runner_id)
+    if options.wait_quiet_s > 0 and (noise.foreign() or background_busy(1.0) >= 0.25):
+        log(f"the host or engine is busy: waiting up to {options.wait_quiet_s:.0f} s for a quiet host")
+        if not noise.wait_quiet(options.wait_quiet_s):
+            log("still busy: measuring anyway (the figures will be noisy)")
     host = host_info()
-    foreign = [foreign_containers(run_label, runner_id)]
-    if containers(TASK_LABEL):
-        log("note: containers labelled dockworker.task exist already (another runner is at work); see README")
+    host["background_busy_start"] = background_busy(2.0)
     baseline = Baseline(options.image, run_label)
     result: dict[str, Any] = {"run_id": run_id, "options": asdict(options), "host": host}
     result["baseline_command"] = baseline.command
+    result["service_command"] = "bench/guarded_up.py up" if not options.unguarded else "dockworker up"
+    floor_dir = Path(tempfile.mkdtemp(prefix="dockworker-bench-floor-"))
+    floor = Floor(options.image, run_label, floor_dir) if options.floor else None
     try:
         with running_service(options, runner_id) as service:
             service.upload_noop()
             result["dockworker_version"] = service.version
-            log(f"dockworker {service.version} up on port {service.port} (pid {service.pid}, {options.slots} slots)")
-            result["latency"] = measure_latency(options, baseline, service)
-            result["throughput"] = measure_throughput(options, baseline, service)
-            foreign.append(foreign_containers(run_label, runner_id))
+            log(
+                f"dockworker {service.version}: port {service.port}, pid {service.pid}, slots {options.slots}"
+            )
+            noise.sample()
+            result["latency"] = measure_latency(options, baseline, service, floor, noise)
+            result["throughput"] = measure_throughput(options, baseline, service, floor, noise)
+            noise.sample()
     finally:
-        clean = check_clean(run_label)
+        if floor is not None:
+            floor.close()
+        shutil.rmtree(floor_dir, ignore_errors=True)
+        clean = check_clean(run_label, runner_id)
     host["loadavg_end"] = os.getloadavg()
-    result["foreign_containers"] = foreign
+    host["background_busy_end"] = background_busy(2.0)
+    result["noise"] = noise.summary()
     result["cleanup"] = clean
     print(render(result))
-    left = clean["dockworker_task_containers_left"]
+    left = clean["dockworker_task_containers"]
     print(
-        f"\nclean-up: docker ps -a --filter label={TASK_LABEL}: "
-        + ("empty" if not left else f"NOT EMPTY: {' '.join(left)}")
+        f"\nclean-up: service stopped with SIGTERM, temp dir removed; "
+        f"docker ps -a --filter label={TASK_LABEL}: " + ("empty" if not left else " ".join(left))
     )
+    if left:
+        print(f"  of these, left by this run: {len(clean['ours_left'])} (the others belong to other runners)")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     out = RESULTS_DIR / f"e2e_latency-{run_id}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"figures written to {out}")
-    return 0 if not left else 1
+    return 1 if clean["ours_left"] else 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ dockworker's error families; nothing from ``docker`` or ``requests`` escapes thi
 from __future__ import annotations
 
 import contextlib
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn
@@ -123,20 +124,48 @@ def _classified(action: str) -> Iterator[None]:
         _raise_classified(exc, action)
 
 
+def _check_unix_socket(base_url: str) -> None:
+    # The SDK leaks its socket when connecting to a Unix socket fails; find out first.
+    if not base_url.startswith(("unix://", "/")):
+        return
+    path = base_url.removeprefix("unix://")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(5)
+        probe.connect(path)
+    except OSError as exc:
+        raise EngineUnavailable(f"connect: Docker engine unreachable at {path}: {exc}") from exc
+    finally:
+        probe.close()
+
+
 class DockerEngine:
     """One engine connection. Thread-safe: the runner's task threads share it."""
 
     def __init__(self, base_url: str | None = None, *, pool_size: int = 32, timeout: float = 60) -> None:
         self._base_url = base_url or docker.constants.DEFAULT_UNIX_SOCKET
+        version = self._negotiate_version(self._base_url)
         with _classified("connect"):
             self._api = docker.APIClient(
-                base_url=self._base_url, version="auto", timeout=int(timeout), max_pool_size=pool_size
+                base_url=self._base_url, version=version, timeout=int(timeout), max_pool_size=pool_size
             )
             # Attach streams stay open for the whole task: no read timeout on them.
             self._streams = docker.APIClient(
                 base_url=self._base_url, version=self._api.api_version, timeout=None,  # type: ignore[arg-type]
                 max_pool_size=pool_size,
             )
+
+    @staticmethod
+    def _negotiate_version(base_url: str) -> str:
+        """The engine's API version. Asked through a client of our own so that a failure does
+        not leave the SDK's half-built client (and its socket) behind."""
+        _check_unix_socket(base_url)
+        probe = docker.APIClient(base_url=base_url, version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=10)
+        try:
+            with _classified("connect"):
+                return str(probe.version(api_version=False)["ApiVersion"])
+        finally:
+            probe.close()
 
     def close(self) -> None:
         self._api.close()
