@@ -468,6 +468,13 @@ class Service:
         statuses: dict[str, int] = {}
         for task in details:
             statuses[task["status"]] = statuses.get(task["status"], 0) + 1
+        problems = [
+            {k: d.get(k) for k in ("id", "status", "msg", "exit_code", "start_time", "end_time")}
+            for d in details
+            if d["status"] != "complete"
+        ]
+        for problem in problems:
+            problem["events"] = self.call("GET", f"/tasks/{problem['id']}/events")["events"]
         ends = [t for t in (parse_time(d["end_time"]) for d in details) if t is not None]
         in_batch = [ms(t - wall0) for t in ends]
         return {
@@ -477,6 +484,7 @@ class Service:
             "tasks_per_s": tasks / wall,
             "server_last_end_s": (max(ends) - wall0) if ends else None,
             "statuses": statuses,
+            "not_complete": problems,
             "max_running_at_once": max_overlap(details),
             "queued_to_finished_ms": asdict(Summary.of(in_batch)),
             **cpu,
@@ -826,6 +834,12 @@ def render_warnings(result: dict[str, Any]) -> list[str]:
     lines = []
     if lat["dockworker_failed"]:
         lines.append(f"WARNING: {len(lat['dockworker_failed'])} dockworker single task(s) did not complete")
+    for run in result["throughput"]["dockworker"]["rounds"]:
+        for problem in run["not_complete"]:
+            lines.append(
+                f"WARNING: batch task {problem['id']} ended {problem['status']}: {problem['msg']} "
+                f"(exit code {problem['exit_code']})"
+            )
     if lat["dockworker_infra_retried"]:
         lines.append(
             f"WARNING: {len(lat['dockworker_infra_retried'])} dockworker single task(s) were retried after "

@@ -60,7 +60,9 @@ def engine() -> Iterator[object]:
         engine.ping()
     except DockworkerError as exc:
         _require(False, f"no Docker engine: {exc}")
-    _require(engine.image_exists(BUSYBOX_IMAGE), f"{BUSYBOX_IMAGE} missing: run 'dockworker stacks build busybox'")
+    _require(
+        engine.image_exists(BUSYBOX_IMAGE), f"{BUSYBOX_IMAGE} missing: run 'dockworker stacks build busybox'"
+    )
     yield engine
     engine.close()
 
@@ -70,7 +72,9 @@ def python_stack(engine: object) -> None:
     from dockworker.engine import DockerEngine
 
     assert isinstance(engine, DockerEngine)
-    _require(engine.image_exists(PYTHON_IMAGE), f"{PYTHON_IMAGE} missing: run 'dockworker stacks build python'")
+    _require(
+        engine.image_exists(PYTHON_IMAGE), f"{PYTHON_IMAGE} missing: run 'dockworker stacks build python'"
+    )
 
 
 class RunningRunner:

@@ -22,14 +22,20 @@ def make_zip(files: dict[str, str | bytes], modes: dict[str, int] | None = None)
     return buffer.getvalue()
 
 
-def save_code(store: Store, project_id: str, spec: CodeSpec, files: dict[str, str | bytes] | None = None) -> None:
+def save_code(
+    store: Store, project_id: str, spec: CodeSpec, files: dict[str, str | bytes] | None = None
+) -> None:
     archive = make_zip(files) if files is not None else None
     checksum = hashlib.sha256(archive).hexdigest() if archive is not None else None
     store.save_code(project_id, spec, archive, checksum)
 
 
-def queue(store: Store, project_id: str, code_name: str, payload: str = "", timeout: int = 60, **kw: object) -> Task:
-    return store.enqueue(project_id, [NewTask(code_name=code_name, payload=payload, timeout=timeout, **kw)], 3600)[0]  # type: ignore[arg-type]
+def queue(
+    store: Store, project_id: str, code_name: str, payload: str = "", timeout: int = 60, **kw: object
+) -> Task:
+    return store.enqueue(
+        project_id, [NewTask(code_name=code_name, payload=payload, timeout=timeout, **kw)], 3600
+    )[0]  # type: ignore[arg-type]
 
 
 def wait_for(store: Store, task_id: str, statuses: set[str] | None = None, timeout: float = 60) -> Task:

@@ -7,7 +7,6 @@ import itertools
 import secrets
 import time
 
-
 # Seconds, then a per-process counter (so ids made in one batch sort in creation order),
 # then randomness (so ids from different processes do not collide).
 _counter = itertools.count(secrets.randbelow(1 << 20))

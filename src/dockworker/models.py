@@ -120,7 +120,7 @@ class Task:
             return None
         if self.end_time is None:
             return None
-        return int(round((self.end_time - self.start_time) * 1000))
+        return round((self.end_time - self.start_time) * 1000)
 
     @classmethod
     def from_row(cls, row: Any) -> Task:

@@ -25,6 +25,7 @@ log = logging.getLogger("dockworker")
 
 def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 def open_migrated_store(settings: Settings) -> Store:
@@ -93,24 +94,29 @@ def run_service(settings: Settings, *, api: bool, runner: bool, on_ready: str | 
         engine.ping()
         the_runner = Runner(settings, store, engine)
         threads.append(threading.Thread(target=the_runner.run, args=(stop,), name="runner"))
-        log.info("runner %s: %d slots, clusters %s", the_runner.runner_id, settings.slots, ",".join(settings.clusters))
-    threads.append(threading.Thread(target=Housekeeper(settings, store).run, args=(stop,), name="housekeeper"))
+        log.info(
+            "runner %s: %d slots, clusters %s",
+            the_runner.runner_id,
+            settings.slots,
+            ",".join(settings.clusters),
+        )
+    threads.append(
+        threading.Thread(target=Housekeeper(settings, store).run, args=(stop,), name="housekeeper")
+    )
+    # Installed before uvicorn's: it restores them and re-raises the signal it handled.
+    _Signals(stop, force).install()
+    if the_runner is not None:
+        threading.Thread(target=_force_on, args=(force, the_runner), daemon=True).start()
     for thread in threads:
         thread.start()
     try:
         if api:
             _serve_api(settings, store, the_runner, engine, on_ready)
             stop.set()
-        else:
-            _Signals(stop, force).install()
-            if on_ready:
-                log.info("%s", on_ready)
-            while not stop.wait(0.5):
-                pass
-        _Signals(stop, force).install()
-        if the_runner is not None:
-            forcer = threading.Thread(target=lambda: force.wait() and the_runner.force_stop(), daemon=True)
-            forcer.start()
+        elif on_ready:
+            log.info("%s", on_ready)
+        while not stop.wait(0.5):
+            pass
     finally:
         stop.set()
         for thread in threads:
@@ -118,6 +124,11 @@ def run_service(settings: Settings, *, api: bool, runner: bool, on_ready: str | 
         if engine is not None:
             engine.close()
         store.close()
+
+
+def _force_on(force: threading.Event, runner: Runner) -> None:
+    force.wait()
+    runner.force_stop()
 
 
 def _serve_api(

@@ -103,8 +103,9 @@ def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settin
     for f in dataclasses.fields(Settings):
         raw = env.get(_ENV_PREFIX + f.name.upper())
         if raw is not None and f.name != "limits":
-            values[f.name] = _convert(raw, type(getattr(defaults, f.name)) if f.name != "clusters"
-                                      else "tuple[str, ...]", f.name)
+            values[f.name] = _convert(
+                raw, type(getattr(defaults, f.name)) if f.name != "clusters" else "tuple[str, ...]", f.name
+            )
     for f in dataclasses.fields(Limits):
         raw = env.get(_ENV_PREFIX + f.name.upper())
         if raw is not None:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -307,3 +308,36 @@ def remove_task_containers(task_id: str) -> None:
                 engine.remove(container_id)
         finally:
             engine.close()
+
+
+@contextlib.contextmanager
+def running_service(data_dir: Path, port: int | None = None) -> Iterator[Service]:
+    """A service of the test's own. On the way out it is stopped however the test went: SIGTERM,
+    a second SIGTERM (skip the grace period), then SIGKILL; no process is left behind."""
+    svc = Service(data_dir, port)
+    try:
+        svc.start()
+        yield svc
+    finally:
+        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGTERM, 10.0)):
+            if svc.alive():
+                svc.send(sig)
+                svc.wait_exit(wait)
+        svc.kill()
+
+
+def upload_script(service: Service, directory: Path, name: str, script: str) -> None:
+    """Upload ``script`` as NAME.sh in a busybox code package NAME, through the CLI."""
+    write_files(directory, {f"{name}.sh": script})
+    result = run_cli(
+        service, "upload", str(directory), "--name", name, "--stack", "busybox", "--command", f"sh {name}.sh"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def queue_task(service: Service, name: str, payload: str = "") -> str:
+    result = run_cli(service, "queue", name, "--payload", payload)
+    assert result.returncode == 0, result.stderr
+    task_id = result.stdout.strip()
+    assert len(task_id.split()) == 1, f"expected one task id, got {result.stdout!r}"
+    return task_id

@@ -51,7 +51,9 @@ def api(settings: Settings, store: Store) -> Iterator[Api]:
 
 
 def _hello(api: Api, name: str = "hello") -> dict[str, Any]:
-    response = api.upload({"name": name, "stack": "busybox", "command": "sh hello.sh"}, make_zip({"hello.sh": "echo hi"}))
+    response = api.upload(
+        {"name": name, "stack": "busybox", "command": "sh hello.sh"}, make_zip({"hello.sh": "echo hi"})
+    )
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -91,15 +93,17 @@ def test_legacy_runtime_upload_and_python_client_quirk(api: Api) -> None:
     # iron_worker_python sends the zip as the text of a Python bytes literal
     quirky = repr(archive).encode()
     body = (
-        b"--B\r\nContent-Disposition: form-data; name=\"data\"\r\n\r\n"
+        b'--B\r\nContent-Disposition: form-data; name="data"\r\n\r\n'
         + json.dumps({"name": "py", "runtime": "python", "file_name": "hello.py"}).encode()
-        + b"\r\n--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"py.zip\"\r\n"
+        + b'\r\n--B\r\nContent-Disposition: form-data; name="file"; filename="py.zip"\r\n'
         + b"Content-Type: application/zip\r\n\r\n"
         + quirky
         + b"\r\n--B--\r\n"
     )
     response = api.call(
-        "POST", "/codes", content=body,
+        "POST",
+        "/codes",
+        content=body,
         headers={"Authorization": f"OAuth {api.token}", "Content-Type": "multipart/form-data; boundary=B"},
     )
     assert response.status_code == 200, response.text
@@ -124,12 +128,18 @@ def test_legacy_runtime_upload_and_python_client_quirk(api: Api) -> None:
         ({"name": "x", "stack": "busybox", "command": "x", "env_vars": {"TASK_ID": "1"}}, None, "TASK_ID"),
         ({"name": "x", "stack": "busybox", "command": "x"}, b"not a zip", "not a valid zip"),
         ({"name": "x", "stack": "busybox", "command": "x"}, make_zip({"../evil": "x"}), "escapes"),
-        ({"name": "x", "runtime": "python", "file_name": "a.py"}, make_zip({"b.py": "x"}), "not in the uploaded zip"),
+        (
+            {"name": "x", "runtime": "python", "file_name": "a.py"},
+            make_zip({"b.py": "x"}),
+            "not in the uploaded zip",
+        ),
         ({"name": "x", "image": "UPPER/case", "command": "x"}, None, "data.image"),
         ({"name": "x", "stack": "busybox", "command": "x", "memory_mb": 999999}, None, "memory_mb"),
     ],
 )
-def test_bad_uploads_are_refused_and_store_nothing(api: Api, data: Any, archive: bytes | None, message: str) -> None:
+def test_bad_uploads_are_refused_and_store_nothing(
+    api: Api, data: Any, archive: bytes | None, message: str
+) -> None:
     response = api.upload(data, archive)
     assert response.status_code == 400, response.text
     assert message in response.json()["msg"]
@@ -138,7 +148,9 @@ def test_bad_uploads_are_refused_and_store_nothing(api: Api, data: Any, archive:
 
 def test_malformed_multipart(api: Api) -> None:
     response = api.call(
-        "POST", "/codes", content=b"--B\r\ngarbage",
+        "POST",
+        "/codes",
+        content=b"--B\r\ngarbage",
         headers={"Authorization": f"OAuth {api.token}", "Content-Type": "multipart/form-data; boundary=B"},
     )
     assert response.status_code == 400 and "msg" in response.json()
@@ -146,23 +158,47 @@ def test_malformed_multipart(api: Api) -> None:
 
 def test_queue_get_list_and_filters(api: Api, store: Store) -> None:
     _hello(api)
-    response = api.queue({"code_name": "hello", "payload": '{"a": 1}', "label": "L"}, {"code_name": "hello", "priority": 2})
+    response = api.queue(
+        {"code_name": "hello", "payload": '{"a": 1}', "label": "L"}, {"code_name": "hello", "priority": 2}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["msg"] == "Queued up" and len(body["tasks"]) == 2
     first, second = (t["id"] for t in body["tasks"])
     task = api.call("GET", f"/tasks/{first}").json()
-    for key in ("id", "project_id", "code_id", "code_name", "code_rev", "status", "msg", "priority", "timeout",
-                "delay", "label", "cluster", "created_at", "updated_at", "start_time", "end_time", "duration",
-                "percent", "exit_code", "retry_count", "original_task_id"):
+    for key in (
+        "id",
+        "project_id",
+        "code_id",
+        "code_name",
+        "code_rev",
+        "status",
+        "msg",
+        "priority",
+        "timeout",
+        "delay",
+        "label",
+        "cluster",
+        "created_at",
+        "updated_at",
+        "start_time",
+        "end_time",
+        "duration",
+        "percent",
+        "exit_code",
+        "retry_count",
+        "original_task_id",
+    ):
         assert key in task, key
     assert task["status"] == "queued" and task["payload"] == '{"a": 1}' and task["label"] == "L"
     assert task["timeout"] == 60 and task["cluster"] == "default" and task["created_at"].endswith("Z")
     claimed = store.claim("r", ["default"], 30)
     assert claimed is not None and claimed.id == second
     store.finish(second, "r", TaskOutcome(status=TaskStatus.ERROR, msg="exit code 1", exit_code=1))
+
     def ids(query: str) -> list[str]:
         return [t["id"] for t in api.call("GET", f"/tasks?{query}").json()["tasks"]]
+
     assert ids("error=1") == [second]
     assert sorted(ids("queued=1&error=1")) == sorted([first, second])
     assert ids("complete=1") == []
@@ -196,12 +232,20 @@ def test_bad_tasks_are_refused(api: Api, body: dict[str, Any], message: str) -> 
 
 
 def test_invalid_json_and_oversized_body(api: Api, settings: Settings) -> None:
-    response = api.call("POST", "/tasks", content=b"{oops", headers={
-        "Authorization": f"OAuth {api.token}", "Content-Type": "application/json"})
+    response = api.call(
+        "POST",
+        "/tasks",
+        content=b"{oops",
+        headers={"Authorization": f"OAuth {api.token}", "Content-Type": "application/json"},
+    )
     assert response.status_code == 400 and response.json() == {"msg": "Invalid JSON in request body"}
     huge = b"x" * (settings.max_request_bytes + 1)
-    response = api.call("POST", "/tasks", content=huge, headers={
-        "Authorization": f"OAuth {api.token}", "Content-Type": "application/json"})
+    response = api.call(
+        "POST",
+        "/tasks",
+        content=huge,
+        headers={"Authorization": f"OAuth {api.token}", "Content-Type": "application/json"},
+    )
     assert response.status_code == 413 and "too large" in response.json()["msg"]
 
 
@@ -219,7 +263,11 @@ def test_log_cancel_progress_retry(api: Api, store: Store) -> None:
     store.mark_running(task_id, "r", 1.0)
     store.append_log(task_id, b"line 1\n")
     log = api.call("GET", f"/tasks/{task_id}/log")
-    assert log.status_code == 200 and log.text == "line 1\n" and log.headers["content-type"].startswith("text/plain")
+    assert (
+        log.status_code == 200
+        and log.text == "line 1\n"
+        and log.headers["content-type"].startswith("text/plain")
+    )
     progress = api.call("POST", f"/tasks/{task_id}/progress", json={"percent": 40, "msg": "working"})
     assert progress.json() == {"msg": "Progress set"}
     assert api.call("POST", f"/tasks/{task_id}/progress", json={"percent": 101}).status_code == 400
@@ -243,8 +291,9 @@ def test_followed_log_ends_with_the_task(api: Api, store: Store) -> None:
     store.claim("r", ["default"], 30)
     store.append_log(task_id, b"a\n")
     store.finish(task_id, "r", TaskOutcome(status=TaskStatus.COMPLETE, msg="", exit_code=0))
-    with api.client.stream("GET", f"{api.base}/tasks/{task_id}/log?follow=true",
-                           headers={"Authorization": f"OAuth {api.token}"}) as response:
+    with api.client.stream(
+        "GET", f"{api.base}/tasks/{task_id}/log?follow=true", headers={"Authorization": f"OAuth {api.token}"}
+    ) as response:
         assert response.read() == b"a\n"
 
 

@@ -23,15 +23,28 @@ def project(store: Store) -> str:
 
 
 def _containers_of(engine: DockerEngine, settings: Settings) -> list[str]:
-    return [c.id for c in engine.list_labelled(RUNNER_LABEL) if c.labels.get(RUNNER_LABEL) == settings.runner_id]
+    return [
+        c.id for c in engine.list_labelled(RUNNER_LABEL) if c.labels.get(RUNNER_LABEL) == settings.runner_id
+    ]
 
 
-def test_complete_with_contract(store: Store, project: str, start_runner, engine: DockerEngine, settings: Settings) -> None:
-    script = 'echo "id=$TASK_ID dir=$TASK_DIR"; cat "$PAYLOAD_FILE"; echo; cat "$CONFIG_FILE"; echo; echo "user=$(id -u) var=$GREETING"; echo err >&2'
+def test_complete_with_contract(
+    store: Store, project: str, start_runner, engine: DockerEngine, settings: Settings
+) -> None:
+    script = (
+        'echo "id=$TASK_ID dir=$TASK_DIR"; cat "$PAYLOAD_FILE"; echo; cat "$CONFIG_FILE"; echo; '
+        'echo "user=$(id -u) var=$GREETING"; echo err >&2'
+    )
     save_code(
         store,
         project,
-        CodeSpec(name="hello", stack="busybox", command="sh main.sh", config="cfg-value", env_vars={"GREETING": "hi"}),
+        CodeSpec(
+            name="hello",
+            stack="busybox",
+            command="sh main.sh",
+            config="cfg-value",
+            env_vars={"GREETING": "hi"},
+        ),
         {"main.sh": script},
     )
     start_runner()
@@ -46,7 +59,12 @@ def test_complete_with_contract(store: Store, project: str, start_runner, engine
     assert "user=1000 var=hi" in log
     assert "err" in log
     assert done.start_time is not None and done.end_time is not None
-    assert [e.kind for e in store.list_events(task.id)][:4] == ["queued", "claimed", "container_created", "started"]
+    assert [e.kind for e in store.list_events(task.id)][:4] == [
+        "queued",
+        "claimed",
+        "container_created",
+        "started",
+    ]
     assert _containers_of(engine, settings) == []
 
 
@@ -59,7 +77,9 @@ def test_nonzero_exit_is_error(store: Store, project: str, start_runner) -> None
     assert done.msg == "exit code 3"
 
 
-def test_timeout_kills_the_container(store: Store, project: str, start_runner, engine: DockerEngine, settings: Settings) -> None:
+def test_timeout_kills_the_container(
+    store: Store, project: str, start_runner, engine: DockerEngine, settings: Settings
+) -> None:
     save_code(store, project, CodeSpec(name="sleeper", stack="busybox", command="sleep 300"))
     start_runner()
     started = time.monotonic()
@@ -84,7 +104,12 @@ def test_out_of_memory_is_reported(store: Store, project: str, start_runner) -> 
 
 def test_fork_bomb_is_contained_by_the_pids_limit(store: Store, project: str, start_runner) -> None:
     script = "i=0; while [ $i -lt 2000 ]; do sleep 30 & i=$((i+1)); done; echo spawned-all"
-    save_code(store, project, CodeSpec(name="forks", stack="busybox", command="sh fork.sh", pids=64), {"fork.sh": script})
+    save_code(
+        store,
+        project,
+        CodeSpec(name="forks", stack="busybox", command="sh fork.sh", pids=64),
+        {"fork.sh": script},
+    )
     save_code(store, project, CodeSpec(name="ok", stack="busybox", command="echo fine"))
     start_runner()
     bomb = queue(store, project, "forks", timeout=20)
@@ -112,8 +137,12 @@ def test_missing_image_fails_cleanly(store: Store, project: str, start_runner) -
     assert done.infra_attempts == 0
 
 
-def test_cancel_running_task_kills_within_a_second(store: Store, project: str, start_runner, engine: DockerEngine, settings: Settings) -> None:
-    save_code(store, project, CodeSpec(name="long", stack="busybox", command="sh -c 'echo started; sleep 300'"))
+def test_cancel_running_task_kills_within_a_second(
+    store: Store, project: str, start_runner, engine: DockerEngine, settings: Settings
+) -> None:
+    save_code(
+        store, project, CodeSpec(name="long", stack="busybox", command="sh -c 'echo started; sleep 300'")
+    )
     start_runner()
     task = queue(store, project, "long")
     wait_for(store, task.id, {"running"})
@@ -143,7 +172,11 @@ def test_log_is_capped_with_a_marker(store: Store, project: str, start_runner, s
     from dockworker.settings import Limits
 
     small = settings.replace(limits=Limits(memory_mb=128, log_bytes=10_000))
-    save_code(store, project, CodeSpec(name="flood", stack="busybox", command="sh -c 'yes flood | head -c 1000000; echo'"))
+    save_code(
+        store,
+        project,
+        CodeSpec(name="flood", stack="busybox", command="sh -c 'yes flood | head -c 1000000; echo'"),
+    )
     start_runner(small)
     done = wait_for(store, queue(store, project, "flood").id)
     log = store.read_log(done.id)
@@ -168,13 +201,24 @@ def test_isolation_defaults(store: Store, project: str, start_runner) -> None:
             "cat /sys/fs/cgroup/pids/pids.max 2>/dev/null | sed 's/^/pids:/'",
         ]
     )
-    save_code(store, project, CodeSpec(name="probe", stack="busybox", command="sh probe.sh"), {"probe.sh": script})
+    save_code(
+        store, project, CodeSpec(name="probe", stack="busybox", command="sh probe.sh"), {"probe.sh": script}
+    )
     start_runner()
     done = wait_for(store, queue(store, project, "probe").id)
     log = store.read_log(done.id).decode()
     assert done.status is TaskStatus.COMPLETE, log
-    for expected in ("root-readonly", "tmp-writable", "code-readonly", "taskdir-writable",
-                     "CapEff:\t0000000000000000", "NoNewPrivs:\t1", "hosts:", "no-docker-socket", "pids:256"):
+    for expected in (
+        "root-readonly",
+        "tmp-writable",
+        "code-readonly",
+        "taskdir-writable",
+        "CapEff:\t0000000000000000",
+        "NoNewPrivs:\t1",
+        "hosts:",
+        "no-docker-socket",
+        "pids:256",
+    ):
         assert expected in log, (expected, log)
     interfaces = log.split("ls /sys/class/net")[-1]
     assert "eth0" not in log, log
@@ -193,10 +237,15 @@ def test_legacy_runtime_upload_gets_arguments(store: Store, project: str, start_
     done = wait_for(store, task.id)
     log = store.read_log(task.id).decode()
     assert done.status is TaskStatus.COMPLETE, log
-    assert f"args: -payload /mnt/task/payload.json -config /mnt/task/config.json -id {task.id} -d /mnt/task" in log
+    assert (
+        f"args: -payload /mnt/task/payload.json -config /mnt/task/config.json -id {task.id} -d /mnt/task"
+        in log
+    )
 
 
-def test_many_tasks_run_concurrently_and_leave_nothing(store: Store, project: str, start_runner, engine: DockerEngine, settings: Settings) -> None:
+def test_many_tasks_run_concurrently_and_leave_nothing(
+    store: Store, project: str, start_runner, engine: DockerEngine, settings: Settings
+) -> None:
     save_code(store, project, CodeSpec(name="nap", stack="busybox", command="sleep 1"))
     start_runner()
     started = time.monotonic()

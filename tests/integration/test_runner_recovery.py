@@ -146,7 +146,9 @@ def test_engine_back_after_a_failure_completes_the_task(
 def test_engine_cut_while_running_leaves_no_container(
     store: Store, project: str, settings: Settings, proxy: EngineProxy, start_runner, engine: DockerEngine
 ) -> None:
-    save_code(store, project, CodeSpec(name="slow", stack="busybox", command="sh -c 'echo go; sleep 3; echo end'"))
+    save_code(
+        store, project, CodeSpec(name="slow", stack="busybox", command="sh -c 'echo go; sleep 3; echo end'")
+    )
     flaky = DockerEngine(proxy.url)
     runner = start_runner(settings.replace(infra_retry_base_delay_s=0.5), flaky)
     task = queue(store, project, "slow")
@@ -164,7 +166,9 @@ def test_engine_cut_while_running_leaves_no_container(
     flaky.close()
 
 
-def test_orphans_are_removed_at_start(store: Store, settings: Settings, engine: DockerEngine, start_runner) -> None:
+def test_orphans_are_removed_at_start(
+    store: Store, settings: Settings, engine: DockerEngine, start_runner
+) -> None:
     labels = {TASK_LABEL: "000000000000000000000000", RUNNER_LABEL: "someone-else"}
     orphan = engine.create(ContainerSpec(image=BUSYBOX_IMAGE, command=["sleep", "300"], labels=labels))
     engine.start(orphan)

@@ -24,16 +24,29 @@ def test_command_is_split_without_a_shell() -> None:
 def test_legacy_runtime_gets_ironworker_arguments() -> None:
     spec = CodeSpec(name="x", runtime="python", file_name="hello.py")
     assert resolve_command(spec, "t1", has_config=True) == [
-        "python3", "hello.py", "-payload", "/mnt/task/payload.json", "-config", "/mnt/task/config.json",
-        "-id", "t1", "-d", "/mnt/task",
+        "python3",
+        "hello.py",
+        "-payload",
+        "/mnt/task/payload.json",
+        "-config",
+        "/mnt/task/config.json",
+        "-id",
+        "t1",
+        "-d",
+        "/mnt/task",
     ]
     assert "-config" not in resolve_command(spec, "t1", has_config=False)
 
 
 def test_image_resolution() -> None:
     assert resolve_image(CodeSpec(name="x", image="my/img:2")) == "my/img:2"
-    assert resolve_image(CodeSpec(name="x", stack="python", command="python3 a.py")) == "dockworker/stack-python:3.11"
-    assert resolve_image(CodeSpec(name="x", runtime="sh", file_name="a.sh")) == "dockworker/stack-busybox:1.35"
+    assert (
+        resolve_image(CodeSpec(name="x", stack="python", command="python3 a.py"))
+        == "dockworker/stack-python:3.11"
+    )
+    assert (
+        resolve_image(CodeSpec(name="x", runtime="sh", file_name="a.sh")) == "dockworker/stack-busybox:1.35"
+    )
     with pytest.raises(TaskSetupError):
         resolve_image(CodeSpec(name="x"))
     with pytest.raises(ClientError):
@@ -53,7 +66,11 @@ def test_container_spec_is_locked_down(tmp_path: Path) -> None:
     assert built.network_disabled and built.read_only_root
     assert built.user == "1000:1000"
     assert built.memory_bytes == 64 * MB and built.pids == 32
-    assert built.env["A"] == "1" and built.env["TASK_ID"] == "t1" and built.env["PAYLOAD_FILE"] == "/mnt/task/payload.json"
+    assert (
+        built.env["A"] == "1"
+        and built.env["TASK_ID"] == "t1"
+        and built.env["PAYLOAD_FILE"] == "/mnt/task/payload.json"
+    )
     assert built.labels == {"dockworker.task": "t1", "dockworker.runner": "r1"}
     assert built.working_dir == "/mnt/code"
     assert "/tmp" in built.tmpfs

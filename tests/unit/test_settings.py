@@ -9,8 +9,12 @@ from dockworker.settings import load_settings
 
 
 def test_environment_then_overrides() -> None:
-    env = {"DOCKWORKER_PORT": "9000", "DOCKWORKER_SLOTS": "3", "DOCKWORKER_MEMORY_MB": "256",
-           "DOCKWORKER_CLUSTERS": "a, b"}
+    env = {
+        "DOCKWORKER_PORT": "9000",
+        "DOCKWORKER_SLOTS": "3",
+        "DOCKWORKER_MEMORY_MB": "256",
+        "DOCKWORKER_CLUSTERS": "a, b",
+    }
     settings = load_settings(env=env, port=9100, data_dir=None)
     assert settings.port == 9100
     assert settings.slots == 3

@@ -25,10 +25,17 @@ def test_the_lifecycle_edges() -> None:
 
 def test_sources_of_timeout_is_running_only() -> None:
     assert sources_of(TaskStatus.TIMEOUT) == {TaskStatus.RUNNING}
-    assert ACTIVE == {TaskStatus.PREPARING, TaskStatus.RUNNING}
+    assert {TaskStatus.PREPARING, TaskStatus.RUNNING} == ACTIVE
 
 
 def test_stored_values_never_change() -> None:
     assert [s.value for s in TaskStatus] == [
-        "queued", "preparing", "running", "complete", "error", "cancelled", "killed", "timeout"
+        "queued",
+        "preparing",
+        "running",
+        "complete",
+        "error",
+        "cancelled",
+        "killed",
+        "timeout",
     ]

@@ -32,7 +32,9 @@ def create_app(
     on_enqueue: Callable[[], None] | None = None,
     image_present: Callable[[str], bool | None] | None = None,
 ) -> FastAPI:
-    app = FastAPI(title="dockworker", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="dockworker", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None
+    )
     _serve_docs_offline(app)
     app.state.services = Services(
         settings=settings,
@@ -55,7 +57,9 @@ def create_app(
 def _serve_docs_offline(app: FastAPI) -> None:
     """The interactive docs with Swagger UI served from the package, not from a CDN, so they
     work on hosts without internet access."""
-    app.mount("/static/swagger", StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="swagger")
+    app.mount(
+        "/static/swagger", StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="swagger"
+    )
 
     @app.get("/docs", include_in_schema=False)
     def docs() -> HTMLResponse:

@@ -92,7 +92,9 @@ def _validate_spec(upload: CodeUpload, archive: bytes | None, settings: Settings
         file_name=upload.file_name,
         config=upload.config,
         env_vars=upload.env_vars or {},
-        max_concurrency=upload.max_concurrency if upload.max_concurrency and upload.max_concurrency > 0 else None,
+        max_concurrency=upload.max_concurrency
+        if upload.max_concurrency and upload.max_concurrency > 0
+        else None,
         retries=upload.retries or 0,
         retries_delay=upload.retries_delay or 0,
         default_priority=upload.default_priority or 0,
@@ -148,7 +150,9 @@ def delete_code(svc: ServicesDep, project_id: ProjectDep, code_id: str) -> dict[
 
 
 @router.get("/2/projects/{project_id}/codes/{code_id}/revisions")
-def list_revisions(svc: ServicesDep, project_id: ProjectDep, code_id: str, paging: PagingDep) -> dict[str, Any]:
+def list_revisions(
+    svc: ServicesDep, project_id: ProjectDep, code_id: str, paging: PagingDep
+) -> dict[str, Any]:
     page, per_page = paging
     code = svc.store.get_code(project_id, code_id)
     revisions = svc.store.list_revisions(project_id, code_id, page, per_page)

@@ -124,7 +124,8 @@ def task_events(svc: ServicesDep, project_id: ProjectDep, task_id: str) -> dict[
     svc.store.get_task(project_id, task_id)
     return {
         "events": [
-            {"at": timeutil.rfc3339(e.at), "kind": e.kind, "detail": e.detail} for e in svc.store.list_events(task_id)
+            {"at": timeutil.rfc3339(e.at), "kind": e.kind, "detail": e.detail}
+            for e in svc.store.list_events(task_id)
         ]
     }
 

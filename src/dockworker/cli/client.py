@@ -59,7 +59,9 @@ class ClientConfig:
             protocol = raw.get("protocol", "http")
             host = raw.get("host", "127.0.0.1")
             port = int(raw.get("port", 8080))
-            return cls(base_url=f"{protocol}://{host}:{port}", project_id=raw["project_id"], token=raw["token"])
+            return cls(
+                base_url=f"{protocol}://{host}:{port}", project_id=raw["project_id"], token=raw["token"]
+            )
         except (KeyError, ValueError) as exc:
             raise ClientError(f"{path}: needs project_id, token, host and port ({exc})") from exc
 
@@ -126,7 +128,9 @@ class Client:
 
     def follow_log(self, task_id: str) -> Iterator[bytes]:
         try:
-            with self._http.stream("GET", f"/tasks/{task_id}/log", params={"follow": "true"}, timeout=None) as resp:
+            with self._http.stream(
+                "GET", f"/tasks/{task_id}/log", params={"follow": "true"}, timeout=None
+            ) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     raise ApiError(resp.status_code, resp.json().get("msg", resp.text))
@@ -139,5 +143,7 @@ class Client:
         return result
 
     def retry(self, task_id: str, delay: int) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", f"/tasks/{task_id}/retry", json={"delay": delay})["tasks"][0]
+        result: dict[str, Any] = self._call("POST", f"/tasks/{task_id}/retry", json={"delay": delay})[
+            "tasks"
+        ][0]
         return result

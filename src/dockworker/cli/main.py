@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,8 +17,11 @@ from ..errors import ClientError, DockworkerError
 from ..settings import load_settings
 from .client import Client, ClientConfig, zip_directory
 
-app = typer.Typer(help="dockworker: one fresh Docker container per task, IronWorker API v2 compatible.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="dockworker: one fresh Docker container per task, IronWorker API v2 compatible.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 stacks_app = typer.Typer(help="Build and list stack images.", no_args_is_help=True)
 token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 app.add_typer(stacks_app, name="stacks")
@@ -28,8 +30,13 @@ app.add_typer(token_app, name="token")
 out = Console()
 err = Console(stderr=True)
 
-DataDir = Annotated[Path | None, typer.Option("--data-dir", help="Where the database, code cache and iron.json live")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="iron.json to read (default: ./iron.json, then DATA_DIR/iron.json)")]
+DataDir = Annotated[
+    Path | None, typer.Option("--data-dir", help="Where the database, code cache and iron.json live")
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="iron.json to read (default: ./iron.json, then DATA_DIR/iron.json)"),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]
 
 
@@ -85,7 +92,9 @@ def runner(
     data_dir: DataDir = None,
     slots: Annotated[int | None, typer.Option(help="Concurrent tasks (default: 2 x cores)")] = None,
     cluster: Annotated[list[str] | None, typer.Option(help="Take tasks of this cluster (repeatable)")] = None,
-    runner_id: Annotated[str | None, typer.Option(help="Stable name of this runner (default: host name)")] = None,
+    runner_id: Annotated[
+        str | None, typer.Option(help="Stable name of this runner (default: host name)")
+    ] = None,
 ) -> None:
     """Run a task runner against the store."""
     from ..service import configure_logging, run_service
@@ -127,11 +136,15 @@ def upload(
     command: Annotated[str | None, typer.Option(help="Command to run, e.g. 'python3 hello.py'")] = None,
     stack: Annotated[str | None, typer.Option(help="Stack to run in (see 'dockworker stacks list')")] = None,
     image: Annotated[str | None, typer.Option(help="Docker image to run in instead of a stack")] = None,
-    config_value: Annotated[str | None, typer.Option("--worker-config", help="Config string, or @file")] = None,
+    config_value: Annotated[
+        str | None, typer.Option("--worker-config", help="Config string, or @file")
+    ] = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE (repeatable)")] = None,
     retries: Annotated[int | None, typer.Option(help="Automatic retries on error (max 10)")] = None,
     retries_delay: Annotated[int | None, typer.Option(help="Seconds before a retry")] = None,
-    max_concurrency: Annotated[int | None, typer.Option(help="Most tasks of this package running at once")] = None,
+    max_concurrency: Annotated[
+        int | None, typer.Option(help="Most tasks of this package running at once")
+    ] = None,
     memory_mb: Annotated[int | None, typer.Option(help="Memory limit per task, MB")] = None,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
@@ -139,17 +152,26 @@ def upload(
     """Upload a directory as a code package."""
     if (stack is None) == (image is None):
         raise ClientError("give exactly one of --stack or --image")
-    data: dict[str, Any] = {"name": name, "command": command, "stack": stack, "image": image,
-                            "config": _read_arg(config_value), "env_vars": _parse_env(env) or None,
-                            "retries": retries, "retries_delay": retries_delay,
-                            "max_concurrency": max_concurrency, "memory_mb": memory_mb}
+    data: dict[str, Any] = {
+        "name": name,
+        "command": command,
+        "stack": stack,
+        "image": image,
+        "config": _read_arg(config_value),
+        "env_vars": _parse_env(env) or None,
+        "retries": retries,
+        "retries_delay": retries_delay,
+        "max_concurrency": max_concurrency,
+        "memory_mb": memory_mb,
+    }
     data = {k: v for k, v in data.items() if v is not None}
     archive = zip_directory(directory)
     result = _client(config).upload(data, archive)
     if as_json:
         out.print_json(data=result)
         return
-    out.print(f"Uploaded [bold]{result['name']}[/] revision {result['rev']} (id {result['id']}, {len(archive)} bytes)")
+    size = f"{len(archive)} bytes"
+    out.print(f"Uploaded [bold]{result['name']}[/] revision {result['rev']} (id {result['id']}, {size})")
     if "warning" in result:
         err.print(f"[yellow]warning:[/] {result['warning']}")
 
@@ -164,13 +186,22 @@ def queue(
     label: Annotated[str | None, typer.Option()] = None,
     cluster: Annotated[str | None, typer.Option()] = None,
     count: Annotated[int, typer.Option("-n", "--count", min=1, max=1000, help="How many tasks")] = 1,
-    wait: Annotated[bool, typer.Option("--wait", help="Follow the log; exit non-zero unless the task completes")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the log; exit non-zero unless the task completes")
+    ] = False,
     config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Queue task(s) for a code package."""
-    body: dict[str, Any] = {"code_name": name, "payload": _read_arg(payload) or "", "priority": priority,
-                            "timeout": timeout, "delay": delay, "label": label, "cluster": cluster}
+    body: dict[str, Any] = {
+        "code_name": name,
+        "payload": _read_arg(payload) or "",
+        "priority": priority,
+        "timeout": timeout,
+        "delay": delay,
+        "label": label,
+        "cluster": cluster,
+    }
     body = {k: v for k, v in body.items() if v is not None}
     client = _client(config)
     queued = client.queue([body] * count)
@@ -205,8 +236,23 @@ def status(task_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> 
     if as_json:
         out.print_json(data=task)
         return
-    for key in ("id", "code_name", "code_rev", "status", "msg", "exit_code", "priority", "cluster", "label",
-                "created_at", "start_time", "end_time", "duration", "retry_count", "original_task_id"):
+    for key in (
+        "id",
+        "code_name",
+        "code_rev",
+        "status",
+        "msg",
+        "exit_code",
+        "priority",
+        "cluster",
+        "label",
+        "created_at",
+        "start_time",
+        "end_time",
+        "duration",
+        "retry_count",
+        "original_task_id",
+    ):
         if task.get(key) not in (None, ""):
             out.print(f"{key:>16}: {task[key]}")
 
@@ -230,7 +276,9 @@ def log(
 @app.command()
 def tasks(
     code: Annotated[str | None, typer.Option("--code", help="Only this code package")] = None,
-    status_filter: Annotated[list[str] | None, typer.Option("--status", help="Only these statuses (repeatable)")] = None,
+    status_filter: Annotated[
+        list[str] | None, typer.Option("--status", help="Only these statuses (repeatable)")
+    ] = None,
     page: int = 0,
     per_page: Annotated[int, typer.Option(max=100)] = 30,
     config: ConfigOpt = None,
@@ -248,8 +296,14 @@ def tasks(
         return
     table = Table("id", "code", "status", "created", "duration ms", "msg")
     for task in found:
-        table.add_row(task["id"], task["code_name"], task["status"], task["created_at"],
-                      str(task["duration"] or ""), (task.get("msg") or "")[:60])
+        table.add_row(
+            task["id"],
+            task["code_name"],
+            task["status"],
+            task["created_at"],
+            str(task["duration"] or ""),
+            (task.get("msg") or "")[:60],
+        )
     out.print(table)
 
 
@@ -303,15 +357,25 @@ def stacks_list(as_json: JsonOpt = False) -> None:
     from ..stacks import STACKS, stack_status
 
     engine = DockerEngine()
-    rows = [{"name": s.name, "version": s.version, "image": s.image, "status": stack_status(s, engine),
-             "size_mb": round((engine.image_size(s.image) or 0) / 1e6, 1), "description": s.description}
-            for s in STACKS.values()]
+    rows = [
+        {
+            "name": s.name,
+            "version": s.version,
+            "image": s.image,
+            "status": stack_status(s, engine),
+            "size_mb": round((engine.image_size(s.image) or 0) / 1e6, 1),
+            "description": s.description,
+        }
+        for s in STACKS.values()
+    ]
     if as_json:
         out.print_json(data=rows)
         return
     table = Table("name", "version", "image", "status", "size MB", "description")
     for row in rows:
-        table.add_row(*(str(row[k]) for k in ("name", "version", "image", "status", "size_mb", "description")))
+        table.add_row(
+            *(str(row[k]) for k in ("name", "version", "image", "status", "size_mb", "description"))
+        )
     out.print(table)
 
 
@@ -334,19 +398,26 @@ def stacks_build(
         raise ClientError("name the stacks to build, or pass --all")
     settings = load_settings(data_dir=data_dir)
     engine = DockerEngine()
-    columns = (TextColumn("{task.fields[stack]:<10}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-               TimeElapsedColumn(), TextColumn("{task.description}"))
+    columns = (
+        TextColumn("{task.fields[stack]:<10}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        TextColumn("{task.description}"),
+    )
     with Progress(*columns, console=err, transient=False) as progress:
         for stack in selected:
             bar = progress.add_task("starting", total=1.0, stack=stack.name)
 
-            def report(message: str, fraction: float | None, bar: Any = bar) -> None:
-                progress.update(bar, description=message[:70], **({"completed": fraction} if fraction is not None else {}))
+            def report(message: str, fraction: float | None, bar: Any = bar, name: str = stack.name) -> None:
+                progress.update(bar, description=message[:70], completed=fraction)
                 if not sys.stderr.isatty():
-                    err.print(f"{stack.name}: {message}" + (f" ({fraction:.0%})" if fraction is not None else ""))
+                    err.print(f"{name}: {message}" + (f" ({fraction:.0%})" if fraction is not None else ""))
 
             started = time.monotonic()
-            built = build_stack(stack, engine, cache_dir=settings.data_dir / "stack-cache", force=force, on_progress=report)
+            built = build_stack(
+                stack, engine, cache_dir=settings.data_dir / "stack-cache", force=force, on_progress=report
+            )
             verdict = f"built in {time.monotonic() - started:.0f} s" if built else "up to date"
             progress.update(bar, completed=1.0, description=verdict)
 

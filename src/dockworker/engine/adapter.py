@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn
 
 import docker
+import docker.constants
 import docker.errors
 import requests
 
@@ -151,7 +152,9 @@ class DockerEngine:
             )
             # Attach streams stay open for the whole task: no read timeout on them.
             self._streams = docker.APIClient(
-                base_url=self._base_url, version=self._api.api_version, timeout=None,  # type: ignore[arg-type]
+                base_url=self._base_url,
+                version=self._api.api_version,
+                timeout=None,  # type: ignore[arg-type]
                 max_pool_size=pool_size,
             )
 
@@ -160,7 +163,9 @@ class DockerEngine:
         """The engine's API version. Asked through a client of our own so that a failure does
         not leave the SDK's half-built client (and its socket) behind."""
         _check_unix_socket(base_url)
-        probe = docker.APIClient(base_url=base_url, version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=10)
+        probe = docker.APIClient(
+            base_url=base_url, version=docker.constants.MINIMUM_DOCKER_API_VERSION, timeout=10
+        )
         try:
             with _classified("connect"):
                 return str(probe.version(api_version=False)["ApiVersion"])
@@ -178,7 +183,7 @@ class DockerEngine:
     def image_exists(self, ref: str) -> bool:
         try:
             with _classified("inspect image"):
-                self._api.inspect_image(ref)
+                self._api.inspect_image(ref)  # type: ignore[no-untyped-call]
         except (TaskSetupError, ContainerGone):
             return False
         return True
@@ -187,7 +192,7 @@ class DockerEngine:
         """The image's labels, or None when there is no such image."""
         try:
             with _classified("inspect image"):
-                data = self._api.inspect_image(ref)
+                data = self._api.inspect_image(ref)  # type: ignore[no-untyped-call]
         except (TaskSetupError, ContainerGone):
             return None
         labels = (data.get("Config") or {}).get("Labels") or {}
@@ -197,7 +202,7 @@ class DockerEngine:
         """The image's id (``sha256:...``), or None when there is no such image."""
         try:
             with _classified("inspect image"):
-                data = self._api.inspect_image(ref)
+                data = self._api.inspect_image(ref)  # type: ignore[no-untyped-call]
         except (TaskSetupError, ContainerGone):
             return None
         return str(data["Id"])
@@ -205,7 +210,7 @@ class DockerEngine:
     def image_size(self, ref: str) -> int | None:
         try:
             with _classified("inspect image"):
-                data = self._api.inspect_image(ref)
+                data = self._api.inspect_image(ref)  # type: ignore[no-untyped-call]
         except (TaskSetupError, ContainerGone):
             return None
         return int(data.get("Size") or 0)
@@ -225,7 +230,9 @@ class DockerEngine:
             self._api.remove_image(ref, force=True)
 
     def create(self, spec: ContainerSpec) -> str:
-        binds = {b.source: {"bind": b.target, "mode": "ro" if b.read_only else "rw"} for b in spec.binds}
+        binds: dict[str, Mapping[str, str]] = {
+            b.source: {"bind": b.target, "mode": "ro" if b.read_only else "rw"} for b in spec.binds
+        }
         with _classified("create container"):
             host_config = self._api.create_host_config(
                 binds=binds,

@@ -59,7 +59,9 @@ def check_archive(data: bytes, limits: ArchiveLimits) -> None:
                 if target.startswith("/") or ".." in PurePosixPath(os.path.normpath(resolved)).parts:
                     raise ClientError(f"zip entry {info.filename!r} links outside the archive ({target})")
         if total > limits.max_unpacked_bytes:
-            raise ClientError(f"code archive unpacks to {total} bytes; the limit is {limits.max_unpacked_bytes}")
+            raise ClientError(
+                f"code archive unpacks to {total} bytes; the limit is {limits.max_unpacked_bytes}"
+            )
         bad = archive.testzip()
         if bad is not None:
             raise ClientError(f"zip entry {bad!r} is corrupt")

@@ -45,7 +45,9 @@ def classify_exit(exit_info: ExitInfo, spec_memory_mb: int) -> TaskOutcome:
         )
     hints = {126: " (command not executable)", 127: " (command not found)"}
     detail = hints.get(exit_info.exit_code, "") + (f": {exit_info.error}" if exit_info.error else "")
-    return TaskOutcome(status=TaskStatus.ERROR, msg=f"exit code {exit_info.exit_code}{detail}", exit_code=exit_info.exit_code)
+    return TaskOutcome(
+        status=TaskStatus.ERROR, msg=f"exit code {exit_info.exit_code}{detail}", exit_code=exit_info.exit_code
+    )
 
 
 class TaskExecution:
@@ -137,7 +139,9 @@ class TaskExecution:
             ctx.store.append_log(self.task.id, note.encode())
         self._container_id = ctx.engine.create(container)
         ctx.store.add_event(self.task.id, "container_created", self._container_id[:12])
-        pump = LogPump(self.task.id, ctx.engine.attach(self._container_id), ctx.store, ctx.settings.limits.log_bytes)
+        pump = LogPump(
+            self.task.id, ctx.engine.attach(self._container_id), ctx.store, ctx.settings.limits.log_bytes
+        )
         pump.start()
         ctx.engine.start(self._container_id)
         started = timeutil.now()

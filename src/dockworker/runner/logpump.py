@@ -61,7 +61,11 @@ class LogPump:
 
     def flush(self, force: bool = False) -> None:
         with self._lock:
-            due = force or len(self._pending) >= FLUSH_BYTES or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S
+            due = (
+                force
+                or len(self._pending) >= FLUSH_BYTES
+                or time.monotonic() - self._last_flush >= FLUSH_INTERVAL_S
+            )
             if not due or not self._pending:
                 return
             data = bytes(self._pending)

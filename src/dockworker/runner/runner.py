@@ -27,7 +27,9 @@ def default_runner_id() -> str:
 
 
 class Runner:
-    def __init__(self, settings: Settings, store: Store, engine: DockerEngine, runner_id: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: Store, engine: DockerEngine, runner_id: str | None = None
+    ) -> None:
         self.settings = settings
         self.store = store
         self.engine = engine
@@ -102,7 +104,9 @@ class Runner:
 
     def _start(self, execution: TaskExecution) -> None:
         task_id = execution.task.id
-        thread = threading.Thread(target=self._run_execution, args=(execution,), name=f"task-{task_id}", daemon=True)
+        thread = threading.Thread(
+            target=self._run_execution, args=(execution,), name=f"task-{task_id}", daemon=True
+        )
         with self._lock:
             self._executions[task_id] = execution
             self._threads[task_id] = thread

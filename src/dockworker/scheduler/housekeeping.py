@@ -19,7 +19,9 @@ class Housekeeper:
         self.interval_s = interval_s
 
     def tick(self) -> int:
-        expired = self.store.expire_leases(self.settings.infra_retry_budget, self.settings.infra_retry_base_delay_s)
+        expired = self.store.expire_leases(
+            self.settings.infra_retry_budget, self.settings.infra_retry_base_delay_s
+        )
         for task in expired:
             log.warning("lease.expired task=%s now=%s", task.id, task.status)
         return len(expired)

@@ -37,7 +37,7 @@ def _spec_from_json(data: dict[str, Any]) -> CodeSpec:
 
 
 def _spec_to_json(spec: CodeSpec) -> dict[str, Any]:
-    return {name: getattr(spec, name) for name in CodeSpec.__slots__}  # type: ignore[attr-defined]
+    return {name: getattr(spec, name) for name in CodeSpec.__slots__}
 
 
 def _revision_from_row(row: Any) -> CodeRevision:
@@ -131,7 +131,9 @@ class SqlStore(abc.ABC):
         # The lookup is by digest, so the secret itself is never compared byte by byte.
         with self._read() as conn:
             row = conn.execute(
-                tokens.select().where(tokens.c.digest == ids.token_digest(token), tokens.c.revoked_at.is_(None))
+                tokens.select().where(
+                    tokens.c.digest == ids.token_digest(token), tokens.c.revoked_at.is_(None)
+                )
             ).first()
         if row is None:
             return None
@@ -188,7 +190,9 @@ class SqlStore(abc.ABC):
             return self._code_by_id(conn, project_id, code_id)
 
     def _code_by_id(self, conn: Connection, project_id: str, code_id: str) -> Code:
-        row = conn.execute(codes.select().where(codes.c.id == code_id, codes.c.project_id == project_id)).first()
+        row = conn.execute(
+            codes.select().where(codes.c.id == code_id, codes.c.project_id == project_id)
+        ).first()
         if row is None:
             raise NotFound("Code package not found")
         return self._code_from_row(conn, row)
@@ -214,7 +218,9 @@ class SqlStore(abc.ABC):
 
     def find_code(self, project_id: str, name: str) -> Code | None:
         with self._read() as conn:
-            row = conn.execute(codes.select().where(codes.c.project_id == project_id, codes.c.name == name)).first()
+            row = conn.execute(
+                codes.select().where(codes.c.project_id == project_id, codes.c.name == name)
+            ).first()
             return None if row is None else self._code_from_row(conn, row)
 
     def list_codes(self, project_id: str, page: int, per_page: int) -> list[Code]:
@@ -235,7 +241,12 @@ class SqlStore(abc.ABC):
             conn.execute(
                 tasks.update()
                 .where(tasks.c.code_id == code_id, tasks.c.status == TaskStatus.QUEUED.value)
-                .values(status=TaskStatus.CANCELLED.value, msg="code package deleted", end_time=now, updated_at=now)
+                .values(
+                    status=TaskStatus.CANCELLED.value,
+                    msg="code package deleted",
+                    end_time=now,
+                    updated_at=now,
+                )
             )
             conn.execute(code_revisions.delete().where(code_revisions.c.code_id == code_id))
             conn.execute(codes.delete().where(codes.c.id == code_id))
@@ -254,7 +265,9 @@ class SqlStore(abc.ABC):
 
     def get_revision(self, revision_id: str) -> CodeRevision:
         with self._read() as conn:
-            row = conn.execute(sa.select(*_REVISION_COLUMNS).where(code_revisions.c.id == revision_id)).first()
+            row = conn.execute(
+                sa.select(*_REVISION_COLUMNS).where(code_revisions.c.id == revision_id)
+            ).first()
         if row is None:
             raise NotFound("Code revision not found (the code package was deleted)")
         return _revision_from_row(row)
@@ -301,7 +314,9 @@ class SqlStore(abc.ABC):
                 spec = code.latest_revision.spec
                 timeout = new.timeout or max_timeout
                 if timeout > max_timeout:
-                    raise ClientError(f"tasks[{index}]: timeout {timeout} exceeds the maximum of {max_timeout} s")
+                    raise ClientError(
+                        f"tasks[{index}]: timeout {timeout} exceeds the maximum of {max_timeout} s"
+                    )
                 rows.append(
                     dict(
                         id=ids.new_id(),
@@ -377,7 +392,12 @@ class SqlStore(abc.ABC):
                 conn.execute(
                     tasks.update()
                     .where(tasks.c.id == task_id, tasks.c.status == TaskStatus.QUEUED.value)
-                    .values(status=TaskStatus.CANCELLED.value, msg="cancelled by user", end_time=now, updated_at=now)
+                    .values(
+                        status=TaskStatus.CANCELLED.value,
+                        msg="cancelled by user",
+                        end_time=now,
+                        updated_at=now,
+                    )
                 )
                 self._event(conn, task_id, "cancelled", "cancelled by user while queued")
             else:
@@ -492,7 +512,12 @@ class SqlStore(abc.ABC):
         spec = code.latest_revision.spec
         if task.retry_count < spec.retries:
             new_id = self._insert_retry(conn, task, code, spec.retries_delay)
-            self._event(conn, task_id, "retried", f"automatic retry {task.retry_count + 1} of {spec.retries}: {new_id}")
+            self._event(
+                conn,
+                task_id,
+                "retried",
+                f"automatic retry {task.retry_count + 1} of {spec.retries}: {new_id}",
+            )
 
     def requeue_after_infra_failure(
         self, task_id: str, runner_id: str, reason: str, budget: int, delay: float
@@ -512,7 +537,9 @@ class SqlStore(abc.ABC):
         )
         attempts = task.infra_attempts + 1
         if task.cancel_requested:
-            values: dict[str, Any] = dict(status=TaskStatus.CANCELLED.value, msg="cancelled by user", end_time=now)
+            values: dict[str, Any] = dict(
+                status=TaskStatus.CANCELLED.value, msg="cancelled by user", end_time=now
+            )
             kind = "cancelled"
         elif attempts > budget:
             msg = f"infrastructure error: {reason} (gave up after {attempts} attempts)"
@@ -550,7 +577,9 @@ class SqlStore(abc.ABC):
         with self._read() as conn:
             rows = conn.execute(
                 sa.select(tasks.c.id).where(
-                    tasks.c.runner_id == runner_id, tasks.c.status.in_(_ACTIVE), tasks.c.cancel_requested.is_(True)
+                    tasks.c.runner_id == runner_id,
+                    tasks.c.status.in_(_ACTIVE),
+                    tasks.c.cancel_requested.is_(True),
                 )
             ).all()
         return {r.id for r in rows}
@@ -577,7 +606,9 @@ class SqlStore(abc.ABC):
 
     def active_task_ids(self) -> set[str]:
         with self._read() as conn:
-            return {r.id for r in conn.execute(sa.select(tasks.c.id).where(tasks.c.status.in_(_ACTIVE))).all()}
+            return {
+                r.id for r in conn.execute(sa.select(tasks.c.id).where(tasks.c.status.in_(_ACTIVE))).all()
+            }
 
     # --- logs and events ------------------------------------------------------------------------
 
@@ -612,7 +643,9 @@ class SqlStore(abc.ABC):
             self._event(conn, task_id, kind, detail)
 
     def _event(self, conn: Connection, task_id: str, kind: str, detail: str) -> None:
-        conn.execute(task_events.insert().values(task_id=task_id, at=timeutil.now(), kind=kind, detail=detail))
+        conn.execute(
+            task_events.insert().values(task_id=task_id, at=timeutil.now(), kind=kind, detail=detail)
+        )
 
     def list_events(self, task_id: str) -> list[TaskEvent]:
         with self._read() as conn:

@@ -75,7 +75,12 @@ class SqliteStore(SqlStore):
         with self._write() as conn:
             row = conn.execute(
                 CLAIM,
-                {"runner_id": runner_id, "lease_expires_at": now + lease_ttl, "now": now, "clusters": list(clusters)},
+                {
+                    "runner_id": runner_id,
+                    "lease_expires_at": now + lease_ttl,
+                    "now": now,
+                    "clusters": list(clusters),
+                },
             ).first()
             if row is None:
                 return None
