@@ -3,10 +3,12 @@ removes containers that no task owns any more."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import socket
 import threading
 import time
+from pathlib import Path
 
 from ..engine import DockerEngine
 from ..engine.adapter import RUNNER_LABEL, TASK_LABEL
@@ -22,8 +24,11 @@ CANCEL_POLL_S = 0.2
 REAP_INTERVAL_S = 30.0
 
 
-def default_runner_id() -> str:
-    return socket.gethostname()
+def default_runner_id(data_dir: Path) -> str:
+    """Stable across restarts of the same installation (so a restarted runner recognises its
+    own leases), distinct for two installations on one host."""
+    digest = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
+    return f"{socket.gethostname()}-{digest}"
 
 
 class Runner:
@@ -33,7 +38,7 @@ class Runner:
         self.settings = settings
         self.store = store
         self.engine = engine
-        self.runner_id = runner_id or settings.runner_id or default_runner_id()
+        self.runner_id = runner_id or settings.runner_id or default_runner_id(settings.data_dir)
         self._context = RunnerContext(
             settings=settings,
             store=store,
