@@ -85,7 +85,7 @@ def _convert(raw: str, target: Any, name: str) -> Any:
             return int(raw)
         if target is float:
             return float(raw)
-        if target is Path:
+        if isinstance(target, type) and issubclass(target, Path):
             return Path(raw)
         if target == "tuple[str, ...]":
             return tuple(part.strip() for part in raw.split(",") if part.strip())

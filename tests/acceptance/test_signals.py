@@ -112,7 +112,7 @@ def test_second_sigterm_requeues_and_a_restart_completes_the_task(
         svc.send(signal.SIGTERM)
         code = svc.wait_exit(15)
         took = time.monotonic() - second
-        assert code is not None, f"dockworker up did not exit within 15 s of the second SIGTERM:\n{svc.log_tail()}"
+        assert code is not None, f"no exit within 15 s of the second SIGTERM:\n{svc.log_tail()}"
         assert code == 0, svc.log_tail()
         assert took < 6, f"the second SIGTERM took {took:.1f} s to stop the process"
         assert time.time() < wake_at, "too slow to tell a forced stop from a finished task"

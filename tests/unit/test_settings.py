@@ -10,17 +10,18 @@ from dockworker.settings import load_settings
 
 def test_environment_then_overrides() -> None:
     env = {
+        "DOCKWORKER_DATA_DIR": "/srv/dw",
         "DOCKWORKER_PORT": "9000",
         "DOCKWORKER_SLOTS": "3",
         "DOCKWORKER_MEMORY_MB": "256",
         "DOCKWORKER_CLUSTERS": "a, b",
     }
     settings = load_settings(env=env, port=9100, data_dir=None)
+    assert settings.data_dir == Path("/srv/dw") and isinstance(settings.data_dir, Path)
     assert settings.port == 9100
     assert settings.slots == 3
     assert settings.limits.memory_mb == 256
     assert settings.clusters == ("a", "b")
-    assert settings.data_dir == Path("data")
 
 
 def test_bad_environment_value_is_a_clear_error() -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from .. import __version__
 from ..errors import ClientError, DockworkerError
@@ -294,7 +294,7 @@ def tasks(
     if as_json:
         out.print_json(data=found)
         return
-    table = Table("id", "code", "status", "created", "duration ms", "msg")
+    table = Table(Column("id", no_wrap=True, min_width=24), "code", "status", "created", "duration ms", "msg")
     for task in found:
         table.add_row(
             task["id"],
