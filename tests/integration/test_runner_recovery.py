@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from dockworker.engine import ContainerSpec, DockerEngine
-from dockworker.engine.adapter import RUNNER_LABEL, TASK_LABEL
+from dockworker.engine.adapter import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from dockworker.errors import EngineUnavailable
 from dockworker.models import CodeSpec
 from dockworker.runner import Runner
@@ -166,18 +166,27 @@ def test_engine_cut_while_running_leaves_no_container(
     flaky.close()
 
 
-def test_orphans_are_removed_at_start(
+def test_orphans_are_removed_at_start_but_not_other_installations(
     store: Store, settings: Settings, engine: DockerEngine, start_runner
 ) -> None:
-    labels = {TASK_LABEL: "000000000000000000000000", RUNNER_LABEL: "someone-else"}
-    orphan = engine.create(ContainerSpec(image=BUSYBOX_IMAGE, command=["sleep", "300"], labels=labels))
-    engine.start(orphan)
-    runner: Runner = start_runner()
-    deadline = time.monotonic() + 10
-    while any(c.id == orphan for c in engine.list_labelled()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(c.id == orphan for c in engine.list_labelled())
-    assert runner.reap_orphans() == 0
+    ours = {TASK_LABEL: "0" * 24, RUNNER_LABEL: "someone-else", INSTALLATION_LABEL: store.installation_id()}
+    theirs = {**ours, INSTALLATION_LABEL: "another-installation"}
+    orphan = engine.create(ContainerSpec(image=BUSYBOX_IMAGE, command=["sleep", "300"], labels=ours))
+    foreign = engine.create(ContainerSpec(image=BUSYBOX_IMAGE, command=["sleep", "300"], labels=theirs))
+    try:
+        engine.start(orphan)
+        engine.start(foreign)
+        runner: Runner = start_runner()
+        deadline = time.monotonic() + 10
+        while any(c.id == orphan for c in engine.list_labelled()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        remaining = {c.id for c in engine.list_labelled()}
+        assert orphan not in remaining
+        assert foreign in remaining
+        assert runner.reap_orphans() == 0
+    finally:
+        engine.remove(foreign)
+        engine.remove(orphan)
 
 
 def test_tasks_leased_to_an_earlier_process_are_recovered(

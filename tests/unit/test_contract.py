@@ -62,7 +62,9 @@ def test_container_spec_is_locked_down(tmp_path: Path) -> None:
     settings = load_settings(env={}, data_dir=tmp_path)
     files = TaskFiles(task_dir=tmp_path / "t", code_dir=tmp_path / "c", hosts_file=tmp_path / "hosts")
     spec = CodeSpec(name="x", stack="busybox", command="true", env_vars={"A": "1"}, memory_mb=64, pids=32)
-    built = container_spec(spec=spec, task_id="t1", files=files, settings=settings, runner_id="r1")
+    built = container_spec(
+        spec=spec, task_id="t1", files=files, settings=settings, runner_id="r1", installation_id="i1"
+    )
     assert built.network_disabled and built.read_only_root
     assert built.user == "1000:1000"
     assert built.memory_bytes == 64 * MB and built.pids == 32
@@ -71,7 +73,11 @@ def test_container_spec_is_locked_down(tmp_path: Path) -> None:
         and built.env["TASK_ID"] == "t1"
         and built.env["PAYLOAD_FILE"] == "/mnt/task/payload.json"
     )
-    assert built.labels == {"dockworker.task": "t1", "dockworker.runner": "r1"}
+    assert built.labels == {
+        "dockworker.task": "t1",
+        "dockworker.runner": "r1",
+        "dockworker.installation": "i1",
+    }
     assert built.working_dir == "/mnt/code"
     assert "/tmp" in built.tmpfs
     modes = {b.target: b.read_only for b in built.binds}

@@ -19,6 +19,7 @@ from ..errors import EngineUnavailable, InfrastructureError, TaskSetupError
 LABEL_PREFIX = "dockworker."
 TASK_LABEL = LABEL_PREFIX + "task"
 RUNNER_LABEL = LABEL_PREFIX + "runner"
+INSTALLATION_LABEL = LABEL_PREFIX + "installation"
 
 # Messages with which the engine reports that the user's command or image cannot run,
 # whatever HTTP status it chose for them (dockerd 20.10 answers 400 or 500 for these).

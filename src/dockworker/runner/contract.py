@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine import Bind, ContainerSpec
-from ..engine.adapter import RUNNER_LABEL, TASK_LABEL
+from ..engine.adapter import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from ..errors import TaskSetupError
 from ..models import CodeSpec
 from ..settings import MB, Settings
@@ -91,6 +91,7 @@ def container_spec(
     files: TaskFiles,
     settings: Settings,
     runner_id: str,
+    installation_id: str,
 ) -> ContainerSpec:
     limits = settings.limits
     has_config = spec.config is not None
@@ -114,7 +115,7 @@ def container_spec(
         image=resolve_image(spec),
         command=resolve_command(spec, task_id, has_config),
         env=env,
-        labels={TASK_LABEL: task_id, RUNNER_LABEL: runner_id},
+        labels={TASK_LABEL: task_id, RUNNER_LABEL: runner_id, INSTALLATION_LABEL: installation_id},
         binds=tuple(binds),
         working_dir=CODE_DIR if files.code_dir is not None else TASK_DIR,
         user=settings.task_user,

@@ -32,6 +32,7 @@ class RunnerContext:
     engine: DockerEngine
     code_cache: CodeCache
     runner_id: str
+    installation_id: str
 
 
 def classify_exit(exit_info: ExitInfo, spec_memory_mb: int) -> TaskOutcome:
@@ -128,7 +129,12 @@ class TaskExecution:
         ctx = self._ctx
         spec, files = self._load_spec()
         container = container_spec(
-            spec=spec, task_id=self.task.id, files=files, settings=ctx.settings, runner_id=ctx.runner_id
+            spec=spec,
+            task_id=self.task.id,
+            files=files,
+            settings=ctx.settings,
+            runner_id=ctx.runner_id,
+            installation_id=ctx.installation_id,
         )
         if self._cancel.is_set():
             if self._interrupt_reason is not None:

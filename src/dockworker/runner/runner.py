@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..engine import DockerEngine
-from ..engine.adapter import RUNNER_LABEL, TASK_LABEL
+from ..engine.adapter import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from ..errors import InfrastructureError
 from ..settings import Settings
 from ..store import Store
@@ -45,6 +45,7 @@ class Runner:
             engine=engine,
             code_cache=CodeCache(settings.code_cache_dir, store),
             runner_id=self.runner_id,
+            installation_id=store.installation_id(),
         )
         self._executions: dict[str, TaskExecution] = {}
         self._threads: dict[str, threading.Thread] = {}
@@ -178,10 +179,10 @@ class Runner:
             )
 
     def reap_orphans(self) -> int:
-        """Remove labelled containers whose task the store no longer considers running, and
-        containers of this runner that no current execution owns."""
+        """Remove this installation's containers whose task the store no longer considers
+        running, and containers of this runner that no current execution owns."""
         try:
-            containers = self.engine.list_labelled(TASK_LABEL)
+            containers = self.engine.list_labelled(f"{INSTALLATION_LABEL}={self._context.installation_id}")
         except InfrastructureError:
             log.warning("runner.reap_skipped: engine unavailable")
             return 0

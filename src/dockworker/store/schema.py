@@ -131,3 +131,10 @@ task_events = sa.Table(
     sa.Column("detail", sa.Text, nullable=False, server_default=""),
     sa.Index("ix_task_events_task", "task_id", "id"),
 )
+
+meta = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)

@@ -27,7 +27,7 @@ from ..models import (
     TokenInfo,
 )
 from ..states import ACTIVE, TaskStatus
-from .schema import code_revisions, codes, projects, task_events, task_log_chunks, tasks, tokens
+from .schema import code_revisions, codes, meta, projects, task_events, task_log_chunks, tasks, tokens
 
 _ACTIVE = [s.value for s in ACTIVE]
 
@@ -89,6 +89,16 @@ class SqlStore(abc.ABC):
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def installation_id(self) -> str:
+        """A random id made once per database. Containers carry it, so that installations
+        sharing a Docker engine never touch each other's containers."""
+        with self._write() as conn:
+            found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "installation_id")).scalar()
+            if found is None:
+                found = ids.new_id()
+                conn.execute(meta.insert().values(key="installation_id", value=found))
+            return str(found)
 
     # --- projects and tokens --------------------------------------------------------------------
 
