@@ -5,7 +5,7 @@ queued ──claim──▶ preparing ──container started──▶ running �
   │  ▲               │                                │  ├──exit ≠ 0 / OOM──▶ error
   │  └─infra retry───┴────────────────────────────────┘  ├──deadline─────────▶ timeout
   │                  │                                   ├──user cancel──────▶ cancelled
-  └──user cancel─────┴──────▶ cancelled                  └──platform kill────▶ killed
+  └──user cancel─────┴──────▶ cancelled                  └──killed from outside▶ killed
 ```
 
 ``preparing`` and ``running`` may also end in ``error`` (task setup failed, or the

@@ -256,3 +256,19 @@ def test_many_tasks_run_concurrently_and_leave_nothing(
     assert time.monotonic() - started < 7
     assert _containers_of(engine, settings) == []
     assert not any(settings.task_dirs.iterdir())
+
+
+def test_container_killed_from_outside_is_killed(
+    store: Store, project: str, start_runner, engine: DockerEngine, settings: Settings
+) -> None:
+    save_code(store, project, CodeSpec(name="victim", stack="busybox", command="sh -c 'echo up; sleep 300'"))
+    start_runner()
+    task = queue(store, project, "victim")
+    wait_for(store, task.id, {"running"})
+    (container,) = [c for c in engine.list_labelled() if c.labels.get("dockworker.task") == task.id]
+    engine.kill(container.id)  # as an operator's `docker kill` would
+    done = wait_for(store, task.id, timeout=15)
+    assert done.status is TaskStatus.KILLED
+    assert done.exit_code == 137
+    assert done.msg == "killed by signal 9 from outside the task (an operator or the host)"
+    assert _containers_of(engine, settings) == []

@@ -23,6 +23,8 @@ from .logpump import LogPump
 log = logging.getLogger("dockworker.runner")
 
 SUPERVISE_TICK_S = 0.05
+# SIGKILL and SIGTERM that dockworker did not send (it reports its own kills itself).
+EXTERNAL_KILL_CODES = frozenset({128 + 9, 128 + 15})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +44,13 @@ def classify_exit(exit_info: ExitInfo, spec_memory_mb: int) -> TaskOutcome:
         return TaskOutcome(
             status=TaskStatus.ERROR,
             msg=f"out of memory: the task exceeded its {spec_memory_mb} MB memory limit and was killed",
+            exit_code=exit_info.exit_code,
+        )
+    if exit_info.exit_code in EXTERNAL_KILL_CODES:
+        signal_number = exit_info.exit_code - 128
+        return TaskOutcome(
+            status=TaskStatus.KILLED,
+            msg=f"killed by signal {signal_number} from outside the task (an operator or the host)",
             exit_code=exit_info.exit_code,
         )
     hints = {126: " (command not executable)", 127: " (command not found)"}
