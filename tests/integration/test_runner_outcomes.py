@@ -74,7 +74,7 @@ def test_nonzero_exit_is_error(store: Store, project: str, start_runner) -> None
     done = wait_for(store, queue(store, project, "fails").id)
     assert done.status is TaskStatus.ERROR
     assert done.exit_code == 3
-    assert done.msg == "exit code 3"
+    assert done.msg == "exit code 3: bye"
 
 
 def test_timeout_kills_the_container(
@@ -125,7 +125,8 @@ def test_command_not_found(store: Store, project: str, start_runner) -> None:
     start_runner()
     done = wait_for(store, queue(store, project, "nocmd").id)
     assert done.status is TaskStatus.ERROR
-    assert done.msg is not None and "127" in done.msg and "not found" in done.msg
+    assert done.msg is not None and done.msg.startswith("exit code 127 (command not found): ")
+    assert "no-such-binary" in done.msg  # the engine's init says which command failed
 
 
 def test_missing_image_fails_cleanly(store: Store, project: str, start_runner) -> None:

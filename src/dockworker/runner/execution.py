@@ -173,7 +173,14 @@ class TaskExecution:
         if ending is not None:
             return ending
         exit_info = ctx.engine.wait(self._container_id)
-        return classify_exit(exit_info, container.memory_bytes // (1024 * 1024))
+        outcome = classify_exit(exit_info, container.memory_bytes // (1024 * 1024))
+        last_line = pump.last_line()
+        if outcome.status is TaskStatus.ERROR and not exit_info.oom_killed and last_line:
+            # As IronWorker did: the error's own last words, so `status` tells why.
+            outcome = TaskOutcome(
+                status=outcome.status, msg=f"{outcome.msg}: {last_line}", exit_code=outcome.exit_code
+            )
+        return outcome
 
     def _supervise(self, pump: LogPump, deadline: float) -> TaskOutcome | None:
         """Wait for the container's output to end, the deadline, or a cancel. Returns the

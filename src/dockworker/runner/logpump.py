@@ -11,6 +11,7 @@ from ..store import Store
 
 FLUSH_BYTES = 64 * 1024
 FLUSH_INTERVAL_S = 0.25
+TAIL_BYTES = 1024
 
 
 class LogPump:
@@ -28,6 +29,7 @@ class LogPump:
         self._kept = 0
         self._dropped = 0
         self._truncated = False
+        self._tail = b""
         self._last_flush = time.monotonic()
         self.error: InfrastructureError | None = None
         self.done = threading.Event()
@@ -47,6 +49,7 @@ class LogPump:
 
     def _accept(self, chunk: bytes) -> None:
         with self._lock:
+            self._tail = (self._tail + chunk)[-TAIL_BYTES:]
             room = self._cap - self._kept
             if room > 0:
                 kept = chunk[:room]
@@ -76,6 +79,13 @@ class LogPump:
     def join(self, timeout: float) -> bool:
         self._thread.join(timeout)
         return not self._thread.is_alive()
+
+    def last_line(self, limit: int = 200) -> str:
+        """The last non-empty line the task printed (for the task's ``msg`` on error)."""
+        with self._lock:
+            lines = [line.strip() for line in self._tail.decode(errors="replace").splitlines()]
+        found = next((line for line in reversed(lines) if line), "")
+        return found if len(found) <= limit else found[: limit - 1] + "…"
 
     @property
     def dropped_bytes(self) -> int:
