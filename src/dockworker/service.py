@@ -47,6 +47,10 @@ def ensure_credentials(settings: Settings, store: Store) -> Credentials | None:
     in the format IronWorker clients read. Returns them when they were just created."""
     path = settings.data_dir / "iron.json"
     if path.exists():
+        current = json.loads(path.read_text())
+        if (current.get("host"), current.get("port")) != (settings.host, settings.port):
+            # Same project and token; clients must find the service where it listens now.
+            write_iron_json(path, current["project_id"], current["token"], settings.host, settings.port)
         return None
     project = store.list_projects()[0] if store.list_projects() else store.create_project("default")
     token, _ = store.create_token(project.id, "created by dockworker up")

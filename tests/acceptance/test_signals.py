@@ -17,8 +17,10 @@ from dockworker.store import Store, open_store
 
 from .support import (
     Service,
+    free_port,
     queue_task,
     remove_task_containers,
+    run_cli,
     running_service,
     task_containers,
     upload_script,
@@ -161,3 +163,25 @@ def test_restart_after_a_crash_reuses_credentials_and_resumes_the_task(
         assert task_containers(task_id) == []
         events = [e["kind"] for e in api.get(f"/tasks/{task_id}/events")["events"]]
         assert "infra_retry" in events, events
+
+
+@pytest.mark.timeout(60)
+def test_restart_on_another_port_keeps_the_credentials_and_follows_the_port(
+    engine: object, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    with running_service(data) as svc:
+        credentials = svc.iron()
+        assert svc.stop() == 0, svc.log_tail()
+
+        svc.port = free_port()
+        svc.start()
+        rewritten = svc.iron()
+        assert (rewritten["project_id"], rewritten["token"]) == (
+            credentials["project_id"],
+            credentials["token"],
+        )
+        # iron.json is what the CLI and IronWorker clients read: it must lead to the service.
+        assert rewritten["port"] == svc.port, f"iron.json still says port {rewritten['port']}"
+        listed = run_cli(svc, "tasks", "--json")
+        assert listed.returncode == 0, listed.stderr

@@ -141,7 +141,8 @@ def task_log(
     task_id: str,
     follow: Annotated[bool, Query(description="stream the log until the task ends")] = False,
 ) -> Response:
-    """The task's stdout and stderr, interleaved in order."""
+    """The task's stdout and stderr, interleaved in the order the engine received them (each
+    stream stays in order; lines of the two streams written close together may swap)."""
     task = svc.store.get_task(project_id, task_id)
     if follow:
         return StreamingResponse(_follow(svc, project_id, task_id), media_type="text/plain; charset=utf-8")

@@ -263,7 +263,7 @@ def log(
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Stream until the task ends")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """Print a task's log (stdout and stderr, in order)."""
+    """Print a task's log (stdout and stderr, interleaved as the engine received them)."""
     client = _client(config)
     if follow:
         for chunk in client.follow_log(task_id):
