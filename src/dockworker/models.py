@@ -78,6 +78,9 @@ class NewTask:
     delay: int = 0
     label: str | None = None
     cluster: str = "default"
+    retries: int | None = None
+    retries_delay: int | None = None
+    schedule_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -113,6 +116,8 @@ class Task:
     infra_attempts: int
     log_size: int
     schedule_id: str | None
+    retries: int | None = None
+    retries_delay: int | None = None
 
     @property
     def duration_ms(self) -> int | None:
@@ -155,3 +160,68 @@ class TaskFilter:
     to_time: float | None = None
     page: int = 0
     per_page: int = 30
+    schedule_id: str | None = None
+    original_task_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ScheduleSpec:
+    """What a schedule is asked to do (IronWorker's fields, plus cron and timezone)."""
+
+    code_name: str
+    payload: str = ""
+    start_at: float | None = None
+    run_every: int | None = None
+    cron: str | None = None
+    timezone: str = "UTC"
+    run_times: int | None = None
+    end_at: float | None = None
+    priority: int = 0
+    timeout: int | None = None
+    delay: int = 0
+    label: str | None = None
+    cluster: str = "default"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Schedule:
+    id: str
+    project_id: str
+    code_name: str
+    payload: str
+    start_at: float
+    run_every: int | None
+    cron: str | None
+    timezone: str
+    run_times: int | None
+    end_at: float | None
+    priority: int
+    timeout: int | None
+    delay: int
+    label: str | None
+    cluster: str
+    status: str
+    msg: str | None
+    run_count: int
+    last_run_time: float | None
+    next_start: float | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Any) -> Schedule:
+        values = dict(row._mapping)
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunnerInfo:
+    id: str
+    host: str
+    clusters: tuple[str, ...]
+    slots: int
+    running: int
+    version: str
+    started_at: float
+    last_heartbeat: float
+    stopped_at: float | None

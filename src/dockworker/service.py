@@ -16,7 +16,7 @@ import uvicorn
 from .api import create_app
 from .engine import DockerEngine
 from .runner import Runner
-from .scheduler import Housekeeper
+from .scheduler import Housekeeper, Scheduler
 from .settings import Settings
 from .store import Store, open_store
 
@@ -107,6 +107,9 @@ def run_service(settings: Settings, *, api: bool, runner: bool, on_ready: str | 
     threads.append(
         threading.Thread(target=Housekeeper(settings, store).run, args=(stop,), name="housekeeper")
     )
+    if api:
+        scheduler = Scheduler(settings, store, on_fire=the_runner.wake if the_runner is not None else None)
+        threads.append(threading.Thread(target=scheduler.run, args=(stop,), name="scheduler"))
     # Installed before uvicorn's: it restores them and re-raises the signal it handled.
     _Signals(stop, force).install()
     if the_runner is not None:

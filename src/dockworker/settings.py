@@ -44,6 +44,10 @@ class Settings:
     poll_interval_s: float = 0.5
     lease_ttl_s: float = 30.0
     heartbeat_interval_s: float = 5.0
+    starvation_bound_s: float = 300.0
+    min_run_every_s: int = 60
+    max_schedules_per_project: int = 1000
+    scheduler_interval_s: float = 0.25
     infra_retry_budget: int = 5
     infra_retry_base_delay_s: float = 1.0
     infra_retry_max_delay_s: float = 60.0

@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..settings import Settings
 from ..store import Store
-from . import codes, projects, tasks
+from . import codes, projects, runners, schedules, tasks, webhooks
 from .deps import Services
 from .errors import install_error_handlers
 from .limits import BodySizeLimit
@@ -45,7 +45,10 @@ def create_app(
     install_error_handlers(app)
     app.include_router(projects.router)
     app.include_router(codes.router)
+    app.include_router(webhooks.router)
     app.include_router(tasks.router)
+    app.include_router(schedules.router)
+    app.include_router(runners.router)
     app.add_middleware(
         BodySizeLimit,
         default_limit=settings.max_request_bytes,

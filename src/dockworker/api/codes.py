@@ -6,6 +6,7 @@ import ast
 import hashlib
 import io
 import json
+import time
 import zipfile
 from typing import Annotated, Any
 
@@ -178,3 +179,40 @@ def download_code(
         media_type="application/zip",
         headers={"Content-Disposition": f"filename={filename}"},
     )
+
+
+@router.post("/2/projects/{project_id}/codes/{code_id}/pause_task_queue")
+def pause_queue(svc: ServicesDep, project_id: ProjectDep, code_id: str) -> dict[str, str]:
+    """Queued tasks stay queued and schedules keep firing into the queue; nothing starts."""
+    changed = svc.store.set_paused(project_id, code_id, True)
+    return {"msg": "Paused" if changed else "Already paused"}
+
+
+@router.post("/2/projects/{project_id}/codes/{code_id}/resume_task_queue")
+def resume_queue(svc: ServicesDep, project_id: ProjectDep, code_id: str) -> dict[str, str]:
+    changed = svc.store.set_paused(project_id, code_id, False)
+    svc.on_enqueue()
+    return {"msg": "Resumed" if changed else "Already resumed"}
+
+
+@router.post("/2/projects/{project_id}/codes/{code_id}/cancel_all")
+def cancel_all(svc: ServicesDep, project_id: ProjectDep, code_id: str) -> dict[str, Any]:
+    """Cancel every queued task of the package; running ones have their containers killed."""
+    cancelled, stopping = svc.store.cancel_all(project_id, code_id)
+    return {"msg": "Cancelled", "cancelled": cancelled, "stopping": stopping}
+
+
+@router.get("/2/projects/{project_id}/codes/{code_id}/stats")
+def code_stats(
+    svc: ServicesDep,
+    project_id: ProjectDep,
+    code_id: str,
+    start_date: Annotated[int | None, Query(ge=0, description="epoch seconds; default: 24 h ago")] = None,
+    end_date: Annotated[int | None, Query(ge=0, description="epoch seconds; default: now")] = None,
+) -> dict[str, int]:
+    """Task counts per status, for tasks created in the window."""
+    until = float(end_date) if end_date is not None else time.time()
+    since = float(start_date) if start_date is not None else until - 86400
+    if since > until:
+        raise ClientError("start_date is after end_date")
+    return svc.store.code_stats(project_id, code_id, since, until)

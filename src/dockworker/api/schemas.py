@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import timeutil
-from ..models import Code, CodeRevision, Task
+from ..models import Code, CodeRevision, RunnerInfo, Schedule, Task
 
 NAME_PATTERN = re.compile(r"^[^\x00-\x1f\x7f/\\]+$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -74,6 +74,8 @@ class TaskIn(Strict):
     delay: Annotated[int | None, Field(ge=0)] = None
     label: Annotated[str | None, Field(max_length=255)] = None
     cluster: Annotated[str | None, Field(min_length=1, max_length=100)] = None
+    retries: Annotated[int | None, Field(ge=0, le=10)] = None
+    retries_delay: Annotated[int | None, Field(ge=0, le=7 * 24 * 3600)] = None
     name: str | None = None  # the Python client sends the code name again here; ignored
     sync: bool | None = None  # experimental IronWorker flag; accepted and ignored
 
@@ -174,4 +176,76 @@ def revision_json(revision: CodeRevision, code_name: str) -> dict[str, Any]:
         "checksum": revision.checksum,
         "code_size": revision.code_size,
         **_revision_fields(revision),
+    }
+
+
+Moment = Annotated[str | int | float, Field(description="RFC 3339 time, or epoch seconds")]
+
+
+class ScheduleIn(Strict):
+    code_name: Annotated[str, Field(min_length=1, max_length=255)]
+    payload: str | None = None
+    start_at: Moment | None = None
+    run_every: Annotated[int | None, Field(ge=1)] = None
+    cron: Annotated[str | None, Field(min_length=1, max_length=200)] = None
+    timezone: Annotated[str | None, Field(min_length=1, max_length=64)] = None
+    run_times: Annotated[int | None, Field(ge=1)] = None
+    end_at: Moment | None = None
+    priority: Annotated[int | None, Field(ge=0, le=2)] = None
+    timeout: Annotated[int | None, Field(ge=0)] = None
+    delay: Annotated[int | None, Field(ge=0)] = None
+    task_delay: Annotated[int | None, Field(ge=0)] = None
+    label: Annotated[str | None, Field(max_length=255)] = None
+    cluster: Annotated[str | None, Field(min_length=1, max_length=100)] = None
+    name: str | None = None  # sent by IronWorker clients; ignored
+    sync: bool | None = None  # sent by the Python client; ignored
+    max_concurrency: int | None = None  # sent by the Go client; a code package setting here
+
+
+class SchedulesIn(Strict):
+    schedules: Annotated[list[ScheduleIn], Field(min_length=1, max_length=100)]
+
+
+def schedule_json(schedule: Schedule, description: str, next_runs: list[float]) -> dict[str, Any]:
+    return {
+        "id": schedule.id,
+        "project_id": schedule.project_id,
+        "code_name": schedule.code_name,
+        "payload": schedule.payload,
+        "status": schedule.status,
+        "msg": schedule.msg,
+        "start_at": timeutil.rfc3339(schedule.start_at),
+        "end_at": timeutil.rfc3339(schedule.end_at),
+        "run_every": schedule.run_every,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "run_times": schedule.run_times,
+        "run_count": schedule.run_count,
+        "last_run_time": timeutil.rfc3339(schedule.last_run_time),
+        "next_start": timeutil.rfc3339(schedule.next_start),
+        "priority": schedule.priority,
+        "timeout": schedule.timeout,
+        "delay": schedule.delay,
+        "task_delay": schedule.delay,
+        "label": schedule.label,
+        "cluster": schedule.cluster,
+        "created_at": timeutil.rfc3339(schedule.created_at),
+        "updated_at": timeutil.rfc3339(schedule.updated_at),
+        "description": description,
+        "next_runs": [timeutil.rfc3339(moment) for moment in next_runs],
+    }
+
+
+def runner_json(runner: RunnerInfo, alive: bool) -> dict[str, Any]:
+    return {
+        "id": runner.id,
+        "host": runner.host,
+        "clusters": list(runner.clusters),
+        "slots": runner.slots,
+        "running": runner.running,
+        "version": runner.version,
+        "started_at": timeutil.rfc3339(runner.started_at),
+        "last_heartbeat": timeutil.rfc3339(runner.last_heartbeat),
+        "stopped_at": timeutil.rfc3339(runner.stopped_at),
+        "alive": alive,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -15,6 +16,7 @@ from ..errors import ClientError, NotFound
 from ..models import NewTask, TaskFilter
 from ..states import TaskStatus
 from .deps import PagingDep, ProjectDep, ServicesDep
+from .runners import alive_horizon
 from .schemas import ProgressIn, RetryIn, TasksIn, task_json
 
 router = APIRouter(tags=["tasks"])
@@ -45,6 +47,8 @@ def queue_tasks(svc: ServicesDep, project_id: ProjectDep, body: TasksIn) -> dict
                 delay=delay,
                 label=item.label,
                 cluster=item.cluster or "default",
+                retries=item.retries,
+                retries_delay=item.retries_delay,
             )
         )
     default_timeout = settings.limits.timeout_s
@@ -58,15 +62,7 @@ def queue_tasks(svc: ServicesDep, project_id: ProjectDep, body: TasksIn) -> dict
 
 
 def _with_timeout(task: NewTask, timeout: int) -> NewTask:
-    return NewTask(
-        code_name=task.code_name,
-        payload=task.payload,
-        priority=task.priority,
-        timeout=timeout,
-        delay=task.delay,
-        label=task.label,
-        cluster=task.cluster,
-    )
+    return dataclasses.replace(task, timeout=timeout)
 
 
 def _truthy(value: str | None) -> bool:
@@ -90,6 +86,8 @@ def list_tasks(
     cancelled: str | None = None,
     killed: str | None = None,
     timeout: str | None = None,
+    schedule_id: Annotated[str | None, Query(max_length=24)] = None,
+    original_task_id: Annotated[str | None, Query(max_length=24, description="a retry chain")] = None,
 ) -> dict[str, Any]:
     """Status flags (``queued=1&error=1``) are OR-ed; none means every status."""
     flags = {
@@ -110,13 +108,20 @@ def list_tasks(
         to_time=to_time,
         page=page,
         per_page=per_page,
+        schedule_id=schedule_id,
+        original_task_id=original_task_id,
     )
     return {"tasks": [task_json(t) for t in svc.store.list_tasks(project_id, task_filter)]}
 
 
 @router.get("/2/projects/{project_id}/tasks/{task_id}")
 def get_task(svc: ServicesDep, project_id: ProjectDep, task_id: str) -> dict[str, Any]:
-    return task_json(svc.store.get_task(project_id, task_id), with_payload=True)
+    task = task_json(svc.store.get_task(project_id, task_id), with_payload=True)
+    if task["status"] == "queued" and not task["msg"]:
+        served = svc.store.live_clusters(alive_horizon(svc.settings.heartbeat_interval_s))
+        if task["cluster"] not in served:
+            task["msg"] = f"waiting: no runner serves cluster {task['cluster']!r}"
+    return task
 
 
 @router.get("/2/projects/{project_id}/tasks/{task_id}/events")

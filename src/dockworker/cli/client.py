@@ -147,3 +147,34 @@ class Client:
             "tasks"
         ][0]
         return result
+
+    def code_by_name(self, name: str) -> dict[str, Any]:
+        page = 0
+        while True:
+            found: list[dict[str, Any]] = self._call("GET", "/codes", params={"page": page, "per_page": 100})[
+                "codes"
+            ]
+            for code in found:
+                if code["name"] == name:
+                    return code
+            if len(found) < 100:
+                raise ClientError(f"code package {name!r} not found")
+            page += 1
+
+    def code_action(self, code_id: str, action: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/codes/{code_id}/{action}")
+        return result
+
+    def schedule(self, item: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/schedules", json={"schedules": [item]})["schedules"][0]
+        return result
+
+    def schedules(self, page: int, per_page: int) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call(
+            "GET", "/schedules", params={"page": page, "per_page": per_page}
+        )["schedules"]
+        return result
+
+    def cancel_schedule(self, schedule_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", f"/schedules/{schedule_id}/cancel")
+        return result

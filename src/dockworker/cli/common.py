@@ -8,6 +8,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from ..errors import ClientError
+
 out = Console()
 err = Console(stderr=True)
 
@@ -19,3 +21,13 @@ ConfigOpt = Annotated[
     typer.Option("--config", help="iron.json to read (default: ./iron.json, then DATA_DIR/iron.json)"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]
+
+
+def read_arg(value: str | None) -> str | None:
+    if value is not None and value.startswith("@"):
+        path = Path(value[1:])
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise ClientError(f"cannot read {path}: {exc}") from exc
+    return value

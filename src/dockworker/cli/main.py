@@ -13,8 +13,9 @@ from rich.table import Column, Table
 from .. import __version__
 from ..errors import ClientError, DockworkerError
 from ..settings import load_settings
+from . import queue_control
 from .client import Client, ClientConfig, zip_directory
-from .common import ConfigOpt, DataDir, JsonOpt, err, out
+from .common import ConfigOpt, DataDir, JsonOpt, err, out, read_arg
 from .stacks import stacks_app
 
 app = typer.Typer(
@@ -106,16 +107,6 @@ def _parse_env(pairs: list[str] | None) -> dict[str, str]:
     return env
 
 
-def _read_arg(value: str | None) -> str | None:
-    if value is not None and value.startswith("@"):
-        path = Path(value[1:])
-        try:
-            return path.read_text()
-        except OSError as exc:
-            raise ClientError(f"cannot read {path}: {exc}") from exc
-    return value
-
-
 @app.command()
 def upload(
     directory: Annotated[Path, typer.Argument(help="The worker's directory; zipped and uploaded")],
@@ -144,7 +135,7 @@ def upload(
         "command": command,
         "stack": stack,
         "image": image,
-        "config": _read_arg(config_value),
+        "config": read_arg(config_value),
         "env_vars": _parse_env(env) or None,
         "retries": retries,
         "retries_delay": retries_delay,
@@ -182,7 +173,7 @@ def queue(
     """Queue task(s) for a code package."""
     body: dict[str, Any] = {
         "code_name": name,
-        "payload": _read_arg(payload) or "",
+        "payload": read_arg(payload) or "",
         "priority": priority,
         "timeout": timeout,
         "delay": delay,
@@ -295,9 +286,20 @@ def tasks(
 
 
 @app.command()
-def cancel(task_id: str, config: ConfigOpt = None) -> None:
-    """Cancel a task (a running task's container is killed)."""
-    result = _client(config).cancel(task_id)
+def cancel(
+    target: Annotated[str, typer.Argument(help="Task id, or with --all a code package name")],
+    all_tasks: Annotated[
+        bool, typer.Option("--all", help="Cancel every queued and running task of NAME")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Cancel a task (a running task's container is killed), or with --all every task of a package."""
+    client = _client(config)
+    if all_tasks:
+        result = client.code_action(client.code_by_name(target)["id"], "cancel_all")
+        out.print(f"Cancelled {result['cancelled']} queued task(s); stopping {result['stopping']} running")
+        return
+    result = client.cancel(target)
     out.print(f"{result['msg']} ({result['status']})")
 
 
@@ -332,6 +334,9 @@ def token_create(
     finally:
         store.close()
     out.print(secret)
+
+
+queue_control.register(app)
 
 
 def main() -> None:

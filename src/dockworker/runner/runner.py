@@ -10,6 +10,7 @@ import threading
 import time
 from pathlib import Path
 
+from .. import __version__
 from ..engine import DockerEngine
 from ..engine.adapter import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from ..errors import InfrastructureError
@@ -73,6 +74,9 @@ class Runner:
         """Run until ``stop`` is set; then stop claiming, let running tasks finish within the
         grace period, and hand the rest back to the queue."""
         self.settings.task_dirs.mkdir(parents=True, exist_ok=True)
+        self.store.register_runner(
+            self.runner_id, socket.gethostname(), self.settings.clusters, self.settings.slots, __version__
+        )
         self._recover_own_leases()
         self.reap_orphans()
         watcher = threading.Thread(target=self._watch, name="runner-watch", daemon=True)
@@ -83,6 +87,7 @@ class Runner:
             self._shutdown()
             self._stopped.set()
             watcher.join(5)
+            self.store.unregister_runner(self.runner_id)
 
     # --- claiming -------------------------------------------------------------------------------
 
@@ -97,7 +102,12 @@ class Runner:
                 self._wake.clear()
                 continue
             try:
-                task = self.store.claim(self.runner_id, self.settings.clusters, self.settings.lease_ttl_s)
+                task = self.store.claim(
+                    self.runner_id,
+                    self.settings.clusters,
+                    self.settings.lease_ttl_s,
+                    starvation_s=self.settings.starvation_bound_s,
+                )
             except Exception:
                 log.exception("runner.claim_failed")
                 stop.wait(self.settings.poll_interval_s)
@@ -157,6 +167,7 @@ class Runner:
 
     def _heartbeat(self) -> None:
         running = self.running_task_ids()
+        self.store.runner_heartbeat(self.runner_id, len(running))
         still_ours = self.store.heartbeat(self.runner_id, running, self.settings.lease_ttl_s)
         for task_id in running - still_ours:
             # Our lease was taken away (expired and re-queued): stop the container now.

@@ -3,5 +3,6 @@
 from __future__ import annotations
 
 from .housekeeping import Housekeeper
+from .scheduler import Scheduler
 
-__all__ = ["Housekeeper"]
+__all__ = ["Housekeeper", "Scheduler"]

@@ -101,6 +101,8 @@ tasks = sa.Table(
     sa.Column("infra_attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("log_size", sa.Integer, nullable=False, server_default="0"),
     sa.Column("schedule_id", Id, nullable=True),
+    sa.Column("retries", sa.Integer, nullable=True),
+    sa.Column("retries_delay", sa.Integer, nullable=True),
     sa.CheckConstraint(
         "status IN ('queued','preparing','running','complete','error','cancelled','killed','timeout')",
         name="status_known",
@@ -137,4 +139,57 @@ meta = sa.Table(
     metadata,
     sa.Column("key", sa.String(100), primary_key=True),
     sa.Column("value", sa.Text, nullable=False),
+)
+
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("project_id", Id, sa.ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("code_name", sa.String(255), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("start_at", Time, nullable=False),
+    sa.Column("run_every", sa.Integer, nullable=True),
+    sa.Column("cron", sa.String(200), nullable=True),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("run_times", sa.Integer, nullable=True),
+    sa.Column("end_at", Time, nullable=True),
+    sa.Column("priority", sa.Integer, nullable=False),
+    sa.Column("timeout", sa.Integer, nullable=True),
+    sa.Column("delay", sa.Integer, nullable=False),
+    sa.Column("label", sa.String(255), nullable=True),
+    sa.Column("cluster", sa.String(100), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("msg", sa.Text, nullable=True),
+    sa.Column("run_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_run_time", Time, nullable=True),
+    sa.Column("next_start", Time, nullable=True),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+    sa.CheckConstraint("status IN ('scheduled','complete','cancelled')", name="status_known"),
+    sa.Index("ix_schedules_due", "status", "next_start"),
+    sa.Index("ix_schedules_project", "project_id", "created_at"),
+)
+
+schedule_fires = sa.Table(
+    "schedule_fires",
+    metadata,
+    sa.Column("schedule_id", Id, sa.ForeignKey("schedules.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("slot", Time, primary_key=True),
+    sa.Column("task_id", Id, nullable=False),
+    sa.Column("fired_at", Time, nullable=False),
+)
+
+runners = sa.Table(
+    "runners",
+    metadata,
+    sa.Column("id", sa.String(200), primary_key=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("clusters", sa.JSON, nullable=False),
+    sa.Column("slots", sa.Integer, nullable=False),
+    sa.Column("running", sa.Integer, nullable=False),
+    sa.Column("version", sa.String(40), nullable=False),
+    sa.Column("started_at", Time, nullable=False),
+    sa.Column("last_heartbeat", Time, nullable=False),
+    sa.Column("stopped_at", Time, nullable=True),
 )

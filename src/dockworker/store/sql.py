@@ -4,13 +4,12 @@ engine and the claim statement."""
 from __future__ import annotations
 
 import abc
-import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 
 from .. import ids, timeutil
 from ..errors import ClientError, Conflict, NotFound
@@ -27,7 +26,10 @@ from ..models import (
     TokenInfo,
 )
 from ..states import ACTIVE, TaskStatus
+from .runners_sql import RunnerQueries
+from .schedules_sql import ScheduleQueries
 from .schema import code_revisions, codes, meta, projects, task_events, task_log_chunks, tasks, tokens
+from .transactions import Transactional
 
 _ACTIVE = [s.value for s in ACTIVE]
 
@@ -56,25 +58,8 @@ def _revision_from_row(row: Any) -> CodeRevision:
 _REVISION_COLUMNS = [c for c in code_revisions.c if c.name != "archive"]
 
 
-class SqlStore(abc.ABC):
+class SqlStore(RunnerQueries, ScheduleQueries, Transactional, abc.ABC):
     """Everything but the claim and the connection setup."""
-
-    engine: Engine
-
-    # --- plumbing -------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(**self._read_options()) as conn, conn.begin():
-            yield conn
-
-    def _read_options(self) -> dict[str, Any]:
-        return {}
 
     def migrate(self) -> None:
         from alembic import command
@@ -305,57 +290,128 @@ class SqlStore(abc.ABC):
             raise NotFound("Code revision not found (the code package was deleted)")
         return None if row.archive is None else bytes(row.archive)
 
+    def set_paused(self, project_id: str, code_id: str, paused: bool) -> bool:
+        """Pause or resume a package's queue; returns whether it changed anything."""
+        with self._write() as conn:
+            code = self._code_by_id(conn, project_id, code_id)
+            if code.paused == paused:
+                return False
+            conn.execute(
+                codes.update().where(codes.c.id == code_id).values(paused=paused, updated_at=timeutil.now())
+            )
+            return True
+
+    def cancel_all(self, project_id: str, code_id: str) -> tuple[int, int]:
+        """Cancel a package's queued tasks now and ask runners to stop its running ones.
+        Returns (cancelled, stopping)."""
+        now = timeutil.now()
+        with self._write() as conn:
+            self._code_by_id(conn, project_id, code_id)
+            queued = [
+                r.id
+                for r in conn.execute(
+                    sa.select(tasks.c.id).where(
+                        tasks.c.code_id == code_id, tasks.c.status == TaskStatus.QUEUED.value
+                    )
+                ).all()
+            ]
+            if queued:
+                conn.execute(
+                    tasks.update()
+                    .where(tasks.c.id.in_(queued), tasks.c.status == TaskStatus.QUEUED.value)
+                    .values(
+                        status=TaskStatus.CANCELLED.value,
+                        msg="cancelled by user",
+                        end_time=now,
+                        updated_at=now,
+                    )
+                )
+                conn.execute(
+                    task_events.insert(),
+                    [
+                        dict(task_id=i, at=now, kind="cancelled", detail="cancel_all while queued")
+                        for i in queued
+                    ],
+                )
+            running = conn.execute(
+                tasks.update()
+                .where(tasks.c.code_id == code_id, tasks.c.status.in_(_ACTIVE))
+                .values(cancel_requested=True, updated_at=now)
+            ).rowcount
+            return len(queued), int(running or 0)
+
+    def code_stats(self, project_id: str, code_id: str, since: float, until: float) -> dict[str, int]:
+        with self._read() as conn:
+            self._code_by_id(conn, project_id, code_id)
+            rows = conn.execute(
+                sa.select(tasks.c.status, sa.func.count())
+                .where(tasks.c.code_id == code_id, tasks.c.created_at >= since, tasks.c.created_at <= until)
+                .group_by(tasks.c.status)
+            ).all()
+        counts = {status.value: 0 for status in TaskStatus}
+        counts.update({row[0]: int(row[1]) for row in rows})
+        return counts
+
     # --- tasks: the API's side ------------------------------------------------------------------
 
     def enqueue(self, project_id: str, new_tasks: Sequence[NewTask], max_timeout: int) -> list[Task]:
-        now = timeutil.now()
         with self._write() as conn:
-            found: dict[str, Code] = {}
-            rows: list[dict[str, Any]] = []
-            for index, new in enumerate(new_tasks):
-                code = found.get(new.code_name)
-                if code is None:
-                    row = conn.execute(
-                        codes.select().where(codes.c.project_id == project_id, codes.c.name == new.code_name)
-                    ).first()
-                    if row is None:
-                        raise NotFound(f"tasks[{index}]: code package {new.code_name!r} not found")
-                    code = found[new.code_name] = self._code_from_row(conn, row)
-                spec = code.latest_revision.spec
-                timeout = new.timeout or max_timeout
-                if timeout > max_timeout:
-                    raise ClientError(
-                        f"tasks[{index}]: timeout {timeout} exceeds the maximum of {max_timeout} s"
-                    )
-                rows.append(
-                    dict(
-                        id=ids.new_id(),
-                        project_id=project_id,
-                        code_id=code.id,
-                        code_name=code.name,
-                        code_rev=code.rev,
-                        revision_id=code.latest_revision.id,
-                        status=TaskStatus.QUEUED.value,
-                        msg=None,
-                        priority=spec.default_priority if new.priority is None else new.priority,
-                        timeout=timeout,
-                        delay=new.delay,
-                        label=new.label,
-                        cluster=new.cluster,
-                        payload=new.payload,
-                        created_at=now,
-                        updated_at=now,
-                        run_at=now + new.delay,
-                        retry_count=0,
-                    )
+            ids_ = self._insert_tasks(conn, project_id, new_tasks, max_timeout)
+            return [self._task(conn, task_id) for task_id in ids_]
+
+    def _insert_tasks(
+        self, conn: Connection, project_id: str, new_tasks: Sequence[NewTask], max_timeout: int
+    ) -> list[str]:
+        """Validate every task first, then insert them all: a batch is all or nothing."""
+        now = timeutil.now()
+        found: dict[str, Code] = {}
+        rows: list[dict[str, Any]] = []
+        for index, new in enumerate(new_tasks):
+            code = found.get(new.code_name)
+            if code is None:
+                row = conn.execute(
+                    codes.select().where(codes.c.project_id == project_id, codes.c.name == new.code_name)
+                ).first()
+                if row is None:
+                    raise NotFound(f"tasks[{index}]: code package {new.code_name!r} not found")
+                code = found[new.code_name] = self._code_from_row(conn, row)
+            spec = code.latest_revision.spec
+            timeout = new.timeout or max_timeout
+            if timeout > max_timeout:
+                raise ClientError(f"tasks[{index}]: timeout {timeout} exceeds the maximum of {max_timeout} s")
+            rows.append(
+                dict(
+                    id=ids.new_id(),
+                    project_id=project_id,
+                    code_id=code.id,
+                    code_name=code.name,
+                    code_rev=code.rev,
+                    revision_id=code.latest_revision.id,
+                    status=TaskStatus.QUEUED.value,
+                    msg=None,
+                    priority=spec.default_priority if new.priority is None else new.priority,
+                    timeout=timeout,
+                    delay=new.delay,
+                    label=new.label,
+                    cluster=new.cluster,
+                    payload=new.payload,
+                    created_at=now,
+                    updated_at=now,
+                    run_at=now + new.delay,
+                    retry_count=0,
+                    retries=new.retries,
+                    retries_delay=new.retries_delay,
+                    schedule_id=new.schedule_id,
                 )
-            if rows:
-                conn.execute(tasks.insert(), rows)
-                conn.execute(
-                    task_events.insert(),
-                    [dict(task_id=r["id"], at=now, kind="queued", detail="") for r in rows],
-                )
-            return [self._task(conn, r["id"]) for r in rows]
+            )
+        if rows:
+            conn.execute(tasks.insert(), rows)
+            detail = f"by schedule {new_tasks[0].schedule_id}" if new_tasks[0].schedule_id else ""
+            conn.execute(
+                task_events.insert(),
+                [dict(task_id=r["id"], at=now, kind="queued", detail=detail) for r in rows],
+            )
+        return [r["id"] for r in rows]
 
     def _task(self, conn: Connection, task_id: str, project_id: str | None = None) -> Task:
         query = tasks.select().where(tasks.c.id == task_id)
@@ -384,6 +440,11 @@ class SqlStore(abc.ABC):
             query = query.where(tasks.c.created_at >= task_filter.from_time)
         if task_filter.to_time is not None:
             query = query.where(tasks.c.created_at <= task_filter.to_time)
+        if task_filter.schedule_id is not None:
+            query = query.where(tasks.c.schedule_id == task_filter.schedule_id)
+        if task_filter.original_task_id is not None:
+            chain = task_filter.original_task_id
+            query = query.where(sa.or_(tasks.c.original_task_id == chain, tasks.c.id == chain))
         query = (
             query.order_by(tasks.c.created_at.desc(), tasks.c.id.desc())
             .limit(task_filter.per_page)
@@ -465,6 +526,8 @@ class SqlStore(abc.ABC):
                 retry_count=task.retry_count + 1,
                 original_task_id=task.original_task_id or task.id,
                 schedule_id=task.schedule_id,
+                retries=task.retries,
+                retries_delay=task.retries_delay,
             )
         )
         conn.execute(tasks.update().where(tasks.c.id == task.id).values(retry_task_id=new_id))
@@ -474,7 +537,9 @@ class SqlStore(abc.ABC):
     # --- tasks: the runner's side ---------------------------------------------------------------
 
     @abc.abstractmethod
-    def claim(self, runner_id: str, clusters: Sequence[str], lease_ttl: float) -> Task | None: ...
+    def claim(
+        self, runner_id: str, clusters: Sequence[str], lease_ttl: float, starvation_s: float = 300.0
+    ) -> Task | None: ...
 
     def _owned(self, task_id: str, runner_id: str) -> Any:
         return sa.and_(tasks.c.id == task_id, tasks.c.runner_id == runner_id, tasks.c.status.in_(_ACTIVE))
@@ -520,14 +585,12 @@ class SqlStore(abc.ABC):
             return
         code = self._code_from_row(conn, code_row)
         spec = code.latest_revision.spec
-        if task.retry_count < spec.retries:
-            new_id = self._insert_retry(conn, task, code, spec.retries_delay)
-            self._event(
-                conn,
-                task_id,
-                "retried",
-                f"automatic retry {task.retry_count + 1} of {spec.retries}: {new_id}",
-            )
+        retries = spec.retries if task.retries is None else task.retries
+        delay = spec.retries_delay if task.retries_delay is None else task.retries_delay
+        if task.retry_count < retries:
+            new_id = self._insert_retry(conn, task, code, delay)
+            detail = f"automatic retry {task.retry_count + 1} of {retries}: {new_id}"
+            self._event(conn, task_id, "retried", detail)
 
     def requeue_after_infra_failure(
         self, task_id: str, runner_id: str, reason: str, budget: int, delay: float
@@ -651,11 +714,6 @@ class SqlStore(abc.ABC):
     def add_event(self, task_id: str, kind: str, detail: str = "") -> None:
         with self._write() as conn:
             self._event(conn, task_id, kind, detail)
-
-    def _event(self, conn: Connection, task_id: str, kind: str, detail: str) -> None:
-        conn.execute(
-            task_events.insert().values(task_id=task_id, at=timeutil.now(), kind=kind, detail=detail)
-        )
 
     def list_events(self, task_id: str) -> list[TaskEvent]:
         with self._read() as conn:

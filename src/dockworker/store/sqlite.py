@@ -14,8 +14,9 @@ from .. import timeutil
 from ..models import Task
 from .sql import SqlStore
 
-# Priority 2 first, then the oldest runnable task; a code package's max_concurrency counts
-# the tasks of that package that are preparing or running on any runner.
+# Priority 2 first, then the oldest runnable task; a task runnable for longer than the
+# starvation bound goes ahead of any priority (oldest first), so low priorities never starve.
+# A code package's max_concurrency counts its tasks preparing or running on any runner.
 CLAIM = sa.text(
     """
     UPDATE tasks
@@ -34,7 +35,7 @@ CLAIM = sa.text(
                    OR (SELECT count(*) FROM tasks AS r
                         WHERE r.code_id = t.code_id AND r.status IN ('preparing', 'running'))
                       < c.max_concurrency)
-            ORDER BY t.priority DESC, t.run_at, t.id
+            ORDER BY CASE WHEN t.run_at <= :starved_before THEN 3 ELSE t.priority END DESC, t.run_at, t.id
             LIMIT 1)
     RETURNING *
     """
@@ -70,7 +71,9 @@ class SqliteStore(SqlStore):
     def _read_options(self) -> dict[str, Any]:
         return {"readonly": True}
 
-    def claim(self, runner_id: str, clusters: Sequence[str], lease_ttl: float) -> Task | None:
+    def claim(
+        self, runner_id: str, clusters: Sequence[str], lease_ttl: float, starvation_s: float = 300.0
+    ) -> Task | None:
         now = timeutil.now()
         with self._write() as conn:
             row = conn.execute(
@@ -78,6 +81,7 @@ class SqliteStore(SqlStore):
                 {
                     "runner_id": runner_id,
                     "lease_expires_at": now + lease_ttl,
+                    "starved_before": now - starvation_s,
                     "now": now,
                     "clusters": list(clusters),
                 },

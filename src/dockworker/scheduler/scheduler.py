@@ -1,0 +1,49 @@
+"""Fires due schedules. Any number of schedulers may run against one store: each slot is
+claimed by a unique (schedule, slot) row and a conditional update, so it fires once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from ..settings import Settings
+from ..store import Store
+
+log = logging.getLogger("dockworker.scheduler")
+
+
+class Scheduler:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_fire: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.on_fire = on_fire or (lambda: None)
+
+    def tick(self) -> list[str]:
+        """Fire every schedule due now; returns the ids of the tasks queued."""
+        now = self.clock()
+        queued = []
+        for schedule_id in self.store.due_schedule_ids(now):
+            task_id = self.store.fire_schedule(schedule_id, now, self.settings.limits.max_timeout_s)
+            if task_id is not None:
+                log.info("schedule.fired schedule=%s task=%s", schedule_id, task_id)
+                queued.append(task_id)
+        if queued:
+            self.on_fire()
+        return queued
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(self.settings.scheduler_interval_s):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("scheduler.tick_failed")
