@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import swagger_ui_bundle
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -17,6 +19,7 @@ from . import codes, projects, runners, schedules, tasks, webhooks
 from .deps import Services
 from .errors import install_error_handlers
 from .limits import BodySizeLimit
+from .responses import ERROR_RESPONSES
 
 DESCRIPTION = """\
 dockworker runs each task in a fresh Docker container. This API is wire-compatible with
@@ -43,12 +46,13 @@ def create_app(
         image_present=image_present or (lambda _image: None),
     )
     install_error_handlers(app)
-    app.include_router(projects.router)
-    app.include_router(codes.router)
-    app.include_router(webhooks.router)
-    app.include_router(tasks.router)
-    app.include_router(schedules.router)
-    app.include_router(runners.router)
+    _document_validation_as_400(app)
+    app.include_router(projects.router, responses=ERROR_RESPONSES)
+    app.include_router(codes.router, responses=ERROR_RESPONSES)
+    app.include_router(webhooks.router, responses=ERROR_RESPONSES)
+    app.include_router(tasks.router, responses=ERROR_RESPONSES)
+    app.include_router(schedules.router, responses=ERROR_RESPONSES)
+    app.include_router(runners.router, responses=ERROR_RESPONSES)
     app.add_middleware(
         BodySizeLimit,
         default_limit=settings.max_request_bytes,
@@ -73,3 +77,26 @@ def _serve_docs_offline(app: FastAPI) -> None:
             swagger_css_url="/static/swagger/swagger-ui.css",
             swagger_favicon_url="/static/swagger/favicon-32x32.png",
         )
+
+
+def _document_validation_as_400(app: FastAPI) -> None:
+    """FastAPI documents 422 for invalid input; dockworker answers 400 (as IronWorker did).
+    Errors are JSON ``{"msg": ...}`` everywhere, also on endpoints that answer text."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            error_content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+            for operations in document.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    responses.pop("422", None)
+                    for status, response in responses.items():
+                        if status.startswith(("4", "5")):
+                            response["content"] = error_content
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,26 @@
+"""The error answers every endpoint may give, declared so the OpenAPI document is complete."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class ErrorBody(BaseModel):
+    msg: str
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("Invalid request: bad JSON, wrong types, unknown fields, limits"),
+    401: _error("Missing, invalid or revoked token"),
+    404: _error("Not found, or not visible to this token"),
+    405: _error("Method not allowed"),
+    409: _error("Conflicts with the current state (e.g. the task already finished)"),
+    413: _error("Request body too large"),
+    503: _error("The infrastructure is unavailable; retry with backoff"),
+}
