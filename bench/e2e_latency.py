@@ -6,11 +6,14 @@ A benchmark, not a test. In one invocation it measures, on the same engine and i
   (latency) and from C concurrent workers (throughput);
 * dockworker: the real service (``dockworker up`` as a subprocess, on a temporary data dir),
   a no-op code package (stack busybox, command ``true``): single tasks queued one at a time
-  and polled until complete (latency), then one batch of M tasks (throughput).
+  and polled until complete (latency), then one batch of M tasks (throughput);
+* the engine floor (skip with ``--no-floor``): the container the runner makes, created, run
+  and removed through dockworker's own engine adapter, without the service; dockworker's
+  figures minus these are what the service itself adds.
 
-The single-task runs of the two are interleaved (alternating which goes first); the throughput
-runs alternate too. The first ``--warmup`` runs of each are discarded. The figures are printed
-as a table and written as JSON to ``bench/results/``. See ``bench/README.md``.
+The single-task runs of the sides are interleaved (who goes first rotates); so are the
+throughput rounds. The first ``--warmup`` runs of each side are discarded. The figures are
+printed as a table and written as JSON to ``bench/results/``. See ``bench/README.md``.
 
 Run: ``. .venv/bin/activate && python bench/e2e_latency.py`` (``--quick`` for a smoke run).
 """
@@ -150,6 +153,11 @@ def background_busy(seconds: float) -> float:
     return (host_cpu_busy_s() - before) / seconds / (os.cpu_count() or 1)
 
 
+def self_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def children_cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
@@ -163,17 +171,20 @@ class CpuMeter:
     _host: float = 0.0
     _service: float = 0.0
     _children: float = 0.0
+    _self: float = 0.0
 
     def start(self) -> None:
         self._host = host_cpu_busy_s()
         self._service = process_cpu_s(self.service_pid) if self.service_pid else 0.0
         self._children = children_cpu_s()
+        self._self = self_cpu_s()
 
     def stop(self, tasks: int) -> dict[str, float]:
         per = 1000.0 / max(1, tasks)
         result = {
             "host_cpu_ms_per_task": (host_cpu_busy_s() - self._host) * per,
             "bench_children_cpu_ms_per_task": (children_cpu_s() - self._children) * per,
+            "bench_self_cpu_ms_per_task": (self_cpu_s() - self._self) * per,
         }
         if self.service_pid:
             result["service_cpu_ms_per_task"] = (process_cpu_s(self.service_pid) - self._service) * per
@@ -222,7 +233,7 @@ class Floor:
     """The engine alone, through dockworker's own adapter, with the container the runner makes
     (network disabled, read-only root, limits, init, the task/code/hosts bind mounts, a /tmp
     tmpfs): create, attach, start, read the output to EOF, wait (+inspect), remove. No store,
-    no HTTP, no threads of ours. dockworker's figures minus these are what the service adds."""
+    no API, no polling. dockworker's figures minus these are what the service adds."""
 
     def __init__(self, image: str, run_label: str, work_dir: Path) -> None:
         key, _, value = run_label.partition("=")
@@ -316,9 +327,8 @@ class TaskSample:
 class Service:
     """``dockworker up`` in a subprocess on a temporary data dir, and an API client for it."""
 
-    def __init__(self, slots: int, runner_id: str, guarded: bool) -> None:
+    def __init__(self, slots: int, runner_id: str) -> None:
         self.slots = slots
-        self.guarded = guarded
         self.runner_id = runner_id
         self.data_dir = Path(tempfile.mkdtemp(prefix="dockworker-bench-"))
         self.port = free_port()
@@ -333,11 +343,8 @@ class Service:
         return self.process.pid if self.process else None
 
     def start(self, timeout: float = 60) -> None:
-        if self.guarded:
-            command = [sys.executable, str(Path(__file__).resolve().parent / "guarded_up.py")]
-        else:
-            executable = Path(sys.executable).parent / "dockworker"
-            command = [str(executable) if executable.exists() else shutil.which("dockworker") or "dockworker"]
+        executable = Path(sys.executable).parent / "dockworker"
+        command = [str(executable) if executable.exists() else shutil.which("dockworker") or "dockworker"]
         command += ["up", "--data-dir", str(self.data_dir), "--port", str(self.port)]
         command += ["--slots", str(self.slots)]
         env = {**os.environ, "DOCKWORKER_RUNNER_ID": self.runner_id}
@@ -448,11 +455,14 @@ class Service:
             ("finished_to_seen", end, seen),
             ("queue_wait", created, start),
             ("run", start, end),
+            ("post_to_finished", posted, end),
         ]
         return {name: ms(b - a) for name, a, b in points if a is not None and b is not None}
 
     def throughput(self, tasks: int, poll_s: float, meter: CpuMeter) -> dict[str, Any]:
-        """Queue ``tasks`` in one request; time until none is queued, preparing or running."""
+        """Queue ``tasks`` in one request; the batch is done when the last task has finished
+        (its end_time; the server's clock is ours). The client polls the list of unfinished
+        tasks every ``poll_s`` to learn that; its detection time is reported too."""
         meter.start()
         wall0 = time.time()
         started = time.perf_counter()
@@ -462,31 +472,43 @@ class Service:
             if time.perf_counter() - started > TASK_TIMEOUT_S + tasks:
                 raise RuntimeError("batch not done in time")
             time.sleep(poll_s)
-        wall = time.perf_counter() - started
+        seen = time.perf_counter() - started
         cpu = meter.stop(tasks)
         details = [self.call("GET", f"/tasks/{task_id}") for task_id in ids]
+        claimed: dict[str, float] = {}
+        for task in details:
+            events = self.call("GET", f"/tasks/{task['id']}/events")["events"]
+            at = next((parse_time(e["at"]) for e in events if e["kind"] == "claimed"), None)
+            if at is not None:
+                claimed[task["id"]] = at
+            if task["status"] != "complete":
+                task["events"] = events
         statuses: dict[str, int] = {}
         for task in details:
             statuses[task["status"]] = statuses.get(task["status"], 0) + 1
         problems = [
-            {k: d.get(k) for k in ("id", "status", "msg", "exit_code", "start_time", "end_time")}
+            {k: d.get(k) for k in ("id", "status", "msg", "exit_code", "start_time", "end_time", "events")}
             for d in details
             if d["status"] != "complete"
         ]
-        for problem in problems:
-            problem["events"] = self.call("GET", f"/tasks/{problem['id']}/events")["events"]
         ends = [t for t in (parse_time(d["end_time"]) for d in details) if t is not None]
-        in_batch = [ms(t - wall0) for t in ends]
+        done = (max(ends) - wall0) if len(ends) == tasks else seen
+        busy = [
+            (claimed[d["id"]], end)
+            for d in details
+            if d["id"] in claimed and (end := parse_time(d["end_time"]))
+        ]
         return {
             "tasks": tasks,
             "slots": self.slots,
-            "wall_s": wall,
-            "tasks_per_s": tasks / wall,
-            "server_last_end_s": (max(ends) - wall0) if ends else None,
+            "wall_s": done,
+            "tasks_per_s": tasks / done,
+            "client_seen_s": seen,
             "statuses": statuses,
             "not_complete": problems,
-            "max_running_at_once": max_overlap(details),
-            "queued_to_finished_ms": asdict(Summary.of(in_batch)),
+            "max_slots_busy": max_overlap(busy),
+            "mean_slots_busy": sum(b - a for a, b in busy) / done,
+            "queued_to_finished_ms": asdict(Summary.of([ms(t - wall0) for t in ends])),
             **cpu,
         }
 
@@ -513,13 +535,11 @@ class Service:
         self.shutdown_s = time.monotonic() - started
 
 
-def max_overlap(tasks: Sequence[dict[str, Any]]) -> int:
-    """The most tasks whose [start_time, end_time] intervals overlap (i.e. slots in use)."""
+def max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
+    """The most intervals that overlap at one moment (claimed..finished: slots in use)."""
     edges: list[tuple[float, int]] = []
-    for task in tasks:
-        start, end = parse_time(task["start_time"]), parse_time(task["end_time"])
-        if start is not None and end is not None:
-            edges += [(start, 1), (end, -1)]
+    for start, end in intervals:
+        edges += [(start, 1), (end, -1)]
     best = current = 0
     for _, step in sorted(edges):
         current += step
@@ -612,7 +632,6 @@ class Options:
     batch_poll_ms: float
     image: str
     floor: bool
-    unguarded: bool
     wait_quiet_s: float
 
 
@@ -626,7 +645,9 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--warmup", type=int, default=3, help="discarded first runs per side (default 3)")
     parser.add_argument("--rounds", type=int, default=2, help="throughput rounds, alternating (default 2)")
     parser.add_argument("--poll-ms", type=float, default=5.0, help="single-task poll interval (default 5)")
-    parser.add_argument("--batch-poll-ms", type=float, default=25.0, help="batch poll interval (default 25)")
+    parser.add_argument(
+        "--batch-poll-ms", type=float, default=100.0, help="batch poll interval (default 100)"
+    )
     parser.add_argument("--image", default=IMAGE, help=f"baseline image (default {IMAGE})")
     parser.add_argument(
         "--no-floor",
@@ -634,16 +655,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         help="skip the engine floor (dockworker's container through its adapter, without the service)",
     )
     parser.add_argument(
-        "--unguarded",
-        action="store_true",
-        help="run the plain 'dockworker up' (its reaper may remove other dockworker runs' containers)",
-    )
-    parser.add_argument(
         "--wait-quiet",
         type=float,
         default=120.0,
         metavar="S",
-        help="first wait up to S s for an engine without other containers (default 120; 0: don't)",
+        help="first wait up to S s for a quiet host: no other containers, CPUs < 25%% busy "
+        "(default 120; 0: don't wait)",
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: n=5, batch=8, 1 round")
     args = parser.parse_args(argv)
@@ -662,7 +679,6 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         batch_poll_ms=args.batch_poll_ms,
         image=args.image,
         floor=not args.no_floor,
-        unguarded=args.unguarded,
         wait_quiet_s=args.wait_quiet,
     )
 
@@ -769,6 +785,7 @@ SPLIT_KEYS = (
     "finished_to_seen",
     "queue_wait",
     "run",
+    "post_to_finished",
 )
 
 
@@ -792,7 +809,7 @@ def render_header(result: dict[str, Any]) -> list[str]:
         f"host: {host['cores']} cores ({host['cpu_model']}), kernel {host['kernel']}, "
         f"Python {host['python']}",
         f"docker: engine {host['docker_server']} (API {host['docker_api']}), CLI {host['docker_client']}; "
-        f"dockworker {result['dockworker_version']} ({result['service_command']})",
+        f"dockworker {result['dockworker_version']}",
         f"run: n={options['n']} single tasks per side (+{options['warmup']} warm-up discarded, interleaved), "
         f"batch={options['batch']} x {options['rounds']} round(s), slots={options['slots']}, "
         f"baseline concurrency={options['concurrency']}, poll {fmt(options['poll_ms'], 0)} ms",
@@ -822,8 +839,10 @@ def render_details(result: dict[str, Any]) -> list[str]:
             )
             if side == "dockworker":
                 line += (
-                    f" (service process {fmt(run['service_cpu_ms_per_task'], 0)}), "
-                    f"max running at once {run['max_running_at_once']}, {run['statuses']}"
+                    f" (service process {fmt(run['service_cpu_ms_per_task'], 0)}, "
+                    f"bench {fmt(run['bench_self_cpu_ms_per_task'], 0)}); client saw it at "
+                    f"{fmt(run['client_seen_s'], 2)} s; slots busy: "
+                    f"mean {fmt(run['mean_slots_busy'], 1)} max {run['max_slots_busy']}, {run['statuses']}"
                 )
             lines.append(line)
     return lines
@@ -886,7 +905,7 @@ def render(result: dict[str, Any]) -> str:
 
 @contextlib.contextmanager
 def running_service(options: Options, runner_id: str) -> Iterator[Service]:
-    service = Service(options.slots, runner_id, guarded=not options.unguarded)
+    service = Service(options.slots, runner_id)
     try:
         service.start()
         yield service
@@ -910,8 +929,13 @@ def check_clean(run_label: str, runner_id: str) -> dict[str, Any]:
     }
 
 
+def _exit_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the clean-up like Ctrl-C does
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_options(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if not run_text(["docker", "image", "inspect", "--format", "{{.Id}}", options.image]):
         log(f"image {options.image} not found: build it with 'dockworker stacks build busybox'")
         return 2
@@ -928,7 +952,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     baseline = Baseline(options.image, run_label)
     result: dict[str, Any] = {"run_id": run_id, "options": asdict(options), "host": host}
     result["baseline_command"] = baseline.command
-    result["service_command"] = "bench/guarded_up.py up" if not options.unguarded else "dockworker up"
     floor_dir = Path(tempfile.mkdtemp(prefix="dockworker-bench-floor-"))
     floor = Floor(options.image, run_label, floor_dir) if options.floor else None
     try:
@@ -947,6 +970,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             floor.close()
         shutil.rmtree(floor_dir, ignore_errors=True)
         clean = check_clean(run_label, runner_id)
+        log(f"containers left by this run: {len(clean['ours_left'])}")
     host["loadavg_end"] = os.getloadavg()
     host["background_busy_end"] = background_busy(2.0)
     result["noise"] = noise.summary()

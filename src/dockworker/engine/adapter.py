@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, NoReturn
@@ -20,6 +21,9 @@ LABEL_PREFIX = "dockworker."
 TASK_LABEL = LABEL_PREFIX + "task"
 RUNNER_LABEL = LABEL_PREFIX + "runner"
 INSTALLATION_LABEL = LABEL_PREFIX + "installation"
+SIGKILL_EXIT = 128 + 9
+OOM_RECHECKS = 5
+OOM_RECHECK_INTERVAL_S = 0.1
 
 # Messages with which the engine reports that the user's command or image cannot run,
 # whatever HTTP status it chose for them (dockerd 20.10 answers 400 or 500 for these).
@@ -37,6 +41,10 @@ _USER_FAULT_MARKERS = (
 
 class ContainerGone(InfrastructureError):
     """The container no longer exists."""
+
+
+class ImageMissing(TaskSetupError):
+    """The image is not on the engine (and dockworker never pulls)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,7 +95,7 @@ def _explanation(exc: docker.errors.APIError) -> str:
 
 def _raise_classified(exc: Exception, action: str) -> NoReturn:
     if isinstance(exc, docker.errors.ImageNotFound):
-        raise TaskSetupError(f"image not found on the engine: {_explanation(exc)}") from exc
+        raise ImageMissing(f"image not found on the engine: {_explanation(exc)}") from exc
     if isinstance(exc, docker.errors.NotFound):
         raise ContainerGone(f"{action}: {_explanation(exc)}") from exc
     if isinstance(exc, docker.errors.APIError):
@@ -226,9 +234,28 @@ class DockerEngine:
         if isinstance(result, str) and '"error"' in result:
             raise InfrastructureError(f"import image: {result.strip()}")
 
-    def remove_image(self, ref: str) -> None:
+    def build_image(self, context: IO[bytes], *, tag: str) -> None:
+        """Build an image from a tar build context holding a Dockerfile (``docker build``).
+        Nothing is pulled: the base image must be on the engine; RUN steps get no network."""
+        with _classified("build image"):
+            events = self._streams.build(
+                fileobj=context,
+                custom_context=True,
+                tag=tag,
+                pull=False,
+                rm=True,
+                forcerm=True,
+                network_mode="none",
+                decode=True,
+            )
+            for event in events:
+                if isinstance(event, dict) and event.get("error"):
+                    raise TaskSetupError(f"build image {tag}: {str(event['error']).strip()}")
+
+    def remove_image(self, ref: str, *, force: bool = True) -> None:
+        """Remove the image (force: even when stopped containers use it, or it has other tags)."""
         with _classified("remove image"):
-            self._api.remove_image(ref, force=True)
+            self._api.remove_image(ref, force=force)
 
     def create(self, spec: ContainerSpec) -> str:
         binds: dict[str, Mapping[str, str]] = {
@@ -288,8 +315,16 @@ class DockerEngine:
         with _classified("wait container"):
             result = self._api.wait(container_id, timeout=int(max(1, timeout)))
             state = self._api.inspect_container(container_id)["State"]
+            exit_code = int(result.get("StatusCode", state.get("ExitCode", -1)))
+            # Under load the engine may record the exit before the kernel's OOM event: a SIGKILL
+            # exit without the flag is looked at again before it is called anything but OOM.
+            for _ in range(OOM_RECHECKS):
+                if exit_code != SIGKILL_EXIT or state.get("OOMKilled"):
+                    break
+                time.sleep(OOM_RECHECK_INTERVAL_S)
+                state = self._api.inspect_container(container_id)["State"]
         return ExitInfo(
-            exit_code=int(result.get("StatusCode", state.get("ExitCode", -1))),
+            exit_code=exit_code,
             oom_killed=bool(state.get("OOMKilled")),
             error=str(state.get("Error") or ""),
         )
