@@ -22,7 +22,7 @@ class Services:
     image_present: Callable[[str], bool | None]
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     found: Services = request.app.state.services
     return found
 
@@ -62,14 +62,15 @@ def project_id(
     """The project of the path, if the caller's token may reach it (404 otherwise)."""
     if who.project_id is not None and who.project_id != project_id:
         raise NotFound("Project not found")
-    svc.store.get_project(project_id)
+    if who.project_id is None:  # an admin token: the project must exist (a project token implies it)
+        svc.store.get_project(project_id)
     return project_id
 
 
 ProjectDep = Annotated[str, Depends(project_id)]
 
 
-def paging(
+async def paging(
     page: Annotated[int, Query(ge=0, le=100_000)] = 0,
     per_page: Annotated[int, Query(ge=1)] = 30,
 ) -> tuple[int, int]:
