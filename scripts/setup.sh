@@ -34,5 +34,5 @@ if [ ! -x .venv/bin/dockworker ] || [ pyproject.toml -nt .venv/.installed ]; the
   touch .venv/.installed
 fi
 
-say "Building the stacks (cached: an up-to-date image is not rebuilt)"
-.venv/bin/dockworker stacks build busybox python
+say "Building every stack (cached: an up-to-date image is not rebuilt; a few minutes the first time)"
+.venv/bin/dockworker stacks build --all

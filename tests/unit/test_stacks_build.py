@@ -346,25 +346,36 @@ def test_debootstrap_progress_advances_through_the_phases() -> None:
     assert fractions[-1] == pytest.approx(1.0)
 
 
-def test_apt_progress_reads_the_status_lines() -> None:
+def test_apt_progress_reads_the_plain_output() -> None:
     reports: list[tuple[str, float | None]] = []
     parse = debian.AptProgress(lambda m, f: reports.append((m, f)))
     for line in [
         "Reading package lists...",
-        "dlstatus:1:50.0:Retrieving file 1 of 2",
-        "pmstatus:dpkg-exec:0:Running dpkg",
-        "pmstatus:python3:50:Unpacking python3 (amd64)",
-        "pmstatus:python3:100:Installed python3 (amd64)",
-        "dlstatus:broken",
+        "0 upgraded, 2 newly installed, 0 to remove and 0 not upgraded.",
+        "Get:1 http://deb.debian.org/debian bookworm/main amd64 libpython3 amd64 3.11 [1 kB]",
+        "Get:2 http://deb.debian.org/debian bookworm/main amd64 python3 amd64 3.11 [1 kB]",
+        "Fetched 2 kB in 0s (100 kB/s)",
+        "Unpacking libpython3:amd64 (3.11) ...",
+        "Unpacking python3 (3.11) ...",
+        "Setting up libpython3:amd64 (3.11) ...",
+        "Setting up python3 (3.11) ...",
+        "Processing triggers for libc-bin (2.36-9) ...",
     ]:
         parse(line)
-    assert [message for message, _ in reports] == [
-        "apt: Retrieving file 1 of 2",
-        "apt: Running dpkg",
-        "apt: Unpacking python3 (amd64)",
-        "apt: Installed python3 (amd64)",
+    assert [message for message, _ in reports][:2] == [
+        "apt: Get:1 http://deb.debian.org/debian bookworm/main amd64 libpython3 amd64 3.11 [1 kB]",
+        "apt: Get:2 http://deb.debian.org/debian bookworm/main amd64 python3 amd64 3.11 [1 kB]",
     ]
-    assert [fraction for _, fraction in reports] == pytest.approx([0.2, 0.4, 0.7, 1.0])
+    assert [fraction for _, fraction in reports] == pytest.approx([0.2, 0.4, 0.55, 0.7, 0.85, 1.0])
+
+
+def test_apt_progress_without_a_summary_never_goes_back() -> None:
+    fractions: list[float | None] = []
+    parse = debian.AptProgress(lambda m, f: fractions.append(f))
+    for line in ["Get:1 a", "Get:2 b", "Unpacking a", "Setting up a"]:
+        parse(line)
+    assert fractions == sorted(cast(list[float], fractions))
+    assert fractions[-1] == pytest.approx(1.0)
 
 
 def make_debootstrapped_tree(root: Path) -> None:
@@ -434,7 +445,7 @@ class FakeCommands:
             python.write_text("python")
             Path(argv[1], "usr/share/doc/python3").mkdir(parents=True)
             Path(argv[1], "usr/share/doc/python3/README").write_text("doc")
-            (on_line or print)("pmstatus:python3:100:Installed python3")
+            (on_line or print)("Setting up python3 (3.11.2-1+b1) ...")
 
     def programs(self) -> list[str]:
         return [call[0] if call[0] != "chroot" else f"chroot {call[-1]}" for call in self.calls]
@@ -471,8 +482,19 @@ def test_debian_build_makes_the_base_once_and_installs_the_packages(
     debootstrap = fake_debian_host.calls[0]
     assert debootstrap[:3] == ["debootstrap", "--variant=minbase", "bookworm"]
     assert debootstrap[4:] == ["http://mirror.example/debian"]
-    expected_programs = ["mount", "chroot update", "chroot python3", "chroot clean", "umount"]
+    expected_programs = [
+        *["mount"] * 3,  # /proc, then apt's lists and downloads from the shared cache
+        "chroot update",
+        "chroot python3",
+        "chroot autoclean",
+        *["umount"] * 3,
+    ]
     assert fake_debian_host.programs()[1:] == expected_programs
+    binds = [call[2:] for call in fake_debian_host.calls if call[:2] == ["mount", "--bind"]]
+    assert [(Path(source).relative_to(cache_dir), Path(target).name) for source, target in binds] == [
+        (Path("apt/lists"), "lists"),
+        (Path("apt/archives"), "archives"),
+    ]
     assert debian.base_tarball_path(cache_dir).is_file()
     assert [f for f in reports if f is not None] == sorted(f for f in reports if f is not None)
     assert reports[-1] == 1.0

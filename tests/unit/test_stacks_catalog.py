@@ -7,6 +7,8 @@ import pytest
 
 from dockworker.errors import ClientError
 from dockworker.stacks import RUNTIME_ALIASES, STACKS, Stack, catalog, get_stack, stack_for_runtime
+from dockworker.stacks.build import image_changes
+from dockworker.stacks.catalog import RUNTIMES, legacy_command
 
 
 def test_the_catalog_has_busybox_and_python() -> None:
@@ -26,9 +28,78 @@ def test_image_names() -> None:
     assert STACKS["python"].repository == "dockworker/stack-python"
 
 
+CATALOGUE = {
+    "busybox": "1.35",
+    "debian": "12",
+    "python": "3.11",
+    "node": "18",
+    "ruby": "3.1",
+    "php": "8.2",
+    "perl": "5.36",
+    "java": "17",
+    "go": "1.19",
+    "rust": "1.63",
+    "ffmpeg": "5.1",
+    "imagemagick": "6.9",
+    "r": "4.2",
+}
+
+
+def test_the_catalogue_has_every_stack_with_its_version() -> None:
+    assert {name: stack.version for name, stack in STACKS.items()} == CATALOGUE
+
+
+def test_every_debian_stack_but_debian_itself_installs_packages() -> None:
+    for stack in STACKS.values():
+        assert bool(stack.packages) == (stack.name not in ("busybox", "debian")), stack.name
+
+
 def test_legacy_commands_take_the_file_name() -> None:
-    assert STACKS["python"].legacy_command.format(file="hello.py") == "python3 hello.py"
-    assert STACKS["busybox"].legacy_command.format(file="run.sh") == "sh run.sh"
+    assert STACKS["python"].legacy_argv("hello.py") == ["python3", "hello.py"]
+    assert STACKS["busybox"].legacy_argv("run.sh") == ["sh", "run.sh"]
+    assert STACKS["node"].legacy_argv("a b.js") == ["node", "a b.js"]
+    assert STACKS["r"].legacy_argv("hello.R") == ["Rscript", "hello.R"]
+    assert STACKS["go"].legacy_argv("main.go") == ["go", "run", "main.go"]
+
+
+@pytest.mark.parametrize(
+    ("file_name", "argv"),
+    [
+        ("worker.jar", ["java", "-jar", "worker.jar"]),
+        ("Hello.java", ["java", "Hello.java"]),
+        ("Hello.class", ["java", "-cp", ".", "Hello"]),
+        ("com/example/Main.class", ["java", "-cp", ".", "com.example.Main"]),
+        ("com.example.Main", ["java", "-cp", ".", "com.example"]),
+    ],
+)
+def test_java_legacy_command_depends_on_the_file(file_name: str, argv: list[str]) -> None:
+    assert STACKS["java"].legacy_argv(file_name) == argv
+
+
+def test_rust_compiles_into_the_task_directory_then_runs_with_the_arguments() -> None:
+    argv = STACKS["rust"].legacy_argv("main.rs")
+    assert argv[:2] == ["sh", "-c"]
+    assert argv[3] == "main.rs"
+    assert "rustc" in argv[2] and "/mnt/task/" in argv[2] and '"$@"' in argv[2]
+
+
+def test_a_runtime_may_bring_its_own_command() -> None:
+    assert legacy_command("binary", "worker") == ["./worker"]
+    assert legacy_command("sh", "run.sh") == ["sh", "run.sh"]
+    assert legacy_command("python", "a.py", stack="python") == ["python3", "a.py"]
+    assert legacy_command("sh", "run.sh", stack="debian") == ["bash", "run.sh"]
+
+
+def test_every_stack_has_a_runtime_and_every_runtime_a_stack() -> None:
+    assert {runtime.stack for runtime in RUNTIMES.values()} == set(STACKS)
+    assert STACKS["python"].runtimes == ["python", "python3"]
+
+
+def test_stack_environment_goes_into_the_image_and_the_recipe() -> None:
+    go = STACKS["go"]
+    assert "ENV GOTMPDIR=/mnt/task" in image_changes(go)
+    assert "ENV CGO_ENABLED=0" in image_changes(go)
+    assert dataclasses.replace(go, env=()).recipe_digest() != go.recipe_digest()
 
 
 def test_tasks_run_as_an_unprivileged_user() -> None:
@@ -54,7 +125,7 @@ def test_get_stack() -> None:
 
 
 def test_get_stack_rejects_unknown_names() -> None:
-    with pytest.raises(ClientError, match=r"^unknown stack 'cobol'; known: busybox, python"):
+    with pytest.raises(ClientError, match=r"^unknown stack 'cobol'; known: busybox, debian, ffmpeg, go, "):
         get_stack("cobol")
 
 
@@ -62,11 +133,16 @@ def test_runtime_aliases() -> None:
     assert RUNTIME_ALIASES["python"] == "python"
     assert RUNTIME_ALIASES["python3"] == "python"
     assert RUNTIME_ALIASES["sh"] == "busybox"
-    assert RUNTIME_ALIASES["binary"] == "busybox"
+    assert RUNTIME_ALIASES["binary"] == "debian"
+    assert RUNTIME_ALIASES["java"] == "java"
+    assert RUNTIME_ALIASES["node"] == "node"
     assert set(RUNTIME_ALIASES.values()) <= set(STACKS)
 
 
-@pytest.mark.parametrize(("runtime", "stack_name"), [("python3", "python"), ("binary", "busybox")])
+@pytest.mark.parametrize(
+    ("runtime", "stack_name"),
+    [("python3", "python"), ("binary", "debian"), ("sh", "busybox"), ("golang", "go")],
+)
 def test_stack_for_runtime(runtime: str, stack_name: str) -> None:
     assert stack_for_runtime(runtime) is STACKS[stack_name]
 

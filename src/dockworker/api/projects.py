@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from .. import __version__, timeutil
-from ..stacks.catalog import STACKS
+from ..stacks.catalog import STACKS, Stack
 from .deps import CallerDep, ProjectDep, ServicesDep
 
 router = APIRouter()
@@ -20,9 +20,27 @@ def get_project(svc: ServicesDep, project_id: ProjectDep) -> dict[str, Any]:
 
 
 @router.get("/2/stacks", tags=["stacks"])
-def list_stacks(who: CallerDep) -> list[str]:
-    """The names of the stacks code packages may use (``stack`` or legacy ``runtime``)."""
-    return sorted(STACKS)
+def list_stacks(svc: ServicesDep, who: CallerDep, details: bool = False) -> list[Any]:
+    """The names of the stacks code packages may use (``stack`` or legacy ``runtime``), as
+    IronWorker answered. With ``details=1``, one object per stack instead: its version, image,
+    legacy runtimes and command, user, and ``built`` (whether its image is on this host's engine;
+    null when unknown)."""
+    if not details:
+        return sorted(STACKS)
+    return [_stack_json(STACKS[name], svc.image_present(STACKS[name].image)) for name in sorted(STACKS)]
+
+
+def _stack_json(stack: Stack, built: bool | None) -> dict[str, Any]:
+    return {
+        "name": stack.name,
+        "version": stack.version,
+        "image": stack.image,
+        "description": stack.description,
+        "runtimes": stack.runtimes,
+        "legacy_command": stack.legacy_command,
+        "user": stack.user,
+        "built": built,
+    }
 
 
 @router.get("/version", tags=["meta"])

@@ -31,3 +31,14 @@ def read_arg(value: str | None) -> str | None:
         except OSError as exc:
             raise ClientError(f"cannot read {path}: {exc}") from exc
     return value
+
+
+def parse_env(pairs: list[str] | None) -> dict[str, str]:
+    """--env KEY=VALUE options as a mapping."""
+    env = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ClientError(f"--env takes KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env

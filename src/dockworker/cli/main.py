@@ -16,6 +16,7 @@ from ..settings import load_settings
 from . import queue_control
 from .client import Client, ClientConfig, zip_directory
 from .common import ConfigOpt, DataDir, JsonOpt, err, out, read_arg
+from .run_local import run_local
 from .stacks import stacks_app
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app = typer.Typer(
 )
 token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 app.add_typer(stacks_app, name="stacks")
+app.command("run-local")(run_local)
 app.add_typer(token_app, name="token")
 
 

@@ -8,9 +8,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
-from ..errors import ClientError
+from ..errors import ClientError, TaskSetupError
 from ..settings import load_settings
 from .common import DataDir, JsonOpt, err, out
 
@@ -24,13 +24,14 @@ def stacks_list(as_json: JsonOpt = False) -> None:
     from ..stacks import STACKS, stack_status
 
     engine = DockerEngine()
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": s.name,
             "version": s.version,
             "image": s.image,
             "status": stack_status(s, engine),
             "size_mb": round((engine.image_size(s.image) or 0) / 1e6, 1),
+            "runtimes": s.runtimes,
             "description": s.description,
         }
         for s in STACKS.values()
@@ -38,10 +39,20 @@ def stacks_list(as_json: JsonOpt = False) -> None:
     if as_json:
         out.print_json(data=rows)
         return
-    table = Table("name", "version", "image", "status", "size MB", "description")
+    table = Table(
+        Column("name", no_wrap=True),
+        Column("version", no_wrap=True),
+        Column("image", no_wrap=True),
+        Column("status", no_wrap=True),
+        Column("size MB", justify="right", no_wrap=True),
+        "runtimes",
+        "description",
+    )
     for row in rows:
         table.add_row(
-            *(str(row[k]) for k in ("name", "version", "image", "status", "size_mb", "description"))
+            *(str(row[k]) for k in ("name", "version", "image", "status", "size_mb")),
+            ", ".join(row["runtimes"]),
+            str(row["description"]),
         )
     out.print(table)
 
@@ -87,3 +98,28 @@ def stacks_build(
             )
             verdict = f"built in {time.monotonic() - started:.0f} s" if built else "up to date"
             progress.update(bar, completed=1.0, description=verdict)
+
+
+@stacks_app.command("rm")
+def stacks_rm(
+    names: Annotated[list[str], typer.Argument(help="Stacks whose image to remove")],
+    force: Annotated[
+        bool, typer.Option(help="Remove even if stopped containers still use the image")
+    ] = False,
+) -> None:
+    """Remove stack images from this engine (build them again with 'dockworker stacks build')."""
+    from ..engine import DockerEngine
+    from ..stacks import get_stack
+
+    stacks = [get_stack(name) for name in names]
+    engine = DockerEngine()
+    for stack in stacks:
+        if engine.image_id(stack.image) is None:
+            out.print(f"{stack.image} is not built")
+            continue
+        try:
+            engine.remove_image(stack.image, force=force)
+        except TaskSetupError as exc:
+            hint = "" if force else " (--force removes it anyway)"
+            raise ClientError(f"cannot remove {stack.image}: {exc.message}{hint}") from exc
+        out.print(f"removed {stack.image}")

@@ -13,7 +13,7 @@ from ..engine.adapter import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from ..errors import TaskSetupError
 from ..models import CodeSpec
 from ..settings import MB, Settings
-from ..stacks.catalog import get_stack, stack_for_runtime
+from ..stacks.catalog import get_stack, legacy_command, stack_for_runtime
 
 CODE_DIR = "/mnt/code"
 TASK_DIR = "/mnt/task"
@@ -41,6 +41,15 @@ def resolve_image(spec: CodeSpec) -> str:
     raise TaskSetupError("the code package names neither an image nor a stack")
 
 
+def with_build_hint(spec: CodeSpec, message: str) -> str:
+    """A missing image's message, with the command that builds it when it is a stack's."""
+    if spec.image:
+        return message
+    stack = get_stack(spec.stack) if spec.stack else stack_for_runtime(spec.runtime or "")
+    build = f"dockworker stacks build {stack.name}"
+    return f"{message} (the {stack.name} stack is not built on this engine: run '{build}')"
+
+
 def resolve_command(spec: CodeSpec, task_id: str, has_config: bool) -> list[str]:
     """The command to run; empty means the image's own default command."""
     if spec.command:
@@ -49,8 +58,7 @@ def resolve_command(spec: CodeSpec, task_id: str, has_config: bool) -> list[str]
         except ValueError as exc:
             raise TaskSetupError(f"cannot parse command {spec.command!r}: {exc}") from exc
     if spec.runtime and spec.file_name:
-        stack = get_stack(spec.stack) if spec.stack else stack_for_runtime(spec.runtime)
-        command = shlex.split(stack.legacy_command.format(file=shlex.quote(spec.file_name)))
+        command = legacy_command(spec.runtime, spec.file_name, spec.stack)
         command += ["-payload", f"{TASK_DIR}/{PAYLOAD_NAME}"]
         if has_config:
             command += ["-config", f"{TASK_DIR}/{CONFIG_NAME}"]

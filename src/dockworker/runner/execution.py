@@ -5,26 +5,28 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import timeutil
-from ..engine import DockerEngine, ExitInfo
+from ..engine import DockerEngine
+from ..engine.adapter import ImageMissing
 from ..errors import ClientError, InfrastructureError, NotFound, TaskSetupError
 from ..models import CodeSpec, Task, TaskOutcome
 from ..settings import Settings
 from ..states import TaskStatus
 from ..store import Store
 from .codecache import CodeCache
-from .contract import TaskFiles, container_spec, ensure_hosts_file, parse_user, write_task_files
-from .logpump import LogPump
+from .container_run import CANCELLED_MSG, RunHooks, run_container
+from .contract import (
+    TaskFiles,
+    container_spec,
+    ensure_hosts_file,
+    parse_user,
+    with_build_hint,
+    write_task_files,
+)
 
 log = logging.getLogger("dockworker.runner")
-
-SUPERVISE_TICK_S = 0.05
-# SIGKILL and SIGTERM that dockworker did not send (it reports its own kills itself).
-EXTERNAL_KILL_CODES = frozenset({128 + 9, 128 + 15})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -37,29 +39,6 @@ class RunnerContext:
     installation_id: str
 
 
-def classify_exit(exit_info: ExitInfo, spec_memory_mb: int) -> TaskOutcome:
-    if exit_info.exit_code == 0:
-        return TaskOutcome(status=TaskStatus.COMPLETE, msg="", exit_code=0)
-    if exit_info.oom_killed:
-        return TaskOutcome(
-            status=TaskStatus.ERROR,
-            msg=f"out of memory: the task exceeded its {spec_memory_mb} MB memory limit and was killed",
-            exit_code=exit_info.exit_code,
-        )
-    if exit_info.exit_code in EXTERNAL_KILL_CODES:
-        signal_number = exit_info.exit_code - 128
-        return TaskOutcome(
-            status=TaskStatus.KILLED,
-            msg=f"killed by signal {signal_number} from outside the task (an operator or the host)",
-            exit_code=exit_info.exit_code,
-        )
-    hints = {126: " (command not executable)", 127: " (command not found)"}
-    detail = hints.get(exit_info.exit_code, "") + (f": {exit_info.error}" if exit_info.error else "")
-    return TaskOutcome(
-        status=TaskStatus.ERROR, msg=f"exit code {exit_info.exit_code}{detail}", exit_code=exit_info.exit_code
-    )
-
-
 class TaskExecution:
     """Supervises one task. :meth:`cancel` may be called from any thread."""
 
@@ -67,7 +46,6 @@ class TaskExecution:
         self.task = task
         self._ctx = context
         self._cancel = threading.Event()
-        self._container_id: str | None = None
         self._interrupt_reason: str | None = None
         self._task_dir = context.settings.task_dirs / task.id
 
@@ -79,8 +57,8 @@ class TaskExecution:
         self._interrupt_reason = reason
         self._cancel.set()
 
-    # The whole lifecycle; never raises. The container is removed before the outcome is
-    # reported, so no container outlives its task's terminal state.
+    # The whole lifecycle; never raises. The container is removed (by run_container) before the
+    # outcome is reported, so no container outlives its task's terminal state.
     def run(self) -> None:
         ctx = self._ctx
         outcome: TaskOutcome | None = None
@@ -134,12 +112,13 @@ class TaskExecution:
         )
         return revision.spec, files
 
-    def _execute(self) -> TaskOutcome | None:
+    def _execute(self) -> TaskOutcome:
         ctx = self._ctx
+        task_id = self.task.id
         spec, files = self._load_spec()
         container = container_spec(
             spec=spec,
-            task_id=self.task.id,
+            task_id=task_id,
             files=files,
             settings=ctx.settings,
             runner_id=ctx.runner_id,
@@ -148,67 +127,34 @@ class TaskExecution:
         if self._cancel.is_set():
             if self._interrupt_reason is not None:
                 raise InfrastructureError(self._interrupt_reason)
-            return TaskOutcome(status=TaskStatus.CANCELLED, msg="cancelled by user")
+            return TaskOutcome(status=TaskStatus.CANCELLED, msg=CANCELLED_MSG)
         if self.task.log_size:
             note = f"\n[dockworker: attempt {self.task.attempts}, after an infrastructure failure]\n"
-            ctx.store.append_log(self.task.id, note.encode())
-        self._container_id = ctx.engine.create(container)
-        ctx.store.add_event(self.task.id, "container_created", self._container_id[:12])
-        pump = LogPump(
-            self.task.id, ctx.engine.attach(self._container_id), ctx.store, ctx.settings.limits.log_bytes
-        )
-        pump.start()
-        ctx.engine.start(self._container_id)
-        started = timeutil.now()
-        deadline = time.monotonic() + self.task.timeout
-        if not ctx.store.mark_running(self.task.id, ctx.runner_id, started):
-            ctx.engine.kill(self._container_id)
-            pump.join(5)
-            pump.flush(force=True)
-            return TaskOutcome(status=TaskStatus.CANCELLED, msg="cancelled by user")
-        ending = self._supervise(pump, deadline)
-        pump.flush(force=True)
-        if pump.error is not None and ending is None:
-            raise pump.error
-        if ending is not None:
-            return ending
-        exit_info = ctx.engine.wait(self._container_id)
-        outcome = classify_exit(exit_info, container.memory_bytes // (1024 * 1024))
-        last_line = pump.last_line()
-        if outcome.status is TaskStatus.ERROR and not exit_info.oom_killed and last_line:
-            # As IronWorker did: the error's own last words, so `status` tells why.
-            outcome = TaskOutcome(
-                status=outcome.status, msg=f"{outcome.msg}: {last_line}", exit_code=outcome.exit_code
-            )
-        return outcome
+            ctx.store.append_log(task_id, note.encode())
 
-    def _supervise(self, pump: LogPump, deadline: float) -> TaskOutcome | None:
-        """Wait for the container's output to end, the deadline, or a cancel. Returns the
-        outcome when we ended the task, None when the container exited by itself."""
-        assert self._container_id is not None
-        while not pump.done.wait(SUPERVISE_TICK_S):
-            pump.flush()
-            if self._cancel.is_set():
-                self._ctx.engine.kill(self._container_id)
-                pump.join(5)
-                if self._interrupt_reason is not None:
-                    pump.flush(force=True)
-                    raise InfrastructureError(self._interrupt_reason)
-                return TaskOutcome(status=TaskStatus.CANCELLED, msg="cancelled by user", exit_code=None)
-            if time.monotonic() >= deadline:
-                self._ctx.engine.kill(self._container_id)
-                pump.join(5)
-                return TaskOutcome(
-                    status=TaskStatus.TIMEOUT, msg=f"timed out after {self.task.timeout} s", exit_code=None
-                )
-        return None
+        def on_created(container_id: str) -> None:
+            ctx.store.add_event(task_id, "container_created", container_id[:12])
+
+        def on_started(started_at: float) -> bool:
+            return ctx.store.mark_running(task_id, ctx.runner_id, started_at)
+
+        try:
+            result = run_container(
+                ctx.engine,
+                container,
+                sink=lambda data: ctx.store.append_log(task_id, data),
+                timeout_s=self.task.timeout,
+                stop=self._cancel,
+                hooks=RunHooks(on_created=on_created, on_started=on_started),
+                name=task_id,
+            )
+        except ImageMissing as exc:
+            raise TaskSetupError(with_build_hint(spec, exc.message)) from exc
+        if result.stopped and self._interrupt_reason is not None:
+            raise InfrastructureError(self._interrupt_reason)
+        return result.outcome
 
     def _cleanup(self) -> None:
-        if self._container_id is not None:
-            try:
-                self._ctx.engine.remove(self._container_id)
-            except InfrastructureError:
-                log.warning("container.remove_failed", extra={"task_id": self.task.id})
         shutil.rmtree(self._task_dir, ignore_errors=True)
 
 

@@ -1,13 +1,16 @@
-"""Moves a container's output into the store while it runs, in chunks, with a size cap."""
+"""Moves a container's output to a sink (the store, or a terminal) while it runs, in chunks,
+with a size cap."""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from ..errors import InfrastructureError
-from ..store import Store
+
+# Where the output goes: called from the supervising thread with each chunk to keep.
+LogSink = Callable[[bytes], None]
 
 FLUSH_BYTES = 64 * 1024
 FLUSH_INTERVAL_S = 0.25
@@ -16,13 +19,12 @@ TAIL_BYTES = 1024
 
 class LogPump:
     """Reads the attach stream on its own thread; :meth:`flush` (called from the supervising
-    thread) writes what has arrived. After ``cap`` bytes one marker line is written and the
+    thread) hands what has arrived to the sink. After ``cap`` bytes one marker line is written and the
     rest is read and dropped, so a flood can neither fill the store nor block the container."""
 
-    def __init__(self, task_id: str, stream: Iterator[bytes], store: Store, cap: int) -> None:
-        self._task_id = task_id
+    def __init__(self, stream: Iterator[bytes], sink: LogSink, cap: int, *, name: str) -> None:
         self._stream = stream
-        self._store = store
+        self._sink = sink
         self._cap = cap
         self._lock = threading.Lock()
         self._pending = bytearray()
@@ -33,7 +35,7 @@ class LogPump:
         self._last_flush = time.monotonic()
         self.error: InfrastructureError | None = None
         self.done = threading.Event()
-        self._thread = threading.Thread(target=self._read, name=f"log-{task_id}", daemon=True)
+        self._thread = threading.Thread(target=self._read, name=f"log-{name}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -74,7 +76,7 @@ class LogPump:
             data = bytes(self._pending)
             self._pending.clear()
             self._last_flush = time.monotonic()
-        self._store.append_log(self._task_id, data)
+        self._sink(data)
 
     def join(self, timeout: float) -> bool:
         self._thread.join(timeout)

@@ -70,6 +70,7 @@ def image_changes(stack: Stack) -> list[str]:
         f"LABEL {RECIPE_LABEL}={stack.recipe_digest()}",
         f"ENV PATH={STANDARD_PATH}",
         "ENV LANG=C.UTF-8",
+        *(f"ENV {name}={value}" for name, value in stack.env),
         f"USER {stack.user}",
         "WORKDIR /",
         f"CMD {_DEFAULT_COMMANDS[stack.base]}",

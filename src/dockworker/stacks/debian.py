@@ -25,6 +25,7 @@ from .rootfs import (
     extract_rootfs_tar,
     mounted_proc,
     scratch_dir,
+    unmount,
     write_rootfs_tar,
 )
 
@@ -54,6 +55,7 @@ _EMPTIED_DIRECTORIES = (
 _KEPT_LOCALE_FILES = frozenset({"locale.alias"})
 # Written by debootstrap from the host or by the build: the engine provides its own at run time.
 _HOST_SPECIFIC_FILES = ("etc/resolv.conf", "etc/hostname")
+_MAN_SECTIONS = tuple(f"man{number}" for number in range(1, 9))
 # (name, major, minor) of the character devices apt and maintainer scripts use.
 _CHROOT_DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9))
 
@@ -197,7 +199,13 @@ def build_debian_rootfs(stack: Stack, work: Path, *, cache_dir: Path, on_progres
     root = work / "rootfs"
     extract_rootfs_tar(base, root)
     if stack.packages:
-        install_packages(root, stack.packages, mirror, scaled(on_progress, install_start, 0.95))
+        install_packages(
+            root,
+            stack.packages,
+            mirror,
+            scaled(on_progress, install_start, 0.95),
+            apt_cache=cache_dir / "apt",
+        )
     on_progress("trimming the rootfs", 0.95)
     make_lean(root)
     add_worker_account(root, stack.uid, stack.gid)
@@ -206,22 +214,53 @@ def build_debian_rootfs(stack: Stack, work: Path, *, cache_dir: Path, on_progres
 
 
 def install_packages(
-    root: Path, packages: tuple[str, ...], mirror: str, on_progress: ProgressCallback
+    root: Path, packages: tuple[str, ...], mirror: str, on_progress: ProgressCallback, *, apt_cache: Path
 ) -> None:
+    """apt-get install in a chroot. apt's package lists and downloaded packages live in
+    apt_cache, shared by every stack build (bind-mounted, one build at a time), so a package
+    common to several stacks is downloaded once; nothing of them stays in the image."""
     _write_inside(root, "etc/apt/sources.list", f"deb {mirror} {DEBIAN_SUITE} main\n")
     _write_inside(root, "etc/resolv.conf", HOST_RESOLV_CONF.read_text())
     policy = _write_inside(root, "usr/sbin/policy-rc.d", POLICY_RC_D, mode=0o755)
     _make_devices(root)
+    # update-alternatives links manual pages there even though dpkg leaves them out (Java's do).
+    for section in _MAN_SECTIONS:
+        (root / "usr/share/man" / section).mkdir(parents=True, exist_ok=True)
+    apt_cache.mkdir(parents=True, exist_ok=True)
     try:
-        with mounted_proc(root):
+        with (
+            _exclusive_lock(apt_cache / "build.lock"),
+            mounted_proc(root),
+            _shared_apt_cache(root, apt_cache),
+        ):
             on_progress("apt-get update", 0.0)
             _chroot_apt(root, ["update"], AptProgress(scaled(on_progress, 0.0, 0.15)))
             on_progress(f"installing {' '.join(packages)}", 0.15)
             install = ["install", "-y", "--no-install-recommends", *packages]
             _chroot_apt(root, install, AptProgress(scaled(on_progress, 0.15, 1.0)))
-            _chroot_apt(root, ["clean"], None)
+            # Packages no longer downloadable (superseded versions) leave the shared cache.
+            _chroot_apt(root, ["autoclean"], None)
     finally:
         policy.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _shared_apt_cache(root: Path, apt_cache: Path) -> Iterator[None]:
+    mounted: list[Path] = []
+    try:
+        for source, inside in (
+            (apt_cache / "lists", "var/lib/apt/lists"),
+            (apt_cache / "archives", "var/cache/apt/archives"),
+        ):
+            target = root / inside
+            (source / "partial").mkdir(parents=True, exist_ok=True)
+            target.mkdir(parents=True, exist_ok=True)
+            run_command(["mount", "--bind", str(source), str(target)])
+            mounted.append(target)
+        yield
+    finally:
+        for mount_point in reversed(mounted):
+            unmount(mount_point)
 
 
 def _write_inside(root: Path, relative: str, text: str, *, mode: int = 0o644) -> Path:
@@ -234,7 +273,7 @@ def _write_inside(root: Path, relative: str, text: str, *, mode: int = 0o644) ->
 
 
 def _chroot_apt(root: Path, arguments: list[str], progress: AptProgress | None) -> None:
-    options = ["-o", "APT::Status-Fd=1", "-o", "Dpkg::Use-Pty=0", "-o", "APT::Color=0"]
+    options = ["-o", "Dpkg::Use-Pty=0", "-o", "APT::Color=0"]
     run_command(["chroot", str(root), "apt-get", *options, *arguments], on_line=progress)
 
 
@@ -250,31 +289,35 @@ def _make_devices(root: Path) -> None:
 
 
 class AptProgress:
-    """Reads the "dlstatus:" (download) and "pmstatus:" (dpkg) lines that apt-get writes with
-    APT::Status-Fd. Downloading is the first 40% of the install, dpkg the rest."""
+    """Reads apt-get's plain output: the "N upgraded, M newly installed" summary gives the
+    package count, then each package is fetched ("Get:"), unpacked and set up. Fetching is the
+    first 40% of the install, unpacking the next 30%, setting up the rest.
 
-    _DOWNLOAD_SHARE = 0.4
+    (apt's machine-readable APT::Status-Fd is not used: sharing the output pipe with it makes
+    maintainer scripts' writes fail, e.g. ca-certificates' postinst.)"""
+
+    _PHASES = {"Get:": (0.0, 0.4), "Unpacking": (0.4, 0.7), "Setting up": (0.7, 1.0)}
 
     def __init__(self, on_progress: ProgressCallback) -> None:
         self._on_progress = on_progress
+        self._total = 0
+        self._counts = dict.fromkeys(self._PHASES, 0)
+        self._fraction = 0.0
 
     def __call__(self, line: str) -> None:
-        kind, _, rest = line.partition(":")
-        if kind not in ("dlstatus", "pmstatus"):
+        words = line.split()
+        if len(words) >= 6 and words[1].rstrip(",") == "upgraded" and words[3] == "newly":
+            with contextlib.suppress(ValueError):
+                self._total = int(words[0]) + int(words[2])
             return
-        fields = rest.split(":", 2)
-        if len(fields) != 3:
+        phase = next((p for p in self._PHASES if line.startswith(p)), None)
+        if phase is None:
             return
-        try:
-            percent = float(fields[1])
-        except ValueError:
-            return
-        share = percent / 100
-        if kind == "dlstatus":
-            fraction = self._DOWNLOAD_SHARE * share
-        else:
-            fraction = self._DOWNLOAD_SHARE + (1 - self._DOWNLOAD_SHARE) * share
-        self._on_progress(f"apt: {fields[2].strip()}", fraction)
+        self._counts[phase] += 1
+        start, end = self._PHASES[phase]
+        total = max(self._total, self._counts[phase])
+        self._fraction = max(self._fraction, start + (end - start) * self._counts[phase] / total)
+        self._on_progress(f"apt: {line.strip()[:100]}", self._fraction)
 
 
 # --- trimming ------------------------------------------------------------------------------

@@ -1,0 +1,207 @@
+"""``dockworker run-local``: run a worker directory once, in the image and with the contract the
+service uses (files, environment, arguments, limits), on the local Docker engine, without a
+server or a store. The code is zipped and unpacked exactly as an upload would be, and the
+container is made and supervised by the runner's own code."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from ..errors import ClientError, TaskSetupError
+from ..models import CodeSpec, TaskOutcome
+from ..settings import Settings, load_settings
+from ..states import TaskStatus
+from .client import zip_directory
+from .common import err, parse_env, read_arg
+
+RUNNER_ID = "run-local"
+# Containers of run-local carry this installation label: no service's reaper touches them.
+INSTALLATION_ID = "run-local"
+EXIT_FAILED = 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class LocalRun:
+    """What to run: the worker's directory, the code spec an upload would have made, and the task."""
+
+    directory: Path
+    spec: CodeSpec
+    payload: str
+    timeout_s: int
+
+
+def run_local(
+    directory: Annotated[Path, typer.Argument(help="The worker's directory (run as an upload of it would)")],
+    stack: Annotated[str | None, typer.Option(help="Stack to run in (see 'dockworker stacks list')")] = None,
+    image: Annotated[str | None, typer.Option(help="Docker image to run in instead of a stack")] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="Legacy IronWorker runtime (python, node, ...), with --file-name")
+    ] = None,
+    file_name: Annotated[str | None, typer.Option(help="Legacy: the file the runtime runs")] = None,
+    command: Annotated[str | None, typer.Option(help="Command to run, e.g. 'python3 hello.py'")] = None,
+    payload: Annotated[str | None, typer.Option(help="Payload string (usually JSON), or @file")] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", help="The worker's config string, or @file")
+    ] = None,
+    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE (repeatable)")] = None,
+    memory_mb: Annotated[int | None, typer.Option(help="Memory limit, MB (default: the service's)")] = None,
+    timeout: Annotated[int | None, typer.Option(help="Seconds (default: the service's)")] = None,
+) -> None:
+    """Run a worker directory once, locally, exactly as the service would; print its log, then
+    its status. Exit status 0 if the task completes, 1 otherwise."""
+    settings = load_settings()
+    spec = CodeSpec(
+        name=directory.resolve().name or "worker",
+        image=image,
+        stack=stack,
+        command=command,
+        runtime=runtime,
+        file_name=file_name,
+        config=read_arg(config),
+        env_vars=parse_env(env),
+        memory_mb=memory_mb,
+    )
+    check_spec(spec, directory)
+    run = LocalRun(
+        directory=directory,
+        spec=spec,
+        payload=read_arg(payload) or "",
+        timeout_s=timeout or settings.limits.timeout_s,
+    )
+    task_id, outcome = execute(run, settings)
+    err.print(describe(task_id, outcome), highlight=False, soft_wrap=True)
+    raise typer.Exit(0 if outcome.status is TaskStatus.COMPLETE else EXIT_FAILED)
+
+
+def check_spec(spec: CodeSpec, directory: Path) -> None:
+    """The checks an upload of the same directory and options would get."""
+    from ..stacks.catalog import get_stack, stack_for_runtime
+
+    if not directory.is_dir():
+        raise ClientError(f"{directory} is not a directory")
+    if spec.image and (spec.stack or spec.runtime):
+        raise ClientError("give either --image or --stack/--runtime, not both")
+    if not (spec.image or spec.stack or spec.runtime):
+        raise ClientError("give one of --stack, --image or --runtime")
+    if spec.stack:
+        get_stack(spec.stack)
+    if spec.runtime:
+        stack_for_runtime(spec.runtime)
+        if not spec.command and not spec.file_name:
+            raise ClientError("--runtime needs --file-name (the file to run) or --command")
+    if spec.stack and not spec.runtime and not spec.command:
+        raise ClientError("--stack needs --command (or --runtime and --file-name)")
+    if spec.file_name and not (directory / spec.file_name).is_file():
+        raise ClientError(f"--file-name {spec.file_name!r} is not a file in {directory}")
+
+
+def execute(run: LocalRun, settings: Settings) -> tuple[str, TaskOutcome]:
+    """Run the worker to its end: its output goes to stdout as it comes. Returns the task id
+    and the outcome; a task that cannot start (image missing...) is an error outcome, as in
+    the service."""
+    from ..engine import DockerEngine
+    from ..engine.adapter import ImageMissing
+    from ..ids import new_id
+    from ..runner.container_run import run_container
+    from ..runner.contract import (
+        TaskFiles,
+        container_spec,
+        ensure_hosts_file,
+        parse_user,
+        with_build_hint,
+        write_task_files,
+    )
+
+    task_id = new_id()
+    engine = DockerEngine(settings.docker_host)
+    stop = threading.Event()
+    try:
+        # ignore_cleanup_errors: as a user other than the task's uid, what the task made may stay.
+        with tempfile.TemporaryDirectory(
+            prefix="dockworker-run-local-", ignore_cleanup_errors=True
+        ) as scratch:
+            work = Path(scratch)
+            code_dir = unpack_code(run.directory, work / "code", settings)
+            uid, gid = parse_user(settings.task_user)
+            write_task_files(work / "task", run.payload, run.spec.config, uid, gid)
+            files = TaskFiles(task_dir=work / "task", code_dir=code_dir, hosts_file=ensure_hosts_file(work))
+            try:
+                container = container_spec(
+                    spec=run.spec,
+                    task_id=task_id,
+                    files=files,
+                    settings=settings,
+                    runner_id=RUNNER_ID,
+                    installation_id=INSTALLATION_ID,
+                )
+                with stop_on_interrupt(stop):
+                    result = run_container(
+                        engine, container, sink=write_output, timeout_s=run.timeout_s, stop=stop, name=task_id
+                    )
+            except ImageMissing as exc:
+                return task_id, TaskOutcome(
+                    status=TaskStatus.ERROR, msg=with_build_hint(run.spec, exc.message)
+                )
+            except TaskSetupError as exc:
+                return task_id, TaskOutcome(status=TaskStatus.ERROR, msg=exc.message)
+            return task_id, result.outcome
+    finally:
+        engine.close()
+
+
+def unpack_code(directory: Path, target: Path, settings: Settings) -> Path | None:
+    """The directory as the runner would see it after an upload: zipped, checked, unpacked."""
+    from ..runner.archive import ArchiveLimits, check_archive, extract_archive
+
+    archive = zip_directory(directory)
+    check_archive(
+        archive,
+        ArchiveLimits(
+            max_bytes=settings.max_code_bytes,
+            max_unpacked_bytes=settings.max_code_unpacked_bytes,
+            max_entries=settings.max_code_entries,
+        ),
+    )
+    extract_archive(archive, target)
+    return target
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C stops the container (the task ends as cancelled) instead of abandoning it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signal_number: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def write_output(data: bytes) -> None:
+    sys.stdout.buffer.write(data)
+    sys.stdout.buffer.flush()
+
+
+def describe(task_id: str, outcome: TaskOutcome) -> str:
+    """The status line, as `dockworker queue --wait` prints it (the msg names any exit code)."""
+    if outcome.msg:
+        return f"Task {task_id} {outcome.status.value}: {outcome.msg}"
+    exit_code = f" (exit code {outcome.exit_code})" if outcome.exit_code is not None else ""
+    return f"Task {task_id} {outcome.status.value}{exit_code}"
