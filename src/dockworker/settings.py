@@ -25,6 +25,7 @@ class Limits:
     pids: int = 256
     max_pids: int = 4096
     tmp_mb: int = 64
+    task_dir_mb: int = 256
     log_bytes: int = 8 * MB
     timeout_s: int = 3600
     max_timeout_s: int = 86400

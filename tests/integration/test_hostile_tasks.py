@@ -175,3 +175,23 @@ def test_memory_bomb_is_reported_and_others_run(store: Store, project: str, star
     assert done.status is TaskStatus.ERROR and (done.msg or "").startswith("out of memory")
     assert b"survived" not in store.read_log(done.id)
     others_still_run(store, project)
+
+
+def test_filling_the_task_dir_hits_its_size_limit(
+    store: Store, project: str, start_runner, settings: Settings
+) -> None:
+    small = settings.replace(limits=Limits(memory_mb=128, task_dir_mb=16))
+    start_runner(small)
+    script = "\n".join(
+        [
+            "dd if=/dev/zero of=$TASK_DIR/big bs=1M count=100 2>&1 | grep -i space",
+            "df -m $TASK_DIR | tail -1",
+            "echo tamper > $PAYLOAD_FILE 2>/dev/null || echo payload-read-only",
+        ]
+    )
+    done = run(store, project, "fill-dir", script)
+    log = store.read_log(done.id).decode()
+    assert "No space left on device" in log
+    assert " 16 " in log
+    assert "payload-read-only" in log
+    others_still_run(store, project)

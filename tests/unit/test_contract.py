@@ -81,7 +81,8 @@ def test_container_spec_is_locked_down(tmp_path: Path) -> None:
     assert built.working_dir == "/mnt/code"
     assert "/tmp" in built.tmpfs
     modes = {b.target: b.read_only for b in built.binds}
-    assert modes == {"/mnt/task": False, "/etc/hosts": True, "/mnt/code": True}
+    assert modes == {"/mnt/task/payload.json": True, "/etc/hosts": True, "/mnt/code": True}
+    assert built.tmpfs["/mnt/task"].startswith("rw,exec,nosuid,nodev,size=256m,")
 
 
 def test_task_files(tmp_path: Path) -> None:

@@ -103,10 +103,17 @@ def container_spec(
 ) -> ContainerSpec:
     limits = settings.limits
     has_config = spec.config is not None
+    uid, gid = parse_user(settings.task_user)
+    # TASK_DIR is a size-limited tmpfs (a task cannot fill the host's disk); the payload and
+    # config files are bound into it read-only from the host's per-task directory.
     binds = [
-        Bind(source=str(files.task_dir.resolve()), target=TASK_DIR, read_only=False),
+        Bind(source=str((files.task_dir / PAYLOAD_NAME).resolve()), target=f"{TASK_DIR}/{PAYLOAD_NAME}"),
         Bind(source=str(files.hosts_file.resolve()), target="/etc/hosts", read_only=True),
     ]
+    if has_config:
+        binds.append(
+            Bind(source=str((files.task_dir / CONFIG_NAME).resolve()), target=f"{TASK_DIR}/{CONFIG_NAME}")
+        )
     if files.code_dir is not None:
         binds.append(Bind(source=str(files.code_dir.resolve()), target=CODE_DIR, read_only=True))
     env = dict(spec.env_vars)
@@ -130,6 +137,9 @@ def container_spec(
         memory_bytes=(spec.memory_mb or limits.memory_mb) * MB,
         cpus=spec.cpus or limits.cpus,
         pids=spec.pids or limits.pids,
-        tmpfs={"/tmp": f"rw,nosuid,nodev,size={limits.tmp_mb}m,mode=1777"},
+        tmpfs={
+            "/tmp": f"rw,nosuid,nodev,size={limits.tmp_mb}m,mode=1777",
+            TASK_DIR: f"rw,exec,nosuid,nodev,size={limits.task_dir_mb}m,mode=0755,uid={uid},gid={gid}",
+        },
         log_max_bytes=limits.log_bytes,
     )
