@@ -20,6 +20,14 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="iron.json to read (default: ./iron.json, then DATA_DIR/iron.json)"),
 ]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Store URL: postgresql://user@host/db for several hosts (default: SQLite in DATA_DIR); "
+        "or DOCKWORKER_STORE_URL",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]
 
 

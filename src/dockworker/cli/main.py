@@ -15,7 +15,7 @@ from ..errors import ClientError, DockworkerError
 from ..settings import load_settings
 from . import queue_control
 from .client import Client, ClientConfig, zip_directory
-from .common import ConfigOpt, DataDir, JsonOpt, err, out, read_arg
+from .common import ConfigOpt, DataDir, JsonOpt, StoreOpt, err, out, read_arg
 from .run_local import run_local
 from .stacks import stacks_app
 
@@ -40,6 +40,7 @@ def _client(config: Path | None) -> Client:
 @app.command()
 def up(
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     host: Annotated[str | None, typer.Option(help="Address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on")] = None,
     slots: Annotated[int | None, typer.Option(help="Concurrent tasks (default: 2 x cores)")] = None,
@@ -48,10 +49,10 @@ def up(
     from ..service import configure_logging, ensure_credentials, open_migrated_store, run_service
 
     configure_logging()
-    settings = load_settings(data_dir=data_dir, host=host, port=port, slots=slots)
-    store = open_migrated_store(settings)
-    created = ensure_credentials(settings, store)
-    store.close()
+    settings = load_settings(data_dir=data_dir, store_url=store, host=host, port=port, slots=slots)
+    opened = open_migrated_store(settings)
+    created = ensure_credentials(settings, opened)
+    opened.close()
     if created is not None:
         out.print(f"[bold]Created project {created.project_id}[/] and a token, written to {created.path}")
     iron_json = settings.data_dir / "iron.json"
@@ -66,6 +67,7 @@ def up(
 @app.command()
 def server(
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     host: Annotated[str | None, typer.Option()] = None,
     port: Annotated[int | None, typer.Option()] = None,
 ) -> None:
@@ -73,13 +75,14 @@ def server(
     from ..service import configure_logging, run_service
 
     configure_logging()
-    settings = load_settings(data_dir=data_dir, host=host, port=port)
+    settings = load_settings(data_dir=data_dir, store_url=store, host=host, port=port)
     run_service(settings, api=True, runner=False, on_ready=f"API on http://{settings.host}:{settings.port}")
 
 
 @app.command()
 def runner(
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     slots: Annotated[int | None, typer.Option(help="Concurrent tasks (default: 2 x cores)")] = None,
     cluster: Annotated[list[str] | None, typer.Option(help="Take tasks of this cluster (repeatable)")] = None,
     runner_id: Annotated[
@@ -91,7 +94,11 @@ def runner(
 
     configure_logging()
     settings = load_settings(
-        data_dir=data_dir, slots=slots, runner_id=runner_id, clusters=tuple(cluster) if cluster else None
+        data_dir=data_dir,
+        store_url=store,
+        slots=slots,
+        runner_id=runner_id,
+        clusters=tuple(cluster) if cluster else None,
     )
     run_service(settings, api=False, runner=True, on_ready="runner started")
 
@@ -319,22 +326,23 @@ def retry(
 @token_app.command("create")
 def token_create(
     data_dir: DataDir = None,
+    store: StoreOpt = None,
     project: Annotated[str | None, typer.Option(help="Project id (default: the first project)")] = None,
     name: Annotated[str, typer.Option(help="A name to recognise the token by")] = "cli",
 ) -> None:
     """Create a project token directly in the store (run on the service's host)."""
     from ..service import open_migrated_store
 
-    store = open_migrated_store(load_settings(data_dir=data_dir))
+    the_store = open_migrated_store(load_settings(data_dir=data_dir, store_url=store))
     try:
-        projects = store.list_projects()
+        projects = the_store.list_projects()
         if project is None:
             if not projects:
                 raise ClientError("no project yet: start 'dockworker up' once first")
             project = projects[0].id
-        secret, _ = store.create_token(project, name)
+        secret, _ = the_store.create_token(project, name)
     finally:
-        store.close()
+        the_store.close()
     out.print(secret)
 
 
