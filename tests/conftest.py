@@ -1,5 +1,9 @@
-"""Shared fixtures. Real-engine fixtures skip on a machine without Docker, but fail under CI
-(CI=true), where the engine and the test images must be there."""
+"""Shared fixtures. Real-engine and PostgreSQL fixtures skip on a machine without them, but
+fail under CI (CI=true), where the engine, the test images and PostgreSQL must be there.
+
+Every test that uses the store runs once per dialect (``[sqlite]``, ``[postgresql]``), or on the
+dialects its ``@pytest.mark.dialects(...)`` names. Tests on the real Docker engine (marked
+``docker``) test the engine rather than the store: they run on SQLite only unless marked."""
 
 from __future__ import annotations
 
@@ -8,12 +12,16 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from dockworker.runner import Runner
 from dockworker.settings import Limits, Settings, load_settings
 from dockworker.store import Store, open_store
+from tests.pgdb import PG_URL, Databases
 
 IN_CI = os.environ.get("CI") == "true"
+DIALECTS = ("sqlite", "postgresql")
 BUSYBOX_IMAGE = "dockworker/stack-busybox:1.35"
 PYTHON_IMAGE = "dockworker/stack-python:3.11"
 
@@ -27,10 +35,11 @@ def _require(condition: bool, reason: str) -> None:
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
+def settings(tmp_path: Path, store_url: str) -> Settings:
     return load_settings(
         env={},
         data_dir=tmp_path / "data",
+        store_url=store_url,
         slots=4,
         runner_id=f"test-{tmp_path.name}",
         poll_interval_s=0.05,
@@ -42,9 +51,46 @@ def settings(tmp_path: Path) -> Settings:
     )
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "dialect" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("dialects")
+    if marker is not None:
+        dialects = marker.args
+    elif metafunc.definition.get_closest_marker("docker") is not None:
+        dialects = ("sqlite",)
+    else:
+        dialects = DIALECTS
+    metafunc.parametrize("dialect", dialects)
+
+
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[Databases]:
+    try:
+        databases = Databases()
+    except psycopg.OperationalError as exc:
+        _require(False, f"no PostgreSQL at {PG_URL} (start it: bash scripts/test.sh does): {exc}")
+    databases.start()
+    yield databases
+    databases.close()
+
+
 @pytest.fixture
-def store(settings: Settings) -> Iterator[Store]:
-    store = open_store(settings.database_url)
+def store_url(dialect: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """The test's own database (also ``settings.store_url``): SQLite in the data directory, or
+    a fresh PostgreSQL database."""
+    if dialect == "sqlite":
+        yield f"sqlite:///{(tmp_path / 'data' / 'dockworker.db').resolve()}"
+        return
+    databases: Databases = request.getfixturevalue("pg_databases")
+    name = databases.take()
+    yield databases.url(name)
+    databases.give_back(name)
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    store = open_store(store_url)
     store.migrate()
     yield store
     store.close()
@@ -78,7 +124,7 @@ def python_stack(engine: object) -> None:
 
 
 class RunningRunner:
-    def __init__(self, runner: object, stop: threading.Event, thread: threading.Thread) -> None:
+    def __init__(self, runner: Runner, stop: threading.Event, thread: threading.Thread) -> None:
         self.runner = runner
         self.stop = stop
         self.thread = thread
@@ -88,7 +134,6 @@ class RunningRunner:
 def start_runner(settings: Settings, store: Store, engine: object) -> Iterator[object]:
     """Start a runner thread on the test's store; stopped (and checked for leaks) at teardown."""
     from dockworker.engine import DockerEngine
-    from dockworker.runner import Runner
 
     assert isinstance(engine, DockerEngine)
     started: list[RunningRunner] = []
@@ -104,5 +149,6 @@ def start_runner(settings: Settings, store: Store, engine: object) -> Iterator[o
     yield start
     for item in started:
         item.stop.set()
+        item.runner.wake()  # an idle runner sees the stop now, not at its next poll
         item.thread.join(30)
         assert not item.thread.is_alive(), "runner did not stop"

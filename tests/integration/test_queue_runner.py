@@ -18,7 +18,8 @@ from dockworker.states import TaskStatus
 from dockworker.store import Store
 from tests.helpers import queue, save_code, wait_for
 
-pytestmark = pytest.mark.docker
+# The runner's side of the store, so on every dialect.
+pytestmark = [pytest.mark.docker, pytest.mark.dialects("sqlite", "postgresql")]
 
 
 @pytest.fixture

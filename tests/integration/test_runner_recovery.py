@@ -24,7 +24,8 @@ from dockworker.store import Store
 from tests.conftest import BUSYBOX_IMAGE
 from tests.helpers import queue, save_code, wait_for
 
-pytestmark = pytest.mark.docker
+# The runner's side of the store, so on every dialect.
+pytestmark = [pytest.mark.docker, pytest.mark.dialects("sqlite", "postgresql")]
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 

@@ -1,4 +1,4 @@
-"""The SQLite store: claims, leases, terminal states written once, retries."""
+"""The store contract, on every dialect: claims, leases, terminal states written once, retries."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ class Runner:
         self._executions: dict[str, TaskExecution] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
-        self._wake = threading.Event()
+        self._slot_freed = threading.Event()
         self._stop_claiming = threading.Event()
         self._stopped = threading.Event()
         self._force = threading.Event()
@@ -59,8 +59,9 @@ class Runner:
     # --- public ---------------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """New work may be available (called in-process by the API after an enqueue)."""
-        self._wake.set()
+        """New work may be available (called in-process by the API after an enqueue, and by the
+        scheduler after a fire). Wakes every runner of this process waiting on the store."""
+        self.store.notify_work()
 
     def force_stop(self) -> None:
         """Skip the grace period: running tasks go back to the queue now."""
@@ -96,10 +97,14 @@ class Runner:
             return self.settings.slots - len(self._executions)
 
     def _claim_loop(self, stop: threading.Event) -> None:
+        """Claim while there are free slots and claimable tasks. When every slot is busy, wait
+        for one to free up; when nothing is claimable, wait on the store for new work (an
+        in-process wake, or another process's enqueue on PostgreSQL), polling anyway every
+        ``poll_interval_s``."""
         while not stop.is_set():
             if self._free_slots() <= 0:
-                self._wake.wait(self.settings.poll_interval_s)
-                self._wake.clear()
+                self._slot_freed.wait(self.settings.poll_interval_s)
+                self._slot_freed.clear()
                 continue
             try:
                 task = self.store.claim(
@@ -113,8 +118,7 @@ class Runner:
                 stop.wait(self.settings.poll_interval_s)
                 continue
             if task is None:
-                self._wake.wait(self.settings.poll_interval_s)
-                self._wake.clear()
+                self.store.wait_for_work(self.settings.poll_interval_s)
                 continue
             self._start(TaskExecution(task, self._context))
 
@@ -135,7 +139,9 @@ class Runner:
             with self._lock:
                 self._executions.pop(execution.task.id, None)
                 self._threads.pop(execution.task.id, None)
-            self._wake.set()
+            self._slot_freed.set()
+            # Its package may have room again under max_concurrency: claim at once.
+            self.store.notify_work()
 
     # --- leases, cancels, orphans ---------------------------------------------------------------
 

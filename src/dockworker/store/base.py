@@ -94,6 +94,17 @@ class Store(Protocol):
     def leased_task_ids(self, runner_id: str) -> set[str]: ...
     def active_task_ids(self) -> set[str]: ...
 
+    # wake-ups: hints that a claim may now succeed; waiters still poll
+    def notify_work(self) -> None:
+        """Wake this process's waiters now (other processes: see ``wait_for_work``)."""
+        ...
+
+    def wait_for_work(self, timeout: float) -> None:
+        """Return when work may have arrived, or after ``timeout`` seconds. Arrivals are
+        signalled by ``notify_work`` in this process and, on PostgreSQL, by a NOTIFY that the
+        database sends when any process queues a task or frees room in a package."""
+        ...
+
     # logs and events
     def append_log(self, task_id: str, data: bytes) -> None: ...
     def read_log(self, task_id: str, offset: int = 0) -> bytes: ...
@@ -102,11 +113,16 @@ class Store(Protocol):
 
 
 def open_store(url: str) -> Store:
-    """A store for a SQLAlchemy URL (``sqlite:///path``)."""
+    """A store for a SQLAlchemy URL: ``sqlite:///path`` or ``postgresql://user@host/db``
+    (also ``postgres://`` and ``postgresql+psycopg://``)."""
     if url.startswith("sqlite"):
         from .sqlite import SqliteStore
 
         return SqliteStore(url)
+    if url.startswith(("postgresql", "postgres:")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url)
     from ..errors import ClientError
 
-    raise ClientError(f"unsupported store URL {url!r}: only sqlite:/// is available in this version")
+    raise ClientError(f"unsupported store URL {url!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")

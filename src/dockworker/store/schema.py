@@ -114,6 +114,19 @@ tasks = sa.Table(
     sa.Index("ix_tasks_runner_status", "runner_id", "status"),
 )
 
+# The claim's two orders, over queued tasks only: starved tasks oldest first, then the others
+# by priority and age. They keep the claim's cost independent of the queue's length.
+_QUEUED = sa.text("status = 'queued'")
+sa.Index(
+    "ix_tasks_queue_priority",
+    tasks.c.priority.desc(),
+    tasks.c.run_at,
+    tasks.c.id,
+    postgresql_where=_QUEUED,
+    sqlite_where=_QUEUED,
+)
+sa.Index("ix_tasks_queue_age", tasks.c.run_at, tasks.c.id, postgresql_where=_QUEUED, sqlite_where=_QUEUED)
+
 task_log_chunks = sa.Table(
     "task_log_chunks",
     metadata,

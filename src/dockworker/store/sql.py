@@ -30,6 +30,7 @@ from .runners_sql import RunnerQueries
 from .schedules_sql import ScheduleQueries
 from .schema import code_revisions, codes, meta, projects, task_events, task_log_chunks, tasks, tokens
 from .transactions import Transactional
+from .wakeup import InProcessWakeUps
 
 _ACTIVE = [s.value for s in ACTIVE]
 
@@ -58,8 +59,8 @@ def _revision_from_row(row: Any) -> CodeRevision:
 _REVISION_COLUMNS = [c for c in code_revisions.c if c.name != "archive"]
 
 
-class SqlStore(RunnerQueries, ScheduleQueries, Transactional, abc.ABC):
-    """Everything but the claim and the connection setup."""
+class SqlStore(RunnerQueries, ScheduleQueries, Transactional, InProcessWakeUps, abc.ABC):
+    """Everything but the claim and the connection setup. Dialects call ``super().__init__()``."""
 
     def migrate(self) -> None:
         from alembic import command
@@ -456,6 +457,9 @@ class SqlStore(RunnerQueries, ScheduleQueries, Transactional, abc.ABC):
     def request_cancel(self, project_id: str, task_id: str) -> Task:
         now = timeutil.now()
         with self._write() as conn:
+            # Lock the row first (PostgreSQL): a claim committing meanwhile is then seen, and the
+            # cancel becomes a cancel request instead of being lost.
+            conn.execute(sa.select(tasks.c.id).where(tasks.c.id == task_id).with_for_update())
             task = self._task(conn, task_id, project_id)
             if task.status.is_terminal:
                 raise Conflict(f"Task already finished ({task.status})")
@@ -596,7 +600,9 @@ class SqlStore(RunnerQueries, ScheduleQueries, Transactional, abc.ABC):
         self, task_id: str, runner_id: str, reason: str, budget: int, delay: float
     ) -> Task | None:
         with self._write() as conn:
-            row = conn.execute(tasks.select().where(self._owned(task_id, runner_id))).first()
+            row = conn.execute(
+                tasks.select().where(self._owned(task_id, runner_id)).with_for_update()
+            ).first()
             if row is None:
                 self._event(conn, task_id, "late_report_refused", f"runner {runner_id}: infrastructure error")
                 return None
@@ -662,7 +668,10 @@ class SqlStore(RunnerQueries, ScheduleQueries, Transactional, abc.ABC):
         expired: list[Task] = []
         with self._write() as conn:
             rows = conn.execute(
-                tasks.select().where(tasks.c.status.in_(_ACTIVE), tasks.c.lease_expires_at < now)
+                tasks.select()
+                .where(tasks.c.status.in_(_ACTIVE), tasks.c.lease_expires_at < now)
+                # Several housekeepers (PostgreSQL): each expired lease is handled by one of them.
+                .with_for_update(skip_locked=True)
             ).all()
             for row in rows:
                 task = Task.from_row(row)

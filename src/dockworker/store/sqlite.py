@@ -59,6 +59,7 @@ def _on_begin(conn: sa.Connection) -> None:
 
 class SqliteStore(SqlStore):
     def __init__(self, url: str) -> None:
+        super().__init__()
         database = sa.engine.make_url(url).database
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)

@@ -35,3 +35,17 @@ class WorkSignal:
             signalled = self._condition.wait_for(lambda: self._generation != seen, timeout)
             self._seen.generation = self._generation
             return signalled
+
+
+class InProcessWakeUps:
+    """``Store.notify_work`` and ``Store.wait_for_work`` within one process, for every dialect.
+    A dialect with a channel between processes (PostgreSQL's NOTIFY) feeds the same signal."""
+
+    def __init__(self) -> None:
+        self._work_signal = WorkSignal()
+
+    def notify_work(self) -> None:
+        self._work_signal.notify()
+
+    def wait_for_work(self, timeout: float) -> None:
+        self._work_signal.wait(timeout)

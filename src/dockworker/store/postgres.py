@@ -1,0 +1,236 @@
+"""PostgreSQL: many hosts on one database. The claim is one statement that locks the chosen
+task with ``FOR UPDATE SKIP LOCKED``; wake-ups come from LISTEN/NOTIFY on a dedicated
+connection. The functions and triggers it relies on are created by migration 0004."""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import socket
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from .. import ids, timeutil
+from ..errors import ClientError
+from ..models import Task
+from .schema import meta
+from .sql import SqlStore
+from .wakeup import WorkSignal
+
+log = logging.getLogger("dockworker.store")
+
+NOTIFY_CHANNEL = "dockworker_tasks"
+LISTENER_APPLICATION_NAME = "dockworker-listener"
+# Any fixed number: the migration lock's key among this database's advisory locks.
+MIGRATION_LOCK_KEY = 1685547891
+
+# The claim's candidate: queued, runnable, in one of the runner's clusters, its package not
+# paused and with room under max_concurrency (counted by dockworker_package_has_room, which
+# also serialises claims of one package; see migration 0004). CASE makes sure the function is
+# only called for packages that have a limit.
+_CANDIDATE = """
+    SELECT t.id
+      FROM tasks AS t
+      LEFT JOIN codes AS c ON c.id = t.code_id
+     WHERE t.status = 'queued'
+       AND t.run_at <= {horizon}
+       AND t.cluster = ANY(:clusters)
+       AND c.paused IS NOT TRUE
+       AND CASE WHEN coalesce(c.max_concurrency, 0) <= 0 THEN true
+                ELSE dockworker_package_has_room(t.code_id, c.max_concurrency) END
+     ORDER BY {order}
+     LIMIT 1
+       FOR UPDATE OF t SKIP LOCKED
+"""
+
+# The same choice as SQLite's claim (starved tasks first, oldest first; then priority 2 first,
+# then the oldest), written as two candidates so that each one reads its own partial index in
+# order and stops at the first match: the cost does not grow with the queue. CTEs are read
+# lazily, so the second candidate is only looked for when there is no starved task.
+# The claimed task and its "claimed" event are written by the same statement.
+CLAIM = sa.text(
+    f"""
+    WITH starved AS ({_CANDIDATE.format(horizon=":starved_before", order="t.run_at, t.id")}),
+    by_priority AS ({_CANDIDATE.format(horizon=":now", order="t.priority DESC, t.run_at, t.id")}),
+    chosen AS (
+        SELECT id FROM starved
+        UNION ALL
+        SELECT id FROM by_priority
+        LIMIT 1
+    ),
+    claimed AS (
+        UPDATE tasks
+           SET status = 'preparing', runner_id = :runner_id, lease_expires_at = :lease_expires_at,
+               attempts = attempts + 1, updated_at = :now
+          FROM chosen
+         WHERE tasks.id = chosen.id
+        RETURNING tasks.*
+    ),
+    logged AS (
+        INSERT INTO task_events (task_id, at, kind, detail)
+        SELECT id, :now, 'claimed', 'runner ' || :runner_id FROM claimed
+    )
+    SELECT * FROM claimed
+    """
+)
+
+_RECONNECT_FIRST_S = 0.1
+_RECONNECT_MAX_S = 5.0
+_LIVENESS_S = 5.0
+
+
+def engine_url(url: str) -> sa.URL:
+    """``postgres://``, ``postgresql://`` and ``postgresql+psycopg://`` URLs, all with psycopg 3."""
+    parsed = sa.engine.make_url(url)
+    if parsed.drivername not in ("postgres", "postgresql", "postgresql+psycopg"):
+        raise ClientError(f"unsupported PostgreSQL driver {parsed.drivername!r}: use postgresql://")
+    return parsed.set(drivername="postgresql+psycopg")
+
+
+class PostgresStore(SqlStore):
+    """At most ``pool_size + max_overflow`` connections per process (as many as SQLite's pool
+    allows, for a runner's slots), ``pool_size`` of them kept open when idle; plus the
+    listener's connection once something waits for work."""
+
+    def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 27) -> None:
+        super().__init__()
+        self.engine = sa.create_engine(
+            engine_url(url), pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+        )
+        self._listener = NotifyListener(self._connect_listener, self._work_signal)
+
+    def _connect_listener(self) -> psycopg.Connection[Any]:
+        args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+        kwargs.setdefault("application_name", LISTENER_APPLICATION_NAME)
+        kwargs.setdefault("connect_timeout", 5)
+        return psycopg.connect(*args, **kwargs, autocommit=True)
+
+    def migrate(self) -> None:
+        """Hosts that start together migrate one after the other."""
+        with self.engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            try:
+                super().migrate()
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+                conn.commit()
+
+    def close(self) -> None:
+        self._listener.stop()
+        super().close()
+
+    def installation_id(self) -> str:
+        # Two processes starting on a new database both try to make one: the first one wins.
+        with self._write() as conn:
+            conn.execute(
+                pg_insert(meta)
+                .values(key="installation_id", value=ids.new_id())
+                .on_conflict_do_nothing(index_elements=[meta.c.key])
+            )
+            return str(
+                conn.execute(sa.select(meta.c.value).where(meta.c.key == "installation_id")).scalar_one()
+            )
+
+    def claim(
+        self, runner_id: str, clusters: Sequence[str], lease_ttl: float, starvation_s: float = 300.0
+    ) -> Task | None:
+        now = timeutil.now()
+        with self._write() as conn:
+            row = conn.execute(
+                CLAIM,
+                {
+                    "runner_id": runner_id,
+                    "lease_expires_at": now + lease_ttl,
+                    "starved_before": now - starvation_s,
+                    "now": now,
+                    "clusters": list(clusters),
+                },
+            ).first()
+        return None if row is None else Task.from_row(row)
+
+    # --- wake-ups -------------------------------------------------------------------------------
+
+    def wait_for_work(self, timeout: float) -> None:
+        self._listener.start()
+        super().wait_for_work(timeout)
+
+    def listen(self, timeout: float = 5.0) -> bool:
+        """Start listening for notifications now rather than at the first ``wait_for_work``;
+        returns whether the listener is connected within ``timeout`` seconds."""
+        self._listener.start()
+        return self._listener.connected.wait(timeout)
+
+
+class NotifyListener:
+    """A thread holding one autocommit connection, outside the pool, that LISTENs on
+    ``dockworker_tasks`` and sets the store's work signal for every notification. It reconnects
+    after any connection error, backing off up to a few seconds, and signals after every
+    (re)connection, since notifications sent while it was away are lost."""
+
+    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], signal: WorkSignal) -> None:
+        self._connect = connect
+        self._signal = signal
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._interrupt_r, self._interrupt_w = socket.socketpair()
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        with self._lock:
+            if self._thread is not None or self._stopping.is_set():
+                return
+            self._thread = threading.Thread(target=self._run, name="store-listener", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
+            thread, self._thread = self._thread, None
+        self._interrupt_w.send(b"x")
+        if thread is not None:
+            thread.join(10)
+        self._interrupt_r.close()
+        self._interrupt_w.close()
+
+    def _run(self) -> None:
+        delay = _RECONNECT_FIRST_S
+        while not self._stopping.is_set():
+            try:
+                with self._connect() as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    delay = _RECONNECT_FIRST_S
+                    self.connected.set()
+                    self._signal.notify()
+                    self._relay(conn)
+            except (psycopg.Error, OSError) as exc:
+                log.warning("store.listener_lost: %s; reconnecting in %.1f s", exc, delay)
+            except Exception:
+                log.exception("store.listener_failed; restarting in %.1f s", delay)
+            self.connected.clear()
+            if self._stopping.wait(delay):
+                break
+            delay = min(delay * 2, _RECONNECT_MAX_S)
+
+    def _relay(self, conn: psycopg.Connection[Any]) -> None:
+        """Turn notifications into signals until stopped; raises when the connection fails.
+        A quiet connection is checked with ``SELECT 1`` so that a dead one is noticed."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(conn.fileno(), selectors.EVENT_READ, "database")
+            selector.register(self._interrupt_r, selectors.EVENT_READ, "interrupt")
+            while not self._stopping.is_set():
+                ready = {key.data for key, _ in selector.select(_LIVENESS_S)}
+                if "interrupt" in ready:
+                    return
+                if not ready:
+                    conn.execute("SELECT 1")
+                # Also collects the notifications that arrived during the SELECT.
+                if list(conn.notifies(timeout=0)):
+                    self._signal.notify()
