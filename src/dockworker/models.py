@@ -118,6 +118,7 @@ class Task:
     schedule_id: str | None
     retries: int | None = None
     retries_delay: int | None = None
+    output_bytes: int = 0
 
     @property
     def duration_ms(self) -> int | None:

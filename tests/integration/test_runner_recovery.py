@@ -199,7 +199,8 @@ def test_tasks_leased_to_an_earlier_process_are_recovered(
     start_runner()
     done = wait_for(store, task.id, timeout=30)
     assert done.status is TaskStatus.COMPLETE
-    assert done.infra_attempts == 1 and done.attempts == 2
+    # claimed by the earlier process but never started there: one execution in all
+    assert done.infra_attempts == 1 and done.attempts == 1
     assert "infra_retry" in [e.kind for e in store.list_events(task.id)]
 
 

@@ -86,6 +86,7 @@ def test_terminal_state_is_written_once(store: Store, project: str) -> None:
 def test_expired_lease_is_requeued_once_then_the_late_report_is_refused(store: Store, project: str) -> None:
     task = queue(store, project, "c")
     store.claim("r1", ["default"], lease_ttl=0.05)
+    assert store.mark_running(task.id, "r1", time.time())
     time.sleep(0.1)
     expired = store.expire_leases(budget=3, delay=0)
     assert [t.id for t in expired] == [task.id]
@@ -95,7 +96,9 @@ def test_expired_lease_is_requeued_once_then_the_late_report_is_refused(store: S
     assert "lost its lease" in (requeued.msg or "")
     assert not store.finish(task.id, "r1", TaskOutcome(status=TaskStatus.COMPLETE, msg=""))
     again = store.claim("r2", ["default"], 30)
-    assert again is not None and again.id == task.id and again.attempts == 2
+    assert again is not None and again.id == task.id and again.attempts == 1  # started once so far
+    assert store.mark_running(task.id, "r2", time.time())
+    assert store.load_task(task.id).attempts == 2
 
 
 def test_infra_budget_is_separate_and_ends_in_error(store: Store, project: str) -> None:

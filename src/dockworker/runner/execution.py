@@ -129,7 +129,7 @@ class TaskExecution:
                 raise InfrastructureError(self._interrupt_reason)
             return TaskOutcome(status=TaskStatus.CANCELLED, msg=CANCELLED_MSG)
         if self.task.log_size:
-            note = f"\n[dockworker: attempt {self.task.attempts}, after an infrastructure failure]\n"
+            note = f"\n[dockworker: attempt {self.task.attempts + 1}, after an infrastructure failure]\n"
             ctx.store.append_log(task_id, note.encode())
 
         def on_created(container_id: str) -> None:

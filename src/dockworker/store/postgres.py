@@ -66,7 +66,7 @@ CLAIM = sa.text(
     claimed AS (
         UPDATE tasks
            SET status = 'preparing', runner_id = :runner_id, lease_expires_at = :lease_expires_at,
-               attempts = attempts + 1, updated_at = :now
+               updated_at = :now
           FROM chosen
          WHERE tasks.id = chosen.id
         RETURNING tasks.*

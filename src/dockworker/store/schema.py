@@ -100,6 +100,7 @@ tasks = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("infra_attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("log_size", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("output_bytes", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("schedule_id", Id, nullable=True),
     sa.Column("retries", sa.Integer, nullable=True),
     sa.Column("retries_delay", sa.Integer, nullable=True),

@@ -553,7 +553,12 @@ class SqlStore(RunnerQueries, ScheduleQueries, Transactional, InProcessWakeUps, 
             result = conn.execute(
                 tasks.update()
                 .where(self._owned(task_id, runner_id), tasks.c.status == TaskStatus.PREPARING.value)
-                .values(status=TaskStatus.RUNNING.value, start_time=start_time, updated_at=timeutil.now())
+                .values(
+                    status=TaskStatus.RUNNING.value,
+                    start_time=start_time,
+                    attempts=tasks.c.attempts + 1,
+                    updated_at=timeutil.now(),
+                )
             )
             if result.rowcount:
                 self._event(conn, task_id, "started", f"container started by runner {runner_id}")

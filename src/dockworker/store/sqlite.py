@@ -21,7 +21,7 @@ CLAIM = sa.text(
     """
     UPDATE tasks
        SET status = 'preparing', runner_id = :runner_id, lease_expires_at = :lease_expires_at,
-           attempts = attempts + 1, updated_at = :now
+           updated_at = :now
      WHERE status = 'queued'
        AND id = (
            SELECT t.id
