@@ -135,7 +135,7 @@ def test_second_sigterm_requeues_and_a_restart_completes_the_task(
 
 
 @pytest.mark.timeout(60)
-def test_restart_after_a_crash_reuses_credentials_and_resumes_the_task(
+def test_restart_after_a_crash_readopts_the_running_container(
     engine: object, tmp_path: Path, task_ids: list[str]
 ) -> None:
     data = tmp_path / "data"
@@ -157,12 +157,39 @@ def test_restart_after_a_crash_reuses_credentials_and_resumes_the_task(
         assert svc.iron() == credentials, "a restart must reuse iron.json"
         api = svc.api()
         assert api.get("")["id"] == credentials["project_id"], "the old token still works"
+        # the restarted runner (same id: same host and data directory) follows the same container
+        assert task_containers(task_id) == first_container
         done = api.wait_status(task_id, {"complete", "error", "cancelled", "timeout"}, timeout=30)
         assert done["status"] == "complete", done["msg"]
-        assert first_container[0] not in task_containers(task_id), "the orphaned container was not removed"
-        assert task_containers(task_id) == []
+        assert task_containers(task_id) == [], "the container outlived its task"
+        log = api.request("GET", f"/tasks/{task_id}/log")[1].decode()
+        assert log == f"sleeping until {wake_at}\nwoke up\n", "the log must be whole, each line once"
         events = [e["kind"] for e in api.get(f"/tasks/{task_id}/events")["events"]]
-        assert "infra_retry" in events, events
+        assert "readopted" in events and "infra_retry" not in events, events
+        assert _load(data, task_id)[0].attempts == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_container_that_ended_while_its_runner_was_down_is_still_reported(
+    engine: object, tmp_path: Path, task_ids: list[str]
+) -> None:
+    data = tmp_path / "data"
+    wake_at = int(time.time()) + 4
+    with running_service(data) as svc:
+        upload_script(svc, tmp_path / "until", "until", UNTIL_SH)
+        task_id = queue_task(svc, "until", str(wake_at))
+        task_ids.append(task_id)
+        svc.api().wait_status(task_id, {"running"})
+        svc.kill()
+        while time.time() < wake_at + 1.5:  # the container finishes on its own meanwhile
+            time.sleep(0.2)
+        svc.start()
+        done = svc.api().wait_status(task_id, {"complete", "error", "cancelled", "timeout"}, timeout=30)
+        assert done["status"] == "complete", done["msg"]
+        assert done["exit_code"] == 0
+        log = svc.api().request("GET", f"/tasks/{task_id}/log")[1].decode()
+        assert log == f"sleeping until {wake_at}\nwoke up\n"
+        assert task_containers(task_id) == []
 
 
 @pytest.mark.timeout(60)

@@ -194,7 +194,7 @@ def stop_on_interrupt(stop: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def write_output(data: bytes) -> None:
+def write_output(data: bytes, _consumed: int) -> None:
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
 

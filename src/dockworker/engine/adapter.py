@@ -298,6 +298,18 @@ class DockerEngine:
             stream = self._streams.attach(container_id, stdout=True, stderr=True, stream=True, logs=True)
         return self._classified_stream(stream)
 
+    def follow_logs(self, container_id: str) -> Iterator[bytes]:
+        """A running container's output from its beginning, then live until it exits (used to
+        re-adopt a container after a runner restart)."""
+        with _classified("follow logs"):
+            stream = self._streams.logs(container_id, stdout=True, stderr=True, stream=True, follow=True)
+        return self._classified_stream(stream)
+
+    def memory_limit(self, container_id: str) -> int:
+        with _classified("inspect container"):
+            host_config = self._api.inspect_container(container_id)["HostConfig"]
+        return int(host_config.get("Memory") or 0)
+
     @staticmethod
     def _classified_stream(stream: Any) -> Iterator[bytes]:
         try:

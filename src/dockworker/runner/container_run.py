@@ -99,7 +99,35 @@ def run_container(
         if not hooks.on_started(timeutil.now()):
             _kill_and_drain(engine, container_id, pump)
             return RunResult(outcome=_cancelled(), stopped=True)
-        return _supervise(engine, container_id, spec, pump, deadline, timeout_s, stop)
+        return _supervise(engine, container_id, spec.memory_bytes // MB, pump, deadline, timeout_s, stop)
+    finally:
+        _remove(engine, container_id, name)
+
+
+def follow_container(
+    engine: DockerEngine,
+    container_id: str,
+    *,
+    sink: LogSink,
+    log_cap: int,
+    skip: int,
+    already_kept: int,
+    seconds_left: float,
+    timeout_s: int,
+    stop: threading.Event,
+    name: str,
+) -> RunResult:
+    """Re-adopt a container started by an earlier process of this runner: resume its log after
+    the ``skip`` bytes already consumed, then supervise it to its end as run_container does
+    (deadline, stop, exit, removal)."""
+    try:
+        memory_mb = engine.memory_limit(container_id) // MB
+        pump = LogPump(
+            engine.follow_logs(container_id), sink, log_cap, name=name, skip=skip, already_kept=already_kept
+        )
+        pump.start()
+        deadline = time.monotonic() + seconds_left
+        return _supervise(engine, container_id, memory_mb, pump, deadline, timeout_s, stop)
     finally:
         _remove(engine, container_id, name)
 
@@ -107,7 +135,7 @@ def run_container(
 def _supervise(
     engine: DockerEngine,
     container_id: str,
-    spec: ContainerSpec,
+    memory_mb: int,
     pump: LogPump,
     deadline: float,
     timeout_s: int,
@@ -129,7 +157,7 @@ def _supervise(
     if pump.error is not None:
         raise pump.error
     exit_info = engine.wait(container_id)
-    outcome = classify_exit(exit_info, spec.memory_bytes // MB)
+    outcome = classify_exit(exit_info, memory_mb)
     last_line = pump.last_line()
     if outcome.status is TaskStatus.ERROR and not exit_info.oom_killed and last_line:
         # As IronWorker did: the error's own last words, so `status` tells why.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from ..settings import Settings
 from ..states import TaskStatus
 from ..store import Store
 from .codecache import CodeCache
-from .container_run import CANCELLED_MSG, RunHooks, run_container
+from .container_run import CANCELLED_MSG, RunHooks, follow_container, run_container
 from .contract import (
     TaskFiles,
     container_spec,
@@ -42,8 +43,11 @@ class RunnerContext:
 class TaskExecution:
     """Supervises one task. :meth:`cancel` may be called from any thread."""
 
-    def __init__(self, task: Task, context: RunnerContext) -> None:
+    def __init__(self, task: Task, context: RunnerContext, *, adopt: str | None = None) -> None:
+        """``adopt``: the id of this task's container, started by an earlier process of this
+        runner, to follow instead of starting a new one."""
         self.task = task
+        self._adopt = adopt
         self._ctx = context
         self._cancel = threading.Event()
         self._interrupt_reason: str | None = None
@@ -113,6 +117,8 @@ class TaskExecution:
         return revision.spec, files
 
     def _execute(self) -> TaskOutcome:
+        if self._adopt is not None:
+            return self._follow(self._adopt)
         ctx = self._ctx
         task_id = self.task.id
         spec, files = self._load_spec()
@@ -142,7 +148,7 @@ class TaskExecution:
             result = run_container(
                 ctx.engine,
                 container,
-                sink=lambda data: ctx.store.append_log(task_id, data),
+                sink=lambda data, consumed: ctx.store.append_log(task_id, data, consumed),
                 timeout_s=self.task.timeout,
                 stop=self._cancel,
                 hooks=RunHooks(on_created=on_created, on_started=on_started),
@@ -150,6 +156,28 @@ class TaskExecution:
             )
         except ImageMissing as exc:
             raise TaskSetupError(with_build_hint(spec, exc.message)) from exc
+        if result.stopped and self._interrupt_reason is not None:
+            raise InfrastructureError(self._interrupt_reason)
+        return result.outcome
+
+    def _follow(self, container_id: str) -> TaskOutcome:
+        ctx = self._ctx
+        task = self.task
+        ctx.store.add_event(
+            task.id, "readopted", f"runner {ctx.runner_id} follows container {container_id[:12]}"
+        )
+        result = follow_container(
+            ctx.engine,
+            container_id,
+            sink=lambda data, consumed: ctx.store.append_log(task.id, data, consumed),
+            log_cap=ctx.settings.limits.log_bytes,
+            skip=task.output_bytes,
+            already_kept=task.log_size,
+            seconds_left=(task.start_time or time.time()) + task.timeout - time.time(),
+            timeout_s=task.timeout,
+            stop=self._cancel,
+            name=task.id,
+        )
         if result.stopped and self._interrupt_reason is not None:
             raise InfrastructureError(self._interrupt_reason)
         return result.outcome

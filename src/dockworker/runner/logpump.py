@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 
 from ..errors import InfrastructureError
 
-# Where the output goes: called from the supervising thread with each chunk to keep.
-LogSink = Callable[[bytes], None]
+# Where the output goes: called from the supervising thread with each chunk to keep, and how
+# many bytes of the container's output have been consumed so far (kept or dropped).
+LogSink = Callable[[bytes, int], None]
 
 FLUSH_BYTES = 64 * 1024
 FLUSH_INTERVAL_S = 0.25
@@ -22,15 +23,28 @@ class LogPump:
     thread) hands what has arrived to the sink. After ``cap`` bytes one marker line is written and the
     rest is read and dropped, so a flood can neither fill the store nor block the container."""
 
-    def __init__(self, stream: Iterator[bytes], sink: LogSink, cap: int, *, name: str) -> None:
+    def __init__(
+        self,
+        stream: Iterator[bytes],
+        sink: LogSink,
+        cap: int,
+        *,
+        name: str,
+        skip: int = 0,
+        already_kept: int = 0,
+    ) -> None:
+        """``skip`` bytes of the stream were consumed by an earlier runner (re-adoption), of
+        which ``already_kept`` are in the log: the cap goes on counting from there."""
         self._stream = stream
         self._sink = sink
         self._cap = cap
         self._lock = threading.Lock()
         self._pending = bytearray()
-        self._kept = 0
-        self._dropped = 0
-        self._truncated = False
+        self._to_skip = skip
+        self._consumed = skip
+        self._kept = already_kept
+        self._dropped = max(0, skip - already_kept)
+        self._truncated = self._kept >= cap
         self._tail = b""
         self._last_flush = time.monotonic()
         self.error: InfrastructureError | None = None
@@ -50,7 +64,14 @@ class LogPump:
             self.done.set()
 
     def _accept(self, chunk: bytes) -> None:
+        if self._to_skip:
+            skipped = min(self._to_skip, len(chunk))
+            self._to_skip -= skipped
+            chunk = chunk[skipped:]
+            if not chunk:
+                return
         with self._lock:
+            self._consumed += len(chunk)
             self._tail = (self._tail + chunk)[-TAIL_BYTES:]
             room = self._cap - self._kept
             if room > 0:
@@ -76,7 +97,8 @@ class LogPump:
             data = bytes(self._pending)
             self._pending.clear()
             self._last_flush = time.monotonic()
-        self._sink(data)
+            consumed = self._consumed
+        self._sink(data, consumed)
 
     def join(self, timeout: float) -> bool:
         self._thread.join(timeout)

@@ -15,6 +15,7 @@ from ..engine import DockerEngine
 from ..engine.adapter import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from ..errors import InfrastructureError
 from ..settings import Settings
+from ..states import TaskStatus
 from ..store import Store
 from .codecache import CodeCache
 from .execution import RunnerContext, TaskExecution
@@ -78,7 +79,7 @@ class Runner:
         self.store.register_runner(
             self.runner_id, socket.gethostname(), self.settings.clusters, self.settings.slots, __version__
         )
-        self._recover_own_leases()
+        self._reconcile()
         self.reap_orphans()
         watcher = threading.Thread(target=self._watch, name="runner-watch", daemon=True)
         watcher.start()
@@ -183,14 +184,31 @@ class Runner:
                 log.warning("runner.lease_lost", extra={"task_id": task_id})
                 execution.cancel()
 
-    def _recover_own_leases(self) -> None:
-        """Tasks leased to this runner id by an earlier process of ours cannot be followed any
-        more: hand them back to the queue as an infrastructure failure."""
-        for task_id in self.store.leased_task_ids(self.runner_id):
+    def _reconcile(self) -> None:
+        """After a restart: keep following the containers of tasks still leased to this runner
+        (re-adoption); hand back the leased tasks whose container is gone or never started."""
+        leased = self.store.leased_task_ids(self.runner_id)
+        if not leased:
+            return
+        adopted: set[str] = set()
+        try:
+            containers = self.engine.list_labelled(f"{INSTALLATION_LABEL}={self._context.installation_id}")
+        except InfrastructureError:
+            containers = []
+        for container in containers:
+            task_id = container.labels.get(TASK_LABEL, "")
+            if container.labels.get(RUNNER_LABEL) != self.runner_id or task_id not in leased:
+                continue
+            task = self.store.load_task(task_id)
+            if task.status is TaskStatus.RUNNING and self._free_slots() > 0:
+                log.info("runner.readopt task=%s container=%s", task_id, container.id[:12])
+                self._start(TaskExecution(task, self._context, adopt=container.id))
+                adopted.add(task_id)
+        for task_id in leased - adopted:
             self.store.requeue_after_infra_failure(
                 task_id,
                 self.runner_id,
-                "the runner restarted while the task was running",
+                "the runner restarted before the task's container was running",
                 self.settings.infra_retry_budget,
                 self.settings.infra_retry_base_delay_s,
             )

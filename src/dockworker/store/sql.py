@@ -699,7 +699,9 @@ class SqlStore(RunnerQueries, ScheduleQueries, Transactional, InProcessWakeUps, 
 
     # --- logs and events ------------------------------------------------------------------------
 
-    def append_log(self, task_id: str, data: bytes) -> None:
+    def append_log(self, task_id: str, data: bytes, output_bytes: int | None = None) -> None:
+        """Append to the task's log; ``output_bytes`` records how much of the container's
+        output has been consumed, for a runner that re-adopts the container later."""
         with self._write() as conn:
             start = conn.execute(sa.select(tasks.c.log_size).where(tasks.c.id == task_id)).scalar_one()
             seq = conn.execute(
@@ -708,7 +710,10 @@ class SqlStore(RunnerQueries, ScheduleQueries, Transactional, InProcessWakeUps, 
                 )
             ).scalar_one()
             conn.execute(task_log_chunks.insert().values(task_id=task_id, seq=seq, start=start, data=data))
-            conn.execute(tasks.update().where(tasks.c.id == task_id).values(log_size=start + len(data)))
+            values: dict[str, Any] = {"log_size": start + len(data)}
+            if output_bytes is not None:
+                values["output_bytes"] = output_bytes
+            conn.execute(tasks.update().where(tasks.c.id == task_id).values(**values))
 
     def read_log(self, task_id: str, offset: int = 0) -> bytes:
         with self._read() as conn:
