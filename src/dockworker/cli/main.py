@@ -15,7 +15,7 @@ from ..errors import ClientError, DockworkerError
 from ..settings import load_settings
 from . import queue_control
 from .client import Client, ClientConfig, zip_directory
-from .common import ConfigOpt, DataDir, JsonOpt, StoreOpt, err, out, read_arg
+from .common import ConfigOpt, DataDir, JsonOpt, StoreOpt, err, out, parse_env, read_arg
 from .run_local import run_local
 from .stacks import stacks_app
 
@@ -106,16 +106,6 @@ def runner(
 # --- using the service ------------------------------------------------------------------------
 
 
-def _parse_env(pairs: list[str] | None) -> dict[str, str]:
-    env = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ClientError(f"--env takes KEY=VALUE, got {pair!r}")
-        env[key] = value
-    return env
-
-
 @app.command()
 def upload(
     directory: Annotated[Path, typer.Argument(help="The worker's directory; zipped and uploaded")],
@@ -145,7 +135,7 @@ def upload(
         "stack": stack,
         "image": image,
         "config": read_arg(config_value),
-        "env_vars": _parse_env(env) or None,
+        "env_vars": parse_env(env) or None,
         "retries": retries,
         "retries_delay": retries_delay,
         "max_concurrency": max_concurrency,
