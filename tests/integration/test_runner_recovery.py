@@ -207,3 +207,27 @@ def test_tasks_leased_to_an_earlier_process_are_recovered(
 def test_unreachable_engine_is_classified(tmp_path: Path) -> None:
     with pytest.raises(EngineUnavailable, match="unreachable"):
         DockerEngine(f"unix://{tmp_path}/nothing.sock").ping()
+
+
+def test_a_container_started_by_a_runner_that_died_before_saying_so_is_adopted(
+    store: Store, project: str, settings: Settings, engine: DockerEngine, start_runner
+) -> None:
+    task = queue(store, project, "hello")
+    runner_id = settings.runner_id or ""
+    claimed = store.claim(runner_id, ["default"], 300)
+    assert claimed is not None and claimed.status is TaskStatus.PREPARING
+    # what the earlier process did just before it was killed: create and start the container
+    labels = {TASK_LABEL: task.id, RUNNER_LABEL: runner_id, INSTALLATION_LABEL: store.installation_id()}
+    spec = ContainerSpec(
+        image=BUSYBOX_IMAGE, command=["sh", "-c", "echo early; sleep 1; echo late"], labels=labels
+    )
+    container = engine.create(spec)
+    engine.start(container)
+    start_runner()
+    done = wait_for(store, task.id, timeout=30)
+    assert done.status is TaskStatus.COMPLETE, done.msg
+    assert done.attempts == 1 and done.infra_attempts == 0
+    assert store.read_log(task.id) == b"early\nlate\n"
+    assert [c for c in engine.list_labelled() if c.id == container] == []
+    kinds = [e.kind for e in store.list_events(task.id)]
+    assert "started" in kinds and "readopted" in kinds

@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import IO, Any, NoReturn
 
 import docker
@@ -132,6 +133,15 @@ def _classified(action: str) -> Iterator[None]:
         yield
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         _raise_classified(exc, action)
+
+
+def _engine_time(text: str) -> float | None:
+    """The engine's RFC 3339 times have nanoseconds, and 0001-01-01 for "never"."""
+    if not text or text.startswith("0001-"):
+        return None
+    main, _, fraction = text.rstrip("Z").partition(".")
+    micros = (fraction + "000000")[:6]
+    return datetime.fromisoformat(f"{main}.{micros}+00:00").timestamp()
 
 
 def _check_unix_socket(base_url: str) -> None:
@@ -304,6 +314,12 @@ class DockerEngine:
         with _classified("follow logs"):
             stream = self._streams.logs(container_id, stdout=True, stderr=True, stream=True, follow=True)
         return self._classified_stream(stream)
+
+    def started_at(self, container_id: str) -> float | None:
+        """When the container's process was started (epoch seconds), or None if it never was."""
+        with _classified("inspect container"):
+            state = self._api.inspect_container(container_id)["State"]
+        return _engine_time(str(state.get("StartedAt") or ""))
 
     def memory_limit(self, container_id: str) -> int:
         with _classified("inspect container"):

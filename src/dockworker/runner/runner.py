@@ -14,6 +14,7 @@ from .. import __version__
 from ..engine import DockerEngine
 from ..engine.adapter import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from ..errors import InfrastructureError
+from ..models import Task
 from ..settings import Settings
 from ..states import TaskStatus
 from ..store import Store
@@ -200,6 +201,8 @@ class Runner:
             if container.labels.get(RUNNER_LABEL) != self.runner_id or task_id not in leased:
                 continue
             task = self.store.load_task(task_id)
+            if task.status is TaskStatus.PREPARING:
+                task = self._record_unreported_start(task, container.id)
             if task.status is TaskStatus.RUNNING and self._free_slots() > 0:
                 log.info("runner.readopt task=%s container=%s", task_id, container.id[:12])
                 self._start(TaskExecution(task, self._context, adopt=container.id))
@@ -212,6 +215,17 @@ class Runner:
                 self.settings.infra_retry_budget,
                 self.settings.infra_retry_base_delay_s,
             )
+
+    def _record_unreported_start(self, task: Task, container_id: str) -> Task:
+        """The earlier process started this container but died before it could say so: record
+        the start now (its attempt happened), so the task is followed like any running one."""
+        try:
+            started = self.engine.started_at(container_id)
+        except InfrastructureError:
+            return task
+        if started is not None and self.store.mark_running(task.id, self.runner_id, started):
+            return self.store.load_task(task.id)
+        return task
 
     def reap_orphans(self) -> int:
         """Remove this installation's containers whose task the store no longer considers
