@@ -46,6 +46,12 @@ class Unauthorized(ClientError):
     status_code = 401
 
 
+class Forbidden(ClientError):
+    """This needs an admin token."""
+
+    status_code = 403
+
+
 class NotFound(ClientError):
     """Not found."""
 

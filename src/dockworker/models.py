@@ -18,10 +18,23 @@ class Project:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TokenInfo:
+    """A token's record; the secret itself is never stored (only its SHA-256 digest)."""
+
     id: str
     project_id: str | None  # None: an admin token
     name: str
     created_at: float
+    expires_at: float | None = None
+    revoked_at: float | None = None
+    last_used_at: float | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.project_id is None
+
+    def usable_at(self, moment: float) -> bool:
+        """Neither revoked nor expired at ``moment``."""
+        return self.revoked_at is None and (self.expires_at is None or moment < self.expires_at)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,7 +48,9 @@ class CodeSpec:
     runtime: str | None = None
     file_name: str | None = None
     config: str | None = None
+    config_secret: bool = False  # the config is never shown by the API
     env_vars: dict[str, str] = field(default_factory=dict)
+    secret_env_vars: dict[str, str] = field(default_factory=dict)  # values never shown by the API
     max_concurrency: int | None = None
     retries: int = 0
     retries_delay: int = 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,37 @@ def ensure_credentials(settings: Settings, store: Store) -> Credentials | None:
     return Credentials(project_id=project.id, token=token, path=path)
 
 
+ADMIN_TOKEN_NAME = "admin (created on first start)"
+
+
+def ensure_admin_token(store: Store) -> str | None:
+    """On first start (the store has never had an admin token), create one. Returns its secret,
+    to be shown once: only its digest is stored. None when the store already has one (even a
+    revoked one: a lost admin token is replaced with ``dockworker token create --admin``)."""
+    if store.list_tokens(None):
+        return None
+    secret, _ = store.create_token(None, ADMIN_TOKEN_NAME)
+    return secret
+
+
+def admin_token_banner(secret: str, settings: Settings) -> str:
+    rule = "=" * 78
+    return "\n".join(
+        [
+            rule,
+            "dockworker created an ADMIN TOKEN. It is shown this once and stored nowhere in clear",
+            "(the store keeps its SHA-256 digest only). It manages projects and tokens:",
+            "",
+            f"    {secret}",
+            "",
+            f"    dockworker projects list --url http://{settings.host}:{settings.port} --admin-token TOKEN",
+            "",
+            "Lost it? On this host: dockworker token create --admin (with the same --data-dir/--store).",
+            rule,
+        ]
+    )
+
+
 def write_iron_json(path: Path, project_id: str, token: str, host: str, port: int) -> None:
     config = {"project_id": project_id, "token": token, "host": host, "port": port, "protocol": "http"}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -89,6 +121,11 @@ class _Signals:
 
 def run_service(settings: Settings, *, api: bool, runner: bool, on_ready: str | None = None) -> None:
     store = open_migrated_store(settings)
+    if api:
+        admin_secret = ensure_admin_token(store)
+        if admin_secret is not None:
+            # Printed, not logged: log handlers may ship records elsewhere.
+            print(admin_token_banner(admin_secret, settings), file=sys.stdout, flush=True)
     stop, force = threading.Event(), threading.Event()
     threads: list[threading.Thread] = []
     the_runner: Runner | None = None

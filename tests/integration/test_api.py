@@ -282,3 +282,50 @@ def test_stacks_openapi_and_docs(api: Api) -> None:
     assert "cdn" not in docs.text
     script = api.client.get("/static/swagger/swagger-ui-bundle.js")
     assert script.status_code == 200 and len(script.content) > 100_000
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "message"),
+    [
+        ("POST", "/tasks", {"json": {"tasks": [{"code_name": "hello", "payload": "a\x00b"}]}}, "NUL"),
+        ("POST", "/tasks", {"json": {"tasks": [{"code_name": "hello", "label": "a\x00b"}]}}, "NUL"),
+        ("POST", "/tasks", {"json": {"tasks": [{"code_name": "hello\x00"}]}}, "NUL"),
+        ("POST", "/tasks/webhook?code_name=hello", {"content": b"a\x00b"}, "NUL"),
+        ("GET", "/tasks?code_name=a%00b", {}, "NUL characters are not allowed in the URL"),
+        ("GET", "/tasks/a%00b", {}, "NUL characters are not allowed in the URL"),
+        ("GET", "/codes/a%00b/download", {}, "NUL characters are not allowed in the URL"),
+        ("POST", "/schedules/a%00b/cancel", {}, "NUL characters are not allowed in the URL"),
+        ("POST", "/schedules", {"json": {"schedules": [{"code_name": "hello", "payload": "\x00"}]}}, "NUL"),
+    ],
+)
+def test_nul_characters_are_refused_on_every_dialect(
+    api: Api, method: str, path: str, kwargs: dict[str, Any], message: str
+) -> None:
+    """PostgreSQL cannot store NUL in text; SQLite can. Either way: a 4xx, and nothing stored."""
+    _hello(api)
+    response = api.call(method, path, **kwargs)
+    assert 400 <= response.status_code < 500, response.text
+    assert message in response.json()["msg"]
+    assert api.call("GET", "/tasks").json() == {"tasks": []}
+    assert api.call("GET", "/schedules").json() == {"schedules": []}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"env_vars": {"A": "x\x00y"}}, "data.env_vars: Value error, contains a NUL character"),
+        ({"secret_env_vars": {"A": "x\x00y"}}, "data.secret_env_vars: Value error, contains a NUL"),
+        ({"config": "{\x00}"}, "data.config: Value error, contains a NUL character"),
+        ({"env_vars": {"A\n": "x"}}, "not a valid environment variable name"),
+        ({"command": "sh\x00 x"}, "data.command: Value error, contains a NUL character"),
+        ({"image": "busybox\n", "stack": None}, "data.image"),
+    ],
+)
+def test_values_a_container_cannot_take_are_refused_at_upload(
+    api: Api, data: dict[str, Any], message: str
+) -> None:
+    upload = {"name": "x", "stack": "busybox", "command": "true", **data}
+    response = api.upload({k: v for k, v in upload.items() if v is not None})
+    assert response.status_code == 400, response.text
+    assert message in response.json()["msg"]
+    assert api.call("GET", "/codes").json() == {"codes": []}

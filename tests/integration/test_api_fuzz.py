@@ -28,8 +28,10 @@ _STORE = open_store(_SETTINGS.database_url)
 _STORE.migrate()
 _PROJECT = _STORE.create_project("fuzz").id
 _TOKEN, _ = _STORE.create_token(_PROJECT, "fuzz")
+_ADMIN_TOKEN, _ = _STORE.create_token(None, "fuzz-admin")
 APP = create_app(_SETTINGS, _STORE)
 AUTH = {"Authorization": f"OAuth {_TOKEN}"}
+ADMIN_AUTH = {"Authorization": f"OAuth {_ADMIN_TOKEN}"}
 
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
 
@@ -61,3 +63,12 @@ def test_no_server_error_and_answers_match_the_schema(case: Any) -> None:
     if "project_id" in (case.path_parameters or {}):
         case.path_parameters["project_id"] = _PROJECT
     case.call_and_validate(headers=AUTH, checks=CHECKS)
+
+
+@schema.include(tag=["admin", "runners"]).parametrize()
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+def test_admin_endpoints_with_an_admin_token(case: Any) -> None:
+    """The project token above only ever gets 403/404 from these: fuzz them as an admin too."""
+    if "project_id" in (case.path_parameters or {}):
+        case.path_parameters["project_id"] = _PROJECT
+    case.call_and_validate(headers=ADMIN_AUTH, checks=CHECKS)

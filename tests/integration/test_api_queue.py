@@ -72,6 +72,12 @@ def test_schedule_lifecycle(api: Api, code: dict[str, Any]) -> None:
         ({"code_name": "missing"}, "code package 'missing' not found"),
         ({"code_name": "hello", "run_times": 0}, "schedules.0.run_times"),
         ({"code_name": "hello", "bogus": 1}, "unknown field"),
+        ({"code_name": "hello", "start_at": 10**400}, "start_at is out of range"),
+        ({"code_name": "hello", "end_at": 1e300}, "end_at is out of range"),
+        ({"code_name": "hello", "start_at": -1}, "start_at is out of range"),
+        ({"code_name": "hello", "start_at": "9999-12-31T23:59:59-14:00"}, "out of range (1970 to 3000)"),
+        ({"code_name": "hello", "run_every": 10**12}, "schedules.0.run_every"),
+        ({"code_name": "hello", "run_every": 60, "run_times": 10**23}, "schedules.0.run_times"),
     ],
 )
 def test_bad_schedules_are_refused(
@@ -147,12 +153,16 @@ def test_runners_and_unserved_clusters(api: Api, code: dict[str, Any], store: St
     assert api.call("GET", f"/tasks/{task_id}").json()["msg"] == "waiting: no runner serves cluster 'gpu'"
     store.register_runner("r1", "host-a", ["gpu", "default"], 4, "0.1.0")
     assert api.call("GET", f"/tasks/{task_id}").json()["msg"] is None
-    runners = api.client.get("/2/runners", headers={"Authorization": f"OAuth {api.token}"}).json()["runners"]
+    # Runners are infrastructure shared by every project: an admin token lists them, a project's not.
+    refused = api.client.get("/2/runners", headers={"Authorization": f"OAuth {api.token}"})
+    assert refused.status_code == 403 and refused.json() == {"msg": "This endpoint needs an admin token"}
+    admin, _ = store.create_token(None, "admin")
+    runners = api.client.get("/2/runners", headers={"Authorization": f"OAuth {admin}"}).json()["runners"]
     assert [(r["id"], r["host"], r["clusters"], r["slots"], r["alive"]) for r in runners] == [
         ("r1", "host-a", ["gpu", "default"], 4, True)
     ]
     store.unregister_runner("r1")
-    runners = api.client.get("/2/runners", headers={"Authorization": f"OAuth {api.token}"}).json()["runners"]
+    runners = api.client.get("/2/runners", headers={"Authorization": f"OAuth {admin}"}).json()["runners"]
     assert runners[0]["alive"] is False and runners[0]["stopped_at"] is not None
 
 

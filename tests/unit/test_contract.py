@@ -85,6 +85,22 @@ def test_container_spec_is_locked_down(tmp_path: Path) -> None:
     assert built.tmpfs["/mnt/task"].startswith("rw,exec,nosuid,nodev,size=256m,")
 
 
+def test_secret_env_vars_reach_the_container_and_the_contract_wins(tmp_path: Path) -> None:
+    settings = load_settings(env={}, data_dir=tmp_path)
+    files = TaskFiles(task_dir=tmp_path / "t", code_dir=None, hosts_file=tmp_path / "hosts")
+    spec = CodeSpec(
+        name="x",
+        stack="busybox",
+        command="true",
+        env_vars={"A": "1"},
+        secret_env_vars={"API_KEY": "s3cret", "TASK_ID": "forged"},  # refused at upload; still overridden
+    )
+    built = container_spec(
+        spec=spec, task_id="t1", files=files, settings=settings, runner_id="r1", installation_id="i1"
+    )
+    assert built.env["A"] == "1" and built.env["API_KEY"] == "s3cret" and built.env["TASK_ID"] == "t1"
+
+
 def test_task_files(tmp_path: Path) -> None:
     import os
 

@@ -15,16 +15,17 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..settings import Settings
 from ..store import Store
-from . import codes, projects, runners, schedules, tasks, webhooks
+from . import admin, codes, projects, runners, schedules, tasks, webhooks
 from .deps import Services
 from .errors import install_error_handlers
-from .limits import BodySizeLimit
-from .responses import ERROR_RESPONSES
+from .limits import BodySizeLimit, RefuseNulInUrl
+from .responses import ADMIN_RESPONSES, ERROR_RESPONSES
 
 DESCRIPTION = """\
 dockworker runs each task in a fresh Docker container. This API is wire-compatible with
 IronWorker's REST API v2: authenticate with `Authorization: OAuth <token>` or `?oauth=<token>`;
-errors come back as `{"msg": "..."}`.
+errors come back as `{"msg": "..."}`. A project token reaches its own project only (404 for any
+other); an admin token reaches every project and manages projects and tokens (`admin`).
 """
 
 
@@ -52,12 +53,14 @@ def create_app(
     app.include_router(webhooks.router, responses=ERROR_RESPONSES)
     app.include_router(tasks.router, responses=ERROR_RESPONSES)
     app.include_router(schedules.router, responses=ERROR_RESPONSES)
-    app.include_router(runners.router, responses=ERROR_RESPONSES)
+    app.include_router(runners.router, responses=ADMIN_RESPONSES)
+    app.include_router(admin.router, responses=ADMIN_RESPONSES)
     app.add_middleware(
         BodySizeLimit,
         default_limit=settings.max_request_bytes,
         upload_limit=settings.max_code_bytes + 1024 * 1024,
     )
+    app.add_middleware(RefuseNulInUrl)
     return app
 
 

@@ -58,6 +58,17 @@ def _archive_bytes(file: UploadFile | None) -> bytes | None:
     return content
 
 
+def _check_environment(env_vars: dict[str, str], secret_env_vars: dict[str, str], settings: Settings) -> None:
+    """Names are checked by the schema; here: no name in both, and a bounded total size."""
+    both = sorted(env_vars.keys() & secret_env_vars.keys())
+    if both:
+        raise ClientError(f"{both[0]!r} is in both 'env_vars' and 'secret_env_vars'")
+    pairs = (*env_vars.items(), *secret_env_vars.items())
+    if sum(len(f"{key}={value}".encode()) + 1 for key, value in pairs) > settings.max_config_bytes:
+        limit = settings.max_config_bytes
+        raise ClientError(f"'env_vars' and 'secret_env_vars' together are larger than {limit} bytes")
+
+
 def _validate_spec(upload: CodeUpload, archive: bytes | None, settings: Settings) -> CodeSpec:
     if upload.image and (upload.stack or upload.runtime):
         raise ClientError("give either 'image' or 'stack'/'runtime', not both")
@@ -77,6 +88,7 @@ def _validate_spec(upload: CodeUpload, archive: bytes | None, settings: Settings
                 raise ClientError(f"'file_name' {upload.file_name!r} is not in the uploaded zip")
     if upload.config is not None and len(upload.config.encode()) > settings.max_config_bytes:
         raise ClientError(f"'config' is larger than {settings.max_config_bytes} bytes")
+    _check_environment(upload.env_vars or {}, upload.secret_env_vars or {}, settings)
     limits = settings.limits
     if upload.memory_mb is not None and upload.memory_mb > limits.max_memory_mb:
         raise ClientError(f"'memory_mb' may be at most {limits.max_memory_mb}")
@@ -92,7 +104,9 @@ def _validate_spec(upload: CodeUpload, archive: bytes | None, settings: Settings
         runtime=upload.runtime,
         file_name=upload.file_name,
         config=upload.config,
+        config_secret=bool(upload.config_secret),
         env_vars=upload.env_vars or {},
+        secret_env_vars=upload.secret_env_vars or {},
         max_concurrency=upload.max_concurrency
         if upload.max_concurrency and upload.max_concurrency > 0
         else None,

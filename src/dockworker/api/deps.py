@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
 
-from ..errors import ClientError, NotFound, Unauthorized
+from ..errors import ClientError, Forbidden, NotFound, Unauthorized
 from ..models import TokenInfo
 from ..settings import Settings
 from ..store import Store
@@ -47,11 +47,22 @@ def caller(
 ) -> TokenInfo:
     info = svc.store.authenticate(_token_from(request, oauth))
     if info is None:
-        raise Unauthorized("Invalid or revoked token")
+        raise Unauthorized("Invalid, expired or revoked token")
     return info
 
 
 CallerDep = Annotated[TokenInfo, Depends(caller)]
+
+
+def admin(who: CallerDep) -> TokenInfo:
+    """The caller, if its token is an admin token (403 otherwise). Endpoints that name a project
+    check the project first, so a project token learns nothing about other projects (404)."""
+    if not who.is_admin:
+        raise Forbidden("This endpoint needs an admin token")
+    return who
+
+
+AdminDep = Annotated[TokenInfo, Depends(admin)]
 
 
 def project_id(

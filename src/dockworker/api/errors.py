@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
 
 from ..errors import ClientError, InfrastructureError
@@ -54,6 +55,14 @@ def install_error_handlers(app: FastAPI) -> None:
         if any(e.get("type") == "json_invalid" for e in errors):
             return JSONResponse({"msg": "Invalid JSON in request body"}, status_code=400)
         return JSONResponse({"msg": describe_errors(errors)}, status_code=400)
+
+    @app.exception_handler(DataError)
+    async def unstorable_value(_: Request, exc: DataError) -> JSONResponse:
+        # PostgreSQL refuses some values SQLite takes (NUL characters in text, numbers beyond
+        # the column's range): the caller sent them, and the transaction stored nothing.
+        if "NUL" in str(exc.orig):
+            return JSONResponse({"msg": "NUL characters are not allowed in text"}, status_code=400)
+        return JSONResponse({"msg": "a value in the request cannot be stored"}, status_code=400)
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:

@@ -1,4 +1,4 @@
-"""Caps request bodies before anything parses them."""
+"""Checks made before anything parses a request: the body's size, NUL characters in the URL."""
 
 from __future__ import annotations
 
@@ -61,11 +61,32 @@ class BodySizeLimit:
 
     @staticmethod
     async def _refuse(send: Send, limit: int) -> None:
-        body = json.dumps({"msg": f"Request body too large: the limit is {limit} bytes"}).encode()
-        start: dict[str, Any] = {
-            "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-        await send(start)
-        await send({"type": "http.response.body", "body": body})
+        await _answer(send, 413, f"Request body too large: the limit is {limit} bytes")
+
+
+class RefuseNulInUrl:
+    """Refuses URLs with a NUL character (``%00``) in the path or the query with 400: no name or
+    id holds one, and PostgreSQL could not even compare them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope.get("path", "")
+            query: bytes = scope.get("query_string", b"")
+            if "\x00" in path or b"\x00" in query or b"%00" in query:
+                await _answer(send, 400, "NUL characters are not allowed in the URL")
+                return
+        await self.app(scope, receive, send)
+
+
+async def _answer(send: Send, status: int, msg: str) -> None:
+    body = json.dumps({"msg": msg}).encode()
+    start: dict[str, Any] = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    }
+    await send(start)
+    await send({"type": "http.response.body", "body": body})

@@ -1,4 +1,5 @@
-"""The runners that serve this store: where they run, for which clusters, how busy."""
+"""The runners that serve this store: where they run, for which clusters, how busy. Runners
+are infrastructure shared by every project: only an admin token may list them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from .deps import CallerDep, ServicesDep
+from .deps import AdminDep, ServicesDep
 from .schemas import runner_json
 
 router = APIRouter(tags=["runners"])
@@ -19,7 +20,7 @@ def alive_horizon(heartbeat_interval_s: float) -> float:
 
 
 @router.get("/2/runners")
-def list_runners(svc: ServicesDep, who: CallerDep) -> dict[str, Any]:
+def list_runners(svc: ServicesDep, _: AdminDep) -> dict[str, Any]:
     horizon = time.time() - alive_horizon(svc.settings.heartbeat_interval_s)
     return {
         "runners": [

@@ -3,6 +3,7 @@ time zone. Each answer describes the cadence and lists the next runs."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
@@ -18,18 +19,28 @@ from .schemas import ScheduleIn, SchedulesIn, schedule_json
 
 router = APIRouter(tags=["schedules"])
 
+MAX_EPOCH_S = 32503680000  # 3000-01-01T00:00:00Z: later moments (and their next runs) stay writable
 
-def _moment(value: str | int | float | None, field: str) -> float | None:
+
+def parse_moment(value: str | int | float | None, field: str) -> float | None:
     if value is None:
         return None
     if isinstance(value, int | float):
-        return float(value)
+        try:
+            moment = float(value)
+        except OverflowError:
+            moment = math.inf
+        if not (math.isfinite(moment) and 0 <= moment <= MAX_EPOCH_S):
+            raise ClientError(f"{field} is out of range for epoch seconds")
+        return moment
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError as exc:
         raise ClientError(f"{field}: {value!r} is not an RFC 3339 time") from exc
     if parsed.tzinfo is None:
         raise ClientError(f"{field}: {value!r} has no time zone offset")
+    if not 0 <= parsed.timestamp() <= MAX_EPOCH_S:
+        raise ClientError(f"{field}: {value!r} is out of range (1970 to 3000)")
     return parsed.timestamp()
 
 
@@ -44,8 +55,8 @@ def to_spec(item: ScheduleIn, where: str, settings: Settings) -> ScheduleSpec:
     zone(timezone)
     if item.timezone and not item.cron:
         raise ClientError(f"{where}.timezone applies to cron schedules only")
-    start_at = _moment(item.start_at, f"{where}.start_at")
-    end_at = _moment(item.end_at, f"{where}.end_at")
+    start_at = parse_moment(item.start_at, f"{where}.start_at")
+    end_at = parse_moment(item.end_at, f"{where}.end_at")
     if start_at is not None and end_at is not None and end_at < start_at:
         raise ClientError(f"{where}.end_at is before start_at")
     delay = item.task_delay if item.task_delay is not None else item.delay

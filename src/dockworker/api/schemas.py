@@ -14,15 +14,36 @@ NAME_PATTERN = re.compile(r"^[^\x00-\x1f\x7f/\\]+$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 RESERVED_ENV = frozenset({"TASK_ID", "TASK_DIR", "PAYLOAD_FILE", "CONFIG_FILE", "CODE_DIR", "HOME"})
 IMAGE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
+FILTERED = "[FILTERED]"  # shown instead of a secret value
+
+
+def _contains_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_contains_nul(k) or _contains_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_contains_nul(item) for item in value)
+    return False
 
 
 class Strict(BaseModel):
+    """Unknown fields and wrong types are refused, and so are NUL characters in any text (a
+    container's environment and command cannot hold them, nor can PostgreSQL's text)."""
+
     model_config = ConfigDict(extra="forbid", strict=True)
 
+    @field_validator("*")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        if _contains_nul(value):
+            raise ValueError("contains a NUL character")
+        return value
 
-def _check_name(value: str) -> str:
-    if value != value.strip() or not NAME_PATTERN.match(value):
-        raise ValueError("must be 1-255 printable characters, without slashes or surrounding spaces")
+
+def check_name(value: str) -> str:
+    if value != value.strip() or not NAME_PATTERN.fullmatch(value):
+        raise ValueError("must be printable characters, without slashes or surrounding spaces")
     return value
 
 
@@ -36,7 +57,9 @@ class CodeUpload(Strict):
     runtime: Annotated[str | None, Field(max_length=50)] = None
     file_name: Annotated[str | None, Field(max_length=1024)] = None
     config: str | None = None
+    config_secret: bool | None = None
     env_vars: dict[str, str] | None = None
+    secret_env_vars: dict[str, str] | None = None
     max_concurrency: Annotated[int | None, Field(ge=-1, le=10_000)] = None
     retries: Annotated[int | None, Field(ge=0, le=10)] = None
     retries_delay: Annotated[int | None, Field(ge=0, le=7 * 24 * 3600)] = None
@@ -46,20 +69,20 @@ class CodeUpload(Strict):
     pids: Annotated[int | None, Field(ge=16)] = None
     host: str | None = None  # sent by some IronWorker clients; ignored
 
-    _name = field_validator("name")(_check_name)
+    _name = field_validator("name")(check_name)
 
     @field_validator("image")
     @classmethod
     def _image(cls, value: str | None) -> str | None:
-        if value is not None and not IMAGE_PATTERN.match(value):
+        if value is not None and not IMAGE_PATTERN.fullmatch(value):
             raise ValueError("is not a valid Docker image reference")
         return value
 
-    @field_validator("env_vars")
+    @field_validator("env_vars", "secret_env_vars")
     @classmethod
     def _env(cls, value: dict[str, str] | None) -> dict[str, str] | None:
         for key in value or {}:
-            if not ENV_NAME_PATTERN.match(key):
+            if not ENV_NAME_PATTERN.fullmatch(key):
                 raise ValueError(f"{key!r} is not a valid environment variable name")
             if key in RESERVED_ENV:
                 raise ValueError(f"{key} is set by dockworker and cannot be overridden")
@@ -135,8 +158,10 @@ def _revision_fields(revision: CodeRevision) -> dict[str, Any]:
         "runtime": spec.runtime,
         "file_name": spec.file_name,
         "command": spec.command,
-        "config": spec.config,
+        "config": FILTERED if spec.config_secret and spec.config is not None else spec.config,
+        "config_secret": spec.config_secret,
         "env_vars": spec.env_vars,
+        "secret_env_vars": dict.fromkeys(spec.secret_env_vars, FILTERED),
         "max_concurrency": spec.max_concurrency,
         "retries": spec.retries,
         "retries_delay": spec.retries_delay,
@@ -186,10 +211,10 @@ class ScheduleIn(Strict):
     code_name: Annotated[str, Field(min_length=1, max_length=255)]
     payload: str | None = None
     start_at: Moment | None = None
-    run_every: Annotated[int | None, Field(ge=1)] = None
+    run_every: Annotated[int | None, Field(ge=1, le=10 * 366 * 86400)] = None
     cron: Annotated[str | None, Field(min_length=1, max_length=200)] = None
     timezone: Annotated[str | None, Field(min_length=1, max_length=64)] = None
-    run_times: Annotated[int | None, Field(ge=1)] = None
+    run_times: Annotated[int | None, Field(ge=1, le=1_000_000_000)] = None
     end_at: Moment | None = None
     priority: Annotated[int | None, Field(ge=0, le=2)] = None
     timeout: Annotated[int | None, Field(ge=0)] = None

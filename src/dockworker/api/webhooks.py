@@ -40,6 +40,8 @@ async def _queue_from_body(
         payload = body.decode()
     except UnicodeDecodeError as exc:
         raise ClientError("the webhook body must be UTF-8 text") from exc
+    if "\x00" in payload:
+        raise ClientError("the webhook body contains a NUL character")
     if delay is not None and delay > settings.limits.max_delay_s:
         raise ClientError(f"delay may be at most {settings.limits.max_delay_s} s")
     new = NewTask(

@@ -50,3 +50,15 @@ def parse_env(pairs: list[str] | None) -> dict[str, str]:
             raise ClientError(f"--env takes KEY=VALUE, got {pair!r}")
         env[key] = value
     return env
+
+
+def parse_secret_env(pairs: list[str] | None) -> dict[str, str]:
+    """--secret-env KEY=VALUE or KEY=@FILE (the value read from FILE keeps it out of the process
+    list and the shell's history). Errors never repeat the value."""
+    env = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ClientError("--secret-env takes KEY=VALUE or KEY=@FILE")
+        env[key] = read_arg(value) or ""
+    return env

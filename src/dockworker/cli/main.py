@@ -13,9 +13,9 @@ from rich.table import Column, Table
 from .. import __version__
 from ..errors import ClientError, DockworkerError
 from ..settings import load_settings
-from . import queue_control
+from . import admin, queue_control
 from .client import Client, ClientConfig, zip_directory
-from .common import ConfigOpt, DataDir, JsonOpt, StoreOpt, err, out, parse_env, read_arg
+from .common import ConfigOpt, DataDir, JsonOpt, StoreOpt, err, out, parse_env, parse_secret_env, read_arg
 from .run_local import run_local
 from .stacks import stacks_app
 
@@ -24,10 +24,9 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-token_app = typer.Typer(help="Manage API tokens.", no_args_is_help=True)
 app.add_typer(stacks_app, name="stacks")
 app.command("run-local")(run_local)
-app.add_typer(token_app, name="token")
+admin.register(app)  # projects, token
 
 
 def _client(config: Path | None) -> Client:
@@ -117,6 +116,13 @@ def upload(
         str | None, typer.Option("--worker-config", help="Config string, or @file")
     ] = None,
     env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE (repeatable)")] = None,
+    secret_env: Annotated[
+        list[str] | None,
+        typer.Option("--secret-env", help="KEY=VALUE or KEY=@FILE: never shown by the API (repeatable)"),
+    ] = None,
+    secret_config: Annotated[
+        bool, typer.Option("--secret-config", help="Never show the config through the API")
+    ] = False,
     retries: Annotated[int | None, typer.Option(help="Automatic retries on error (max 10)")] = None,
     retries_delay: Annotated[int | None, typer.Option(help="Seconds before a retry")] = None,
     max_concurrency: Annotated[
@@ -136,6 +142,8 @@ def upload(
         "image": image,
         "config": read_arg(config_value),
         "env_vars": parse_env(env) or None,
+        "secret_env_vars": parse_secret_env(secret_env) or None,
+        "config_secret": secret_config or None,
         "retries": retries,
         "retries_delay": retries_delay,
         "max_concurrency": max_concurrency,
@@ -311,29 +319,6 @@ def retry(
     """Queue a finished task again, as a new task linked to it."""
     task = _client(config).retry(task_id, delay)
     out.print(task["id"])
-
-
-@token_app.command("create")
-def token_create(
-    data_dir: DataDir = None,
-    store: StoreOpt = None,
-    project: Annotated[str | None, typer.Option(help="Project id (default: the first project)")] = None,
-    name: Annotated[str, typer.Option(help="A name to recognise the token by")] = "cli",
-) -> None:
-    """Create a project token directly in the store (run on the service's host)."""
-    from ..service import open_migrated_store
-
-    the_store = open_migrated_store(load_settings(data_dir=data_dir, store_url=store))
-    try:
-        projects = the_store.list_projects()
-        if project is None:
-            if not projects:
-                raise ClientError("no project yet: start 'dockworker up' once first")
-            project = projects[0].id
-        secret, _ = the_store.create_token(project, name)
-    finally:
-        the_store.close()
-    out.print(secret)
 
 
 queue_control.register(app)

@@ -116,7 +116,9 @@ def container_spec(
         )
     if files.code_dir is not None:
         binds.append(Bind(source=str(files.code_dir.resolve()), target=CODE_DIR, read_only=True))
-    env = dict(spec.env_vars)
+    # The package's variables, secret ones included (names the contract sets are refused at
+    # upload, and the contract's values win anyway).
+    env = {**spec.env_vars, **spec.secret_env_vars}
     env.update(
         TASK_ID=task_id,
         TASK_DIR=TASK_DIR,

@@ -100,7 +100,11 @@ class PostgresStore(SqlStore):
     def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 27) -> None:
         super().__init__()
         self.engine = sa.create_engine(
-            engine_url(url), pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+            engine_url(url),
+            pool_size=pool_size,
+            max_overflow=max_overflow,
+            pool_pre_ping=True,
+            hide_parameters=True,  # errors and logs never carry values (secrets, payloads)
         )
         self._listener = NotifyListener(self._connect_listener, self._work_signal)
 

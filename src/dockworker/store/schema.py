@@ -35,6 +35,9 @@ tokens = sa.Table(
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("created_at", Time, nullable=False),
     sa.Column("revoked_at", Time, nullable=True),
+    sa.Column("expires_at", Time, nullable=True),
+    sa.Column("last_used_at", Time, nullable=True),
+    sa.Index("ix_tokens_project", "project_id"),
 )
 
 codes = sa.Table(

@@ -18,17 +18,16 @@ from ..models import (
     CodeRevision,
     CodeSpec,
     NewTask,
-    Project,
     Task,
     TaskEvent,
     TaskFilter,
     TaskOutcome,
-    TokenInfo,
 )
 from ..states import ACTIVE, TaskStatus
 from .runners_sql import RunnerQueries
 from .schedules_sql import ScheduleQueries
-from .schema import code_revisions, codes, meta, projects, task_events, task_log_chunks, tasks, tokens
+from .schema import code_revisions, codes, meta, task_events, task_log_chunks, tasks
+from .tenancy_sql import TenancyQueries
 from .transactions import Transactional
 from .wakeup import InProcessWakeUps
 
@@ -59,7 +58,7 @@ def _revision_from_row(row: Any) -> CodeRevision:
 _REVISION_COLUMNS = [c for c in code_revisions.c if c.name != "archive"]
 
 
-class SqlStore(RunnerQueries, ScheduleQueries, Transactional, InProcessWakeUps, abc.ABC):
+class SqlStore(TenancyQueries, RunnerQueries, ScheduleQueries, Transactional, InProcessWakeUps, abc.ABC):
     """Everything but the claim and the connection setup. Dialects call ``super().__init__()``."""
 
     def migrate(self) -> None:
@@ -85,55 +84,6 @@ class SqlStore(RunnerQueries, ScheduleQueries, Transactional, InProcessWakeUps, 
                 found = ids.new_id()
                 conn.execute(meta.insert().values(key="installation_id", value=found))
             return str(found)
-
-    # --- projects and tokens --------------------------------------------------------------------
-
-    def create_project(self, name: str) -> Project:
-        project = Project(id=ids.new_id(), name=name, created_at=timeutil.now())
-        with self._write() as conn:
-            conn.execute(projects.insert().values(id=project.id, name=name, created_at=project.created_at))
-        return project
-
-    def get_project(self, project_id: str) -> Project:
-        with self._read() as conn:
-            row = conn.execute(projects.select().where(projects.c.id == project_id)).first()
-        if row is None:
-            raise NotFound("Project not found")
-        return Project(id=row.id, name=row.name, created_at=row.created_at)
-
-    def list_projects(self) -> list[Project]:
-        with self._read() as conn:
-            rows = conn.execute(projects.select().order_by(projects.c.created_at)).all()
-        return [Project(id=r.id, name=r.name, created_at=r.created_at) for r in rows]
-
-    def create_token(self, project_id: str | None, name: str) -> tuple[str, TokenInfo]:
-        if project_id is not None:
-            self.get_project(project_id)
-        secret = ids.new_token()
-        info = TokenInfo(id=ids.new_id(), project_id=project_id, name=name, created_at=timeutil.now())
-        with self._write() as conn:
-            conn.execute(
-                tokens.insert().values(
-                    id=info.id,
-                    project_id=project_id,
-                    digest=ids.token_digest(secret),
-                    name=name,
-                    created_at=info.created_at,
-                )
-            )
-        return secret, info
-
-    def authenticate(self, token: str) -> TokenInfo | None:
-        # The lookup is by digest, so the secret itself is never compared byte by byte.
-        with self._read() as conn:
-            row = conn.execute(
-                tokens.select().where(
-                    tokens.c.digest == ids.token_digest(token), tokens.c.revoked_at.is_(None)
-                )
-            ).first()
-        if row is None:
-            return None
-        return TokenInfo(id=row.id, project_id=row.project_id, name=row.name, created_at=row.created_at)
 
     # --- code packages --------------------------------------------------------------------------
 

@@ -64,7 +64,11 @@ class SqliteStore(SqlStore):
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         self.engine = sa.create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8, max_overflow=24
+            url,
+            connect_args={"check_same_thread": False, "timeout": 30},
+            pool_size=8,
+            max_overflow=24,
+            hide_parameters=True,  # errors and logs never carry values (secrets, payloads)
         )
         event.listen(self.engine, "connect", _on_connect)
         event.listen(self.engine, "begin", _on_begin)
