@@ -273,3 +273,21 @@ def test_container_killed_from_outside_is_killed(
     assert done.exit_code == 137
     assert done.msg == "killed by signal 9 from outside the task (an operator or the host)"
     assert _containers_of(engine, settings) == []
+
+
+def test_the_event_history_tells_the_whole_story(store: Store, project: str, start_runner) -> None:
+    save_code(store, project, CodeSpec(name="story", stack="busybox", command="sh -c 'exit 4'", retries=1))
+    save_code(store, project, CodeSpec(name="story-ok", stack="busybox", command="true"))
+    start_runner()
+    task = queue(store, project, "story")
+    wait_for(store, task.id)
+    events = [(e.kind, e.detail) for e in store.list_events(task.id)]
+    kinds = [kind for kind, _ in events]
+    assert kinds[:4] == ["queued", "claimed", "container_created", "started"]
+    assert ("error", "exit code 4") in events
+    complete = queue(store, project, "story-ok")
+    assert kinds[-1] == "retried"
+    wait_for(store, complete.id)
+    assert ("complete", "container exited with code 0") in [
+        (e.kind, e.detail) for e in store.list_events(complete.id)
+    ]

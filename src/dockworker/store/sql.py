@@ -532,7 +532,10 @@ class SqlStore(TenancyQueries, RunnerQueries, ScheduleQueries, Transactional, In
             if not result.rowcount:
                 self._event(conn, task_id, "late_report_refused", f"runner {runner_id}: {outcome.status}")
                 return False
-            self._event(conn, task_id, str(outcome.status), outcome.msg)
+            exited = ""
+            if outcome.exit_code is not None and not outcome.msg.startswith("exit code"):
+                exited = f"container exited with code {outcome.exit_code}"
+            self._event(conn, task_id, str(outcome.status), "; ".join(p for p in (exited, outcome.msg) if p))
             if outcome.status in (TaskStatus.ERROR, TaskStatus.TIMEOUT):
                 self._auto_retry(conn, task_id)
             return True
