@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+# The msg of a task (or schedule) cancelled at the user's request.
+CANCELLED_MSG = "cancelled by user"
+
 
 class TaskStatus(StrEnum):
     QUEUED = "queued"

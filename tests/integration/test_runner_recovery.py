@@ -18,6 +18,7 @@ from dockworker.engine.adapter import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LAB
 from dockworker.errors import EngineUnavailable
 from dockworker.models import CodeSpec
 from dockworker.runner import Runner
+from dockworker.scheduler import Housekeeper
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
@@ -37,6 +38,7 @@ class EngineProxy:
         self.path = path
         self.up = threading.Event()
         self.up.set()
+        self.failing = threading.Event()
         self._server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._server.bind(str(path))
         self._server.listen(64)
@@ -55,6 +57,9 @@ class EngineProxy:
                 client, _ = self._server.accept()
             except OSError:
                 return
+            if self.failing.is_set():
+                threading.Thread(target=self._answer_500, args=(client,), daemon=True).start()
+                continue
             if not self.up.is_set():
                 client.close()
                 continue
@@ -63,6 +68,43 @@ class EngineProxy:
             self._open += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _answer_500(client: socket.socket) -> None:
+        """Answer every request as an engine in trouble would."""
+        with contextlib.suppress(OSError), client:
+            buffered = b""
+            while True:
+                data = client.recv(65536)
+                if not data:
+                    return
+                buffered += data
+                while b"\r\n\r\n" in buffered:
+                    head, _, buffered = buffered.partition(b"\r\n\r\n")
+                    length = next(
+                        (
+                            int(line.split(b":")[1])
+                            for line in head.split(b"\r\n")
+                            if line.lower().startswith(b"content-length:")
+                        ),
+                        0,
+                    )
+                    while len(buffered) < length:
+                        buffered += client.recv(65536)
+                    buffered = buffered[length:]
+                    body = b'{"message":"engine trouble"}'
+                    client.sendall(
+                        b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\n"
+                        + b"Content-Length: "
+                        + str(len(body)).encode()
+                        + b"\r\n\r\n"
+                        + body
+                    )
+
+    def answer_500(self) -> None:
+        """From now on, answer every request with an HTTP 500."""
+        self.cut()
+        self.failing.set()
 
     @staticmethod
     def _pipe(source: socket.socket, sink: socket.socket) -> None:
@@ -82,6 +124,7 @@ class EngineProxy:
         self._open.clear()
 
     def restore(self) -> None:
+        self.failing.clear()
         self.up.set()
 
     def close(self) -> None:
@@ -106,17 +149,17 @@ def project(store: Store) -> str:
     return project
 
 
-def test_engine_down_retries_on_its_own_budget_then_errors(
+def test_engine_errors_retry_on_their_own_budget_then_error(
     store: Store, project: str, settings: Settings, proxy: EngineProxy, start_runner
 ) -> None:
     flaky = DockerEngine(proxy.url)
-    proxy.cut()
+    proxy.answer_500()
     start_runner(settings.replace(infra_retry_budget=2), flaky)
     task = queue(store, project, "hello")
     done = wait_for(store, task.id, timeout=30)
     assert done.status is TaskStatus.ERROR
     assert done.msg is not None and done.msg.startswith("infrastructure error:")
-    assert "unreachable" in done.msg and "gave up after 3 attempts" in done.msg
+    assert "engine error 500" in done.msg and "gave up after 3 attempts" in done.msg
     assert done.infra_attempts == 3
     # the user's retries (3 for this package) are not spent on infrastructure failures
     assert done.retry_count == 0 and done.retry_task_id is None
@@ -125,21 +168,27 @@ def test_engine_down_retries_on_its_own_budget_then_errors(
     flaky.close()
 
 
-def test_engine_back_after_a_failure_completes_the_task(
+def test_an_unreachable_engine_holds_tasks_queued_until_it_answers(
     store: Store, project: str, settings: Settings, proxy: EngineProxy, start_runner
 ) -> None:
     flaky = DockerEngine(proxy.url)
     proxy.cut()
-    start_runner(settings.replace(infra_retry_base_delay_s=1.0), flaky)
+    start_runner(settings.replace(infra_retry_budget=1), flaky)
     task = queue(store, project, "hello")
-    wait_for(store, task.id, {"queued"}, timeout=10)
     deadline = time.monotonic() + 10
-    while store.load_task(task.id).infra_attempts < 1 and time.monotonic() < deadline:
+    while "released" not in [e.kind for e in store.list_events(task.id)] and time.monotonic() < deadline:
         time.sleep(0.02)
+    time.sleep(2.5)  # the runner pings its engine meanwhile; it claims nothing
+    held = store.load_task(task.id)
+    assert held.status is TaskStatus.QUEUED
+    assert (held.msg or "").startswith("waiting: the Docker engine became unreachable")
+    assert held.infra_attempts == 0 and held.attempts == 0 and held.retry_count == 0
+    kinds = [e.kind for e in store.list_events(task.id)]
+    assert kinds.count("claimed") == 1 and kinds.count("released") == 1
     proxy.restore()
     done = wait_for(store, task.id, timeout=30)
     assert done.status is TaskStatus.COMPLETE, done.msg
-    assert done.infra_attempts >= 1
+    assert done.infra_attempts == 0 and done.attempts == 1
     assert store.read_log(task.id) == b"hello\n"
     flaky.close()
 
@@ -158,9 +207,11 @@ def test_engine_cut_while_running_leaves_no_container(
     time.sleep(0.5)
     proxy.restore()
     done = wait_for(store, task.id, timeout=40)
-    # The attach stream broke: the task is retried on the infrastructure budget and completes
+    # The engine went away under the task: it is handed back (or retried on the infrastructure
+    # budget, depending on where the cut hit) and completes once the engine is back
     assert done.status is TaskStatus.COMPLETE, done.msg
-    assert done.infra_attempts >= 1
+    kinds = [e.kind for e in store.list_events(task.id)]
+    assert "released" in kinds or "infra_retry" in kinds, kinds
     assert runner.reap_orphans() == 0 or True  # the reaper may already have run; what matters:
     leftovers = [c for c in engine.list_labelled(TASK_LABEL) if c.labels.get(TASK_LABEL) == task.id]
     assert leftovers == []
@@ -231,3 +282,24 @@ def test_a_container_started_by_a_runner_that_died_before_saying_so_is_adopted(
     assert [c for c in engine.list_labelled() if c.id == container] == []
     kinds = [e.kind for e in store.list_events(task.id)]
     assert "started" in kinds and "readopted" in kinds
+
+
+def test_a_start_never_reported_is_counted_when_its_container_is_reaped(
+    store: Store, project: str, settings: Settings, engine: DockerEngine, start_runner
+) -> None:
+    task = queue(store, project, "hello")
+    assert store.claim("dead-runner", ["default"], lease_ttl=0.2) is not None
+    labels = {TASK_LABEL: task.id, RUNNER_LABEL: "dead-runner", INSTALLATION_LABEL: store.installation_id()}
+    ghost = engine.create(ContainerSpec(image=BUSYBOX_IMAGE, command=["sleep", "300"], labels=labels))
+    engine.start(ghost)  # ...and the runner died before it could report the start
+    time.sleep(0.3)
+    Housekeeper(settings, store).tick()  # its lease expires: the task is queued again
+    runner: Runner = start_runner()  # its reaper removes the ghost, counting its start
+    done = wait_for(store, task.id, timeout=30)
+    assert done.status is TaskStatus.COMPLETE
+    assert done.attempts == 2  # both container starts are counted
+    assert not [c for c in engine.list_labelled() if c.id == ghost]
+    assert runner.reap_orphans() == 0
+    assert next(e.detail for e in store.list_events(task.id) if e.kind == "started").endswith(
+        "never reported"
+    )

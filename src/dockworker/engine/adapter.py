@@ -28,6 +28,7 @@ OOM_RECHECK_INTERVAL_S = 0.1
 
 # Messages with which the engine reports that the user's command or image cannot run,
 # whatever HTTP status it chose for them (dockerd 20.10 answers 400 or 500 for these).
+START_ACTION = "start container"
 _USER_FAULT_MARKERS = (
     "executable file not found",
     "no such file or directory",
@@ -102,7 +103,9 @@ def _raise_classified(exc: Exception, action: str) -> NoReturn:
     if isinstance(exc, docker.errors.APIError):
         text = _explanation(exc)
         lowered = text.lower()
-        if any(marker in lowered for marker in _USER_FAULT_MARKERS):
+        # Only the start of the user's command can fail for the user's reasons with a 5xx; a 5xx
+        # elsewhere (e.g. create while the engine shuts down) is the engine's problem.
+        if action == START_ACTION and any(marker in lowered for marker in _USER_FAULT_MARKERS):
             raise TaskSetupError(f"{action}: {text}") from exc
         if exc.is_client_error():
             raise TaskSetupError(f"{action}: {text}") from exc
@@ -281,7 +284,7 @@ class DockerEngine:
                 read_only=spec.read_only_root,
                 tmpfs=spec.tmpfs,
                 cap_drop=["ALL"],
-                security_opt=["no-new-privileges:true"],
+                security_opt=["no-new-privileges"],
                 init=True,
                 log_config=docker.types.LogConfig(
                     type="json-file", config={"max-size": str(spec.log_max_bytes + 65536), "max-file": "1"}
@@ -335,7 +338,7 @@ class DockerEngine:
             _close_stream(stream)
 
     def start(self, container_id: str) -> None:
-        with _classified("start container"):
+        with _classified(START_ACTION):
             self._api.start(container_id)
 
     def wait(self, container_id: str, timeout: float = 30) -> ExitInfo:

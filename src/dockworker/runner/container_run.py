@@ -16,7 +16,7 @@ from ..engine import ContainerSpec, DockerEngine, ExitInfo
 from ..errors import InfrastructureError
 from ..models import TaskOutcome
 from ..settings import MB
-from ..states import TaskStatus
+from ..states import CANCELLED_MSG, TaskStatus
 from .logpump import LogPump, LogSink
 
 log = logging.getLogger("dockworker.runner")
@@ -25,7 +25,6 @@ SUPERVISE_TICK_S = 0.05
 PUMP_DRAIN_S = 5.0
 # SIGKILL and SIGTERM that dockworker did not send (it reports its own kills itself).
 EXTERNAL_KILL_CODES = frozenset({128 + 9, 128 + 15})
-CANCELLED_MSG = "cancelled by user"
 
 
 def classify_exit(exit_info: ExitInfo, spec_memory_mb: int) -> TaskOutcome:

@@ -6,18 +6,18 @@ import logging
 import shutil
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..engine import DockerEngine
 from ..engine.adapter import ImageMissing
-from ..errors import ClientError, InfrastructureError, NotFound, TaskSetupError
+from ..errors import ClientError, EngineUnavailable, InfrastructureError, NotFound, TaskSetupError
 from ..models import CodeSpec, Task, TaskOutcome
 from ..settings import Settings
-from ..states import TaskStatus
+from ..states import CANCELLED_MSG, TaskStatus
 from ..store import Store
 from .codecache import CodeCache
-from .container_run import CANCELLED_MSG, RunHooks, follow_container, run_container
+from .container_run import RunHooks, follow_container, run_container
 from .contract import (
     TaskFiles,
     container_spec,
@@ -38,6 +38,8 @@ class RunnerContext:
     code_cache: CodeCache
     runner_id: str
     installation_id: str
+    # Cleared when the engine stops answering: the runner claims nothing until it answers again.
+    engine_ok: threading.Event = field(default_factory=threading.Event)
 
 
 class TaskExecution:
@@ -51,6 +53,7 @@ class TaskExecution:
         self._ctx = context
         self._cancel = threading.Event()
         self._interrupt_reason: str | None = None
+        self.engine_unreachable = False
         self._task_dir = context.settings.task_dirs / task.id
 
     def cancel(self) -> None:
@@ -71,6 +74,9 @@ class TaskExecution:
             outcome = self._execute()
         except TaskSetupError as exc:
             outcome = TaskOutcome(status=TaskStatus.ERROR, msg=exc.message)
+        except EngineUnavailable as exc:
+            self.engine_unreachable = True
+            infra_reason = exc.message
         except InfrastructureError as exc:
             infra_reason = exc.message
         except Exception as exc:  # a bug of ours: retry the task on the infrastructure budget
@@ -81,6 +87,13 @@ class TaskExecution:
         try:
             if outcome is not None:
                 ctx.store.finish(self.task.id, ctx.runner_id, outcome)
+            elif self.engine_unreachable and infra_reason is not None:
+                ctx.engine_ok.clear()  # before the release, so this runner does not claim it again
+                # Not the task's fault, nor a reason to spend its budget: another runner (or
+                # this one, once its engine answers again) takes it from its old place.
+                ctx.store.release(
+                    self.task.id, ctx.runner_id, f"the Docker engine became unreachable ({infra_reason})"
+                )
             elif infra_reason is not None:
                 self._infra_failure(infra_reason)
         except Exception:  # the store is down: the lease expires and the task is reclaimed
@@ -95,6 +108,7 @@ class TaskExecution:
                 reason,
                 ctx.settings.infra_retry_budget,
                 ctx.settings.infra_retry_base_delay_s,
+                ctx.settings.infra_retry_max_delay_s,
             )
         except Exception:  # the store itself is down: the lease will expire and be reclaimed
             log.exception("task.report_failed", extra={"task_id": self.task.id})
@@ -138,11 +152,18 @@ class TaskExecution:
             note = f"\n[dockworker: attempt {self.task.attempts + 1}, after an infrastructure failure]\n"
             ctx.store.append_log(task_id, note.encode())
 
+        created: list[str] = []
+
         def on_created(container_id: str) -> None:
+            created.append(container_id)
             ctx.store.add_event(task_id, "container_created", container_id[:12])
 
         def on_started(started_at: float) -> bool:
-            return ctx.store.mark_running(task_id, ctx.runner_id, started_at)
+            if ctx.store.mark_running(task_id, ctx.runner_id, started_at, created[-1]):
+                return True
+            # the lease was lost meanwhile: the container did start, so its attempt counts
+            ctx.store.record_unreported_start(task_id, created[-1], ctx.runner_id)
+            return False
 
         try:
             result = run_container(

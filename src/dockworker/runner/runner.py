@@ -24,6 +24,7 @@ from .execution import RunnerContext, TaskExecution
 log = logging.getLogger("dockworker.runner")
 
 CANCEL_POLL_S = 0.2
+ENGINE_PING_INTERVAL_S = 1.0
 REAP_INTERVAL_S = 30.0
 
 
@@ -42,6 +43,8 @@ class Runner:
         self.store = store
         self.engine = engine
         self.runner_id = runner_id or settings.runner_id or default_runner_id(settings.data_dir)
+        self._engine_ok = threading.Event()
+        self._engine_ok.set()
         self._context = RunnerContext(
             settings=settings,
             store=store,
@@ -49,6 +52,7 @@ class Runner:
             code_cache=CodeCache(settings.code_cache_dir, store),
             runner_id=self.runner_id,
             installation_id=store.installation_id(),
+            engine_ok=self._engine_ok,
         )
         self._executions: dict[str, TaskExecution] = {}
         self._threads: dict[str, threading.Thread] = {}
@@ -108,6 +112,8 @@ class Runner:
                 self._slot_freed.wait(self.settings.poll_interval_s)
                 self._slot_freed.clear()
                 continue
+            if not self._engine_answers(stop):
+                continue
             try:
                 task = self.store.claim(
                     self.runner_id,
@@ -124,6 +130,20 @@ class Runner:
                 continue
             self._start(TaskExecution(task, self._context))
 
+    def _engine_answers(self, stop: threading.Event) -> bool:
+        """Claim nothing while the engine is known to be unreachable (a task claimed then would
+        only be handed back): ping it once a second until it answers again."""
+        if self._engine_ok.is_set():
+            return True
+        try:
+            self.engine.ping()
+        except InfrastructureError:
+            stop.wait(ENGINE_PING_INTERVAL_S)
+            return False
+        log.info("runner.engine_back: claiming again")
+        self._engine_ok.set()
+        return True
+
     def _start(self, execution: TaskExecution) -> None:
         task_id = execution.task.id
         thread = threading.Thread(
@@ -138,6 +158,8 @@ class Runner:
         try:
             execution.run()
         finally:
+            if execution.engine_unreachable:
+                log.warning("runner.engine_unreachable: claiming stops until it answers")
             with self._lock:
                 self._executions.pop(execution.task.id, None)
                 self._threads.pop(execution.task.id, None)
@@ -214,6 +236,7 @@ class Runner:
                 "the runner restarted before the task's container was running",
                 self.settings.infra_retry_budget,
                 self.settings.infra_retry_base_delay_s,
+                self.settings.infra_retry_max_delay_s,
             )
 
     def _record_unreported_start(self, task: Task, container_id: str) -> Task:
@@ -223,7 +246,7 @@ class Runner:
             started = self.engine.started_at(container_id)
         except InfrastructureError:
             return task
-        if started is not None and self.store.mark_running(task.id, self.runner_id, started):
+        if started is not None and self.store.mark_running(task.id, self.runner_id, started, container_id):
             return self.store.load_task(task.id)
         return task
 
@@ -245,6 +268,8 @@ class Runner:
             if not orphan:
                 continue
             try:
+                if self.engine.started_at(container.id) is not None:
+                    self.store.record_unreported_start(task_id, container.id, owner or "unknown")
                 self.engine.remove(container.id)
                 removed += 1
             except InfrastructureError:

@@ -20,7 +20,9 @@ class Housekeeper:
 
     def tick(self) -> int:
         expired = self.store.expire_leases(
-            self.settings.infra_retry_budget, self.settings.infra_retry_base_delay_s
+            self.settings.infra_retry_budget,
+            self.settings.infra_retry_base_delay_s,
+            self.settings.infra_retry_max_delay_s,
         )
         for task in expired:
             log.warning("lease.expired task=%s now=%s", task.id, task.status)

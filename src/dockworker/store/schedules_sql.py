@@ -13,6 +13,7 @@ from .. import ids, timeutil
 from ..errors import ClientError, NotFound
 from ..models import NewTask, Schedule, ScheduleSpec
 from ..scheduler.timing import Cadence
+from ..states import CANCELLED_MSG
 from .schema import codes, schedule_fires, schedules
 from .transactions import Transactional
 
@@ -142,7 +143,7 @@ class ScheduleQueries(Transactional):
             conn.execute(
                 schedules.update()
                 .where(schedules.c.id == schedule_id)
-                .values(status=CANCELLED, msg="cancelled by user", next_start=None, updated_at=now)
+                .values(status=CANCELLED, msg=CANCELLED_MSG, next_start=None, updated_at=now)
             )
             return self._schedule(conn, project_id, schedule_id)
 

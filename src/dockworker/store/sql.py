@@ -23,7 +23,7 @@ from ..models import (
     TaskFilter,
     TaskOutcome,
 )
-from ..states import ACTIVE, TaskStatus
+from ..states import ACTIVE, CANCELLED_MSG, TaskStatus
 from .runners_sql import RunnerQueries
 from .schedules_sql import ScheduleQueries
 from .schema import code_revisions, codes, meta, task_events, task_log_chunks, tasks
@@ -272,7 +272,7 @@ class SqlStore(TenancyQueries, RunnerQueries, ScheduleQueries, Transactional, In
                     .where(tasks.c.id.in_(queued), tasks.c.status == TaskStatus.QUEUED.value)
                     .values(
                         status=TaskStatus.CANCELLED.value,
-                        msg="cancelled by user",
+                        msg=CANCELLED_MSG,
                         end_time=now,
                         updated_at=now,
                     )
@@ -419,7 +419,7 @@ class SqlStore(TenancyQueries, RunnerQueries, ScheduleQueries, Transactional, In
                     .where(tasks.c.id == task_id, tasks.c.status == TaskStatus.QUEUED.value)
                     .values(
                         status=TaskStatus.CANCELLED.value,
-                        msg="cancelled by user",
+                        msg=CANCELLED_MSG,
                         end_time=now,
                         updated_at=now,
                     )
@@ -498,7 +498,7 @@ class SqlStore(TenancyQueries, RunnerQueries, ScheduleQueries, Transactional, In
     def _owned(self, task_id: str, runner_id: str) -> Any:
         return sa.and_(tasks.c.id == task_id, tasks.c.runner_id == runner_id, tasks.c.status.in_(_ACTIVE))
 
-    def mark_running(self, task_id: str, runner_id: str, start_time: float) -> bool:
+    def mark_running(self, task_id: str, runner_id: str, start_time: float, container_id: str = "") -> bool:
         with self._write() as conn:
             result = conn.execute(
                 tasks.update()
@@ -511,8 +511,34 @@ class SqlStore(TenancyQueries, RunnerQueries, ScheduleQueries, Transactional, In
                 )
             )
             if result.rowcount:
-                self._event(conn, task_id, "started", f"container started by runner {runner_id}")
+                self._event(
+                    conn, task_id, "started", f"container {container_id[:12]} started by runner {runner_id}"
+                )
             return bool(result.rowcount)
+
+    def record_unreported_start(self, task_id: str, container_id: str, runner_id: str) -> bool:
+        """Count a container start that its runner never reported (it died, or lost its lease,
+        between starting the container and saying so), whatever state the task is in now.
+        Returns False when that start was already counted."""
+        marker = f"container {container_id[:12]} "
+        with self._write() as conn:
+            counted = conn.execute(
+                sa.select(task_events.c.id).where(
+                    task_events.c.task_id == task_id,
+                    task_events.c.kind == "started",
+                    task_events.c.detail.startswith(marker, autoescape=True),
+                )
+            ).first()
+            if counted is not None:
+                return False
+            updated = conn.execute(
+                tasks.update().where(tasks.c.id == task_id).values(attempts=tasks.c.attempts + 1)
+            ).rowcount
+            if updated:
+                self._event(
+                    conn, task_id, "started", f"{marker}started by runner {runner_id}, never reported"
+                )
+            return bool(updated)
 
     def finish(self, task_id: str, runner_id: str, outcome: TaskOutcome) -> bool:
         now = timeutil.now()
@@ -555,7 +581,7 @@ class SqlStore(TenancyQueries, RunnerQueries, ScheduleQueries, Transactional, In
             self._event(conn, task_id, "retried", detail)
 
     def requeue_after_infra_failure(
-        self, task_id: str, runner_id: str, reason: str, budget: int, delay: float
+        self, task_id: str, runner_id: str, reason: str, budget: int, delay: float, max_delay: float = 60.0
     ) -> Task | None:
         with self._write() as conn:
             row = conn.execute(
@@ -564,26 +590,55 @@ class SqlStore(TenancyQueries, RunnerQueries, ScheduleQueries, Transactional, In
             if row is None:
                 self._event(conn, task_id, "late_report_refused", f"runner {runner_id}: infrastructure error")
                 return None
-            self._requeue_or_fail(conn, Task.from_row(row), reason, budget, delay)
+            self._requeue_or_fail(conn, Task.from_row(row), reason, budget, delay, max_delay)
             return self._task(conn, task_id)
 
-    def _requeue_or_fail(self, conn: Connection, task: Task, reason: str, budget: int, delay: float) -> None:
+    def release(self, task_id: str, runner_id: str, reason: str) -> bool:
+        """Hand a task back to the queue at its old place, without spending its retry budget:
+        its runner cannot run anything now (its engine is unreachable), through no fault of the
+        task. A cancel requested meanwhile ends it as cancelled."""
+        now = timeutil.now()
+        with self._write() as conn:
+            row = conn.execute(
+                tasks.select().where(self._owned(task_id, runner_id)).with_for_update()
+            ).first()
+            if row is None:
+                return False
+            if row.cancel_requested:
+                values: dict[str, Any] = dict(
+                    status=TaskStatus.CANCELLED.value, msg=CANCELLED_MSG, end_time=now
+                )
+                kind = "cancelled"
+            else:
+                values = dict(
+                    status=TaskStatus.QUEUED.value, msg=f"waiting: {reason}", start_time=None, runner_id=None
+                )
+                kind = "released"
+            conn.execute(
+                tasks.update()
+                .where(self._owned(task_id, runner_id))
+                .values(lease_expires_at=None, updated_at=now, **values)
+            )
+            self._event(conn, task_id, kind, f"runner {runner_id}: {reason}")
+            return True
+
+    def _requeue_or_fail(
+        self, conn: Connection, task: Task, reason: str, budget: int, delay: float, max_delay: float
+    ) -> None:
         now = timeutil.now()
         owned = sa.and_(
             tasks.c.id == task.id, tasks.c.runner_id == task.runner_id, tasks.c.status.in_(_ACTIVE)
         )
         attempts = task.infra_attempts + 1
         if task.cancel_requested:
-            values: dict[str, Any] = dict(
-                status=TaskStatus.CANCELLED.value, msg="cancelled by user", end_time=now
-            )
+            values: dict[str, Any] = dict(status=TaskStatus.CANCELLED.value, msg=CANCELLED_MSG, end_time=now)
             kind = "cancelled"
         elif attempts > budget:
             msg = f"infrastructure error: {reason} (gave up after {attempts} attempts)"
             values = dict(status=TaskStatus.ERROR.value, msg=msg, end_time=now)
             kind = "error"
         else:
-            backoff = delay * 2 ** (attempts - 1)
+            backoff = min(delay * 2 ** (attempts - 1), max_delay)
             values = dict(
                 status=TaskStatus.QUEUED.value,
                 msg=f"retrying after infrastructure error: {reason}",
@@ -621,7 +676,7 @@ class SqlStore(TenancyQueries, RunnerQueries, ScheduleQueries, Transactional, In
             ).all()
         return {r.id for r in rows}
 
-    def expire_leases(self, budget: int, delay: float) -> list[Task]:
+    def expire_leases(self, budget: int, delay: float, max_delay: float = 60.0) -> list[Task]:
         now = timeutil.now()
         expired: list[Task] = []
         with self._write() as conn:
@@ -633,7 +688,8 @@ class SqlStore(TenancyQueries, RunnerQueries, ScheduleQueries, Transactional, In
             ).all()
             for row in rows:
                 task = Task.from_row(row)
-                self._requeue_or_fail(conn, task, f"runner {task.runner_id} lost its lease", budget, delay)
+                reason = f"runner {task.runner_id} lost its lease"
+                self._requeue_or_fail(conn, task, reason, budget, delay, max_delay)
                 expired.append(self._task(conn, task.id))
         return expired
 
