@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from ..errors import ClientError
 from ..models import CodeSpec
 from ..runner.archive import ArchiveLimits, check_archive
+from ..runner.contract import check_launch
 from ..settings import Settings
-from ..stacks.catalog import get_stack, stack_for_runtime
 from .deps import PagingDep, ProjectDep, ServicesDep
 from .errors import describe_validation_error
 from .schemas import CodeUpload, code_json, revision_json
@@ -70,18 +70,14 @@ def _check_environment(env_vars: dict[str, str], secret_env_vars: dict[str, str]
 
 
 def _validate_spec(upload: CodeUpload, archive: bytes | None, settings: Settings) -> CodeSpec:
-    if upload.image and (upload.stack or upload.runtime):
-        raise ClientError("give either 'image' or 'stack'/'runtime', not both")
-    if not (upload.image or upload.stack or upload.runtime):
-        raise ClientError("one of 'image', 'stack' or 'runtime' is required")
-    if upload.stack:
-        get_stack(upload.stack)
-    if upload.runtime:
-        stack_for_runtime(upload.runtime)
-        if not upload.command and not upload.file_name:
-            raise ClientError("a 'runtime' upload needs 'file_name' (the file to run) or a 'command'")
-    if upload.stack and not upload.runtime and not upload.command:
-        raise ClientError("a 'stack' upload needs a 'command'")
+    check_launch(
+        image=upload.image,
+        stack=upload.stack,
+        runtime=upload.runtime,
+        command=upload.command,
+        file_name=upload.file_name,
+        option=lambda field: f"'{field}'",
+    )
     if upload.file_name and archive is not None:
         with zipfile.ZipFile(io.BytesIO(archive)) as zipped:
             if upload.file_name not in zipped.namelist():

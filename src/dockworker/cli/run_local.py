@@ -86,22 +86,18 @@ def run_local(
 
 def check_spec(spec: CodeSpec, directory: Path) -> None:
     """The checks an upload of the same directory and options would get."""
-    from ..stacks.catalog import get_stack, stack_for_runtime
+    from ..runner.contract import check_launch
 
     if not directory.is_dir():
         raise ClientError(f"{directory} is not a directory")
-    if spec.image and (spec.stack or spec.runtime):
-        raise ClientError("give either --image or --stack/--runtime, not both")
-    if not (spec.image or spec.stack or spec.runtime):
-        raise ClientError("give one of --stack, --image or --runtime")
-    if spec.stack:
-        get_stack(spec.stack)
-    if spec.runtime:
-        stack_for_runtime(spec.runtime)
-        if not spec.command and not spec.file_name:
-            raise ClientError("--runtime needs --file-name (the file to run) or --command")
-    if spec.stack and not spec.runtime and not spec.command:
-        raise ClientError("--stack needs --command (or --runtime and --file-name)")
+    check_launch(
+        image=spec.image,
+        stack=spec.stack,
+        runtime=spec.runtime,
+        command=spec.command,
+        file_name=spec.file_name,
+        option=lambda field: "--" + field.replace("_", "-"),
+    )
     if spec.file_name and not (directory / spec.file_name).is_file():
         raise ClientError(f"--file-name {spec.file_name!r} is not a file in {directory}")
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine import Bind, ContainerSpec
 from ..engine.adapter import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
-from ..errors import TaskSetupError
+from ..errors import ClientError, TaskSetupError
 from ..models import CodeSpec
 from ..settings import MB, Settings
 from ..stacks.catalog import get_stack, legacy_command, stack_for_runtime
@@ -29,6 +30,35 @@ class TaskFiles:
     task_dir: Path
     code_dir: Path | None
     hosts_file: Path
+
+
+def check_launch(
+    *,
+    image: str | None,
+    stack: str | None,
+    runtime: str | None,
+    command: str | None,
+    file_name: str | None,
+    option: Callable[[str], str],
+) -> None:
+    """How a code package starts: an image, or a stack/runtime with a command or a file to run.
+    ``option`` names a field as the caller's user knows it (API field or CLI option)."""
+    if image and (stack or runtime):
+        raise ClientError(f"give either {option('image')} or {option('stack')}/{option('runtime')}, not both")
+    if not (image or stack or runtime):
+        raise ClientError(f"give one of {option('stack')}, {option('image')} or {option('runtime')}")
+    if stack:
+        get_stack(stack)
+    if runtime:
+        stack_for_runtime(runtime)
+        if not command and not file_name:
+            raise ClientError(
+                f"{option('runtime')} needs {option('file_name')} (the file to run) or {option('command')}"
+            )
+    if stack and not runtime and not command:
+        raise ClientError(
+            f"{option('stack')} needs {option('command')} (or {option('runtime')} and {option('file_name')})"
+        )
 
 
 def resolve_image(spec: CodeSpec) -> str:

@@ -8,16 +8,15 @@ import logging
 import selectors
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from .. import ids, timeutil
+from .. import ids
 from ..errors import ClientError
-from ..models import Task
 from .schema import meta
 from .sql import SqlStore
 from .wakeup import WorkSignal
@@ -97,6 +96,8 @@ class PostgresStore(SqlStore):
     allows, for a runner's slots), ``pool_size`` of them kept open when idle; plus the
     listener's connection once something waits for work."""
 
+    claim_statement = CLAIM
+
     def __init__(self, url: str, *, pool_size: int = 5, max_overflow: int = 27) -> None:
         super().__init__()
         self.engine = sa.create_engine(
@@ -140,22 +141,8 @@ class PostgresStore(SqlStore):
                 conn.execute(sa.select(meta.c.value).where(meta.c.key == "installation_id")).scalar_one()
             )
 
-    def claim(
-        self, runner_id: str, clusters: Sequence[str], lease_ttl: float, starvation_s: float = 300.0
-    ) -> Task | None:
-        now = timeutil.now()
-        with self._write() as conn:
-            row = conn.execute(
-                CLAIM,
-                {
-                    "runner_id": runner_id,
-                    "lease_expires_at": now + lease_ttl,
-                    "starved_before": now - starvation_s,
-                    "now": now,
-                    "clusters": list(clusters),
-                },
-            ).first()
-        return None if row is None else Task.from_row(row)
+    def _record_claim(self, conn: sa.Connection, task_id: str, runner_id: str) -> None:
+        """The claim statement writes its event itself."""
 
     # --- wake-ups -------------------------------------------------------------------------------
 

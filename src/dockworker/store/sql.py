@@ -6,7 +6,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -490,10 +490,30 @@ class SqlStore(TenancyQueries, RunnerQueries, ScheduleQueries, Transactional, In
 
     # --- tasks: the runner's side ---------------------------------------------------------------
 
-    @abc.abstractmethod
+    # The dialect's claim: one statement that picks and leases a task and RETURNS its row.
+    claim_statement: ClassVar[sa.TextClause]
+
     def claim(
         self, runner_id: str, clusters: Sequence[str], lease_ttl: float, starvation_s: float = 300.0
-    ) -> Task | None: ...
+    ) -> Task | None:
+        now = timeutil.now()
+        parameters = {
+            "runner_id": runner_id,
+            "lease_expires_at": now + lease_ttl,
+            "starved_before": now - starvation_s,
+            "now": now,
+            "clusters": list(clusters),
+        }
+        with self._write() as conn:
+            row = conn.execute(self.claim_statement, parameters).first()
+            if row is None:
+                return None
+            self._record_claim(conn, row.id, runner_id)
+            return Task.from_row(row)
+
+    def _record_claim(self, conn: Connection, task_id: str, runner_id: str) -> None:
+        """The claim's event, for dialects whose claim statement does not write it itself."""
+        self._event(conn, task_id, "claimed", f"runner {runner_id}")
 
     def _owned(self, task_id: str, runner_id: str) -> Any:
         return sa.and_(tasks.c.id == task_id, tasks.c.runner_id == runner_id, tasks.c.status.in_(_ACTIVE))

@@ -3,15 +3,12 @@ never wait, and a claim that is one ``UPDATE ... RETURNING`` statement."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from .. import timeutil
-from ..models import Task
 from .sql import SqlStore
 
 # Priority 2 first, then the oldest runnable task; a task runnable for longer than the
@@ -58,6 +55,8 @@ def _on_begin(conn: sa.Connection) -> None:
 
 
 class SqliteStore(SqlStore):
+    claim_statement = CLAIM
+
     def __init__(self, url: str) -> None:
         super().__init__()
         database = sa.engine.make_url(url).database
@@ -75,23 +74,3 @@ class SqliteStore(SqlStore):
 
     def _read_options(self) -> dict[str, Any]:
         return {"readonly": True}
-
-    def claim(
-        self, runner_id: str, clusters: Sequence[str], lease_ttl: float, starvation_s: float = 300.0
-    ) -> Task | None:
-        now = timeutil.now()
-        with self._write() as conn:
-            row = conn.execute(
-                CLAIM,
-                {
-                    "runner_id": runner_id,
-                    "lease_expires_at": now + lease_ttl,
-                    "starved_before": now - starvation_s,
-                    "now": now,
-                    "clusters": list(clusters),
-                },
-            ).first()
-            if row is None:
-                return None
-            self._event(conn, row.id, "claimed", f"runner {runner_id}")
-            return Task.from_row(row)
