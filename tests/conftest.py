@@ -26,7 +26,9 @@ BUSYBOX_IMAGE = "dockworker/stack-busybox:1.35"
 PYTHON_IMAGE = "dockworker/stack-python:3.11"
 
 
-def _require(condition: bool, reason: str) -> None:
+def require(condition: bool, reason: str) -> None:
+    """Skip when a real dependency is missing on a developer's machine; fail in CI, where
+    scripts/setup.sh installs every one of them."""
     if condition:
         return
     if IN_CI:
@@ -69,7 +71,7 @@ def pg_databases() -> Iterator[Databases]:
     try:
         databases = Databases()
     except psycopg.OperationalError as exc:
-        _require(False, f"no PostgreSQL at {PG_URL} (start it: bash scripts/test.sh does): {exc}")
+        require(False, f"no PostgreSQL at {PG_URL} (start it: bash scripts/test.sh does): {exc}")
     databases.start()
     yield databases
     databases.close()
@@ -105,8 +107,8 @@ def engine() -> Iterator[object]:
         engine = DockerEngine()
         engine.ping()
     except DockworkerError as exc:
-        _require(False, f"no Docker engine: {exc}")
-    _require(
+        require(False, f"no Docker engine: {exc}")
+    require(
         engine.image_exists(BUSYBOX_IMAGE), f"{BUSYBOX_IMAGE} missing: run 'dockworker stacks build busybox'"
     )
     yield engine
@@ -118,7 +120,7 @@ def python_stack(engine: object) -> None:
     from dockworker.engine import DockerEngine
 
     assert isinstance(engine, DockerEngine)
-    _require(
+    require(
         engine.image_exists(PYTHON_IMAGE), f"{PYTHON_IMAGE} missing: run 'dockworker stacks build python'"
     )
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import pytest
-
 from dockworker.engine import DockerEngine
 from dockworker.stacks import Stack
-from tests.conftest import IN_CI
+from tests.conftest import require
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -217,9 +215,6 @@ def expected_lines(stack: Stack) -> list[str]:
 
 def require_stack(engine: DockerEngine, stack: Stack) -> None:
     """Skip when the stack's image is not built, except in CI, where every stack must be."""
-    if engine.image_exists(stack.image):
-        return
-    reason = f"{stack.image} missing: run 'dockworker stacks build {stack.name}'"
-    if IN_CI:
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(reason)
+    require(
+        engine.image_exists(stack.image), f"{stack.image} missing: run 'dockworker stacks build {stack.name}'"
+    )

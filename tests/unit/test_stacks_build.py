@@ -121,8 +121,10 @@ def test_dynamic_busybox_fails_clearly(tmp_path: Path) -> None:
 
 # --- the busybox stack ---------------------------------------------------------------------
 
+# In CI (scripts/setup.sh installs busybox-static) these always run, and fail if it is missing.
 needs_host_busybox = pytest.mark.skipif(
-    not busybox.HOST_BUSYBOX.is_file() or busybox.static_elf_problem(busybox.HOST_BUSYBOX) is not None,
+    os.environ.get("CI") != "true"
+    and (not busybox.HOST_BUSYBOX.is_file() or busybox.static_elf_problem(busybox.HOST_BUSYBOX) is not None),
     reason="needs the static /bin/busybox of the busybox-static package",
 )
 
