@@ -12,6 +12,8 @@ command -v dockerd >/dev/null || need_packages+=(docker.io)
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || need_packages+=(busybox-static)
 command -v debootstrap >/dev/null || need_packages+=(debootstrap)
 command -v file >/dev/null || need_packages+=(file)
+# The HUD's browser tests drive Debian's Chromium through Playwright (no browser download).
+[ -x /usr/bin/chromium ] || need_packages+=(chromium)
 if [ ${#need_packages[@]} -gt 0 ]; then
   say "Installing ${need_packages[*]}"
   as_root apt-get update -q
