@@ -61,6 +61,8 @@ class Settings:
     max_code_entries: int = 10_000
     max_batch_tasks: int = 1000
     task_user: str = "1000:1000"
+    metrics_token: str | None = None  # besides an admin token, this bearer token may read /metrics
+    hud_session_s: int = 8 * 3600  # a HUD login lasts this long
     limits: Limits = field(default_factory=Limits)
 
     @property

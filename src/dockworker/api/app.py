@@ -15,9 +15,10 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..settings import Settings
 from ..store import Store
-from . import admin, codes, projects, runners, schedules, tasks, webhooks
+from . import admin, codes, metrics, projects, runners, schedules, tasks, webhooks
 from .deps import Services
 from .errors import install_error_handlers
+from .hud import install_hud
 from .limits import BodySizeLimit, RefuseNulInUrl
 from .responses import ADMIN_RESPONSES, ERROR_RESPONSES
 
@@ -55,6 +56,8 @@ def create_app(
     app.include_router(schedules.router, responses=ERROR_RESPONSES)
     app.include_router(runners.router, responses=ADMIN_RESPONSES)
     app.include_router(admin.router, responses=ADMIN_RESPONSES)
+    metrics.install_metrics(app, store, settings)
+    install_hud(app)
     app.add_middleware(
         BodySizeLimit,
         default_limit=settings.max_request_bytes,

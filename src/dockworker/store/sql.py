@@ -24,6 +24,7 @@ from ..models import (
     TaskOutcome,
 )
 from ..states import ACTIVE, CANCELLED_MSG, TaskStatus
+from .analytics_sql import AnalyticsQueries
 from .runners_sql import RunnerQueries
 from .schedules_sql import ScheduleQueries
 from .schema import code_revisions, codes, meta, task_events, task_log_chunks, tasks
@@ -58,7 +59,15 @@ def _revision_from_row(row: Any) -> CodeRevision:
 _REVISION_COLUMNS = [c for c in code_revisions.c if c.name != "archive"]
 
 
-class SqlStore(TenancyQueries, RunnerQueries, ScheduleQueries, Transactional, InProcessWakeUps, abc.ABC):
+class SqlStore(
+    TenancyQueries,
+    RunnerQueries,
+    ScheduleQueries,
+    AnalyticsQueries,
+    Transactional,
+    InProcessWakeUps,
+    abc.ABC,
+):
     """Everything but the claim and the connection setup. Dialects call ``super().__init__()``."""
 
     def migrate(self) -> None:

@@ -1,0 +1,349 @@
+"""What the HUD and ``/metrics`` read and write beyond the API's own queries: per-package counts,
+time series, monthly usage, the store-wide metrics snapshot, the session-signing secret and ended
+sessions (both in ``meta``), schedules by status, and a package's config edited in a new revision
+that reuses the archive.
+
+Counts and series read through indexes: active tasks by ``ix_tasks_code_status``, a project's
+recent tasks by ``ix_tasks_project_created``. The metrics snapshot is one grouped pass over the
+tasks table (see docs/deployment.md, Monitoring, for its cost)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from .. import ids, timeutil
+from ..errors import NotFound
+from ..models import Schedule
+from ..states import ACTIVE, TERMINAL, TaskStatus
+from .schema import code_revisions, codes, meta, schedules, tasks
+from .transactions import Transactional
+
+HUD_SECRET_KEY = "hud_session_secret"
+_ENDED_PREFIX = "hud_ended:"
+# Failures in the analytics: the task ran and did not succeed.
+FAILED = frozenset({TaskStatus.ERROR, TaskStatus.TIMEOUT, TaskStatus.KILLED})
+
+_ACTIVE = sorted(s.value for s in ACTIVE | {TaskStatus.QUEUED})
+_TERMINAL = sorted(s.value for s in TERMINAL)
+_FAILED = sorted(s.value for s in FAILED)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeriesPoint:
+    """One bucket of one group (a cluster or a code package's name) in a time series."""
+
+    group: str
+    bucket: int  # the bucket's start, epoch seconds
+    tasks: int
+    failed: int
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageDay:
+    day: int  # the day's start (UTC), epoch seconds
+    cluster: str
+    priority: int
+    tasks_run: int
+    compute_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskGroupStats:
+    """Store-wide figures of the tasks of one (project, package, status, priority)."""
+
+    project_id: str
+    code_name: str
+    status: str
+    priority: int
+    count: int
+    attempts: int
+    infra_attempts: int
+    timed: int  # tasks with a start and an end: the duration histogram's count
+    duration_sum: float
+    duration_buckets: tuple[int, ...]  # cumulative, one per bound
+    started: int  # tasks that started: the queue-wait histogram's count
+    wait_sum: float
+    wait_buckets: tuple[int, ...]
+    oldest_runnable: float | None  # queued tasks only: the earliest run_at that is due
+
+
+def _bucket(column: Any, size: int, dialect: str) -> Any:
+    """The start of the ``size``-second bucket of an epoch-seconds column (UTC)."""
+    if dialect == "postgresql":
+        return sa.cast(sa.func.floor(column / size), sa.BigInteger) * size
+    # SQLite's CAST truncates toward zero, which is the floor for times after 1970.
+    return sa.cast(column / size, sa.Integer) * size
+
+
+def _cumulative(value: Any, bounds: Sequence[float], condition: Any) -> list[Any]:
+    return [
+        sa.func.sum(sa.case((sa.and_(condition, value <= bound), 1), else_=0)).label(f"b{index}")
+        for index, bound in enumerate(bounds)
+    ]
+
+
+class AnalyticsQueries(Transactional):
+    # --- the HUD's sessions -------------------------------------------------------------------
+
+    def hud_secret(self) -> str:
+        """The key that signs HUD session cookies, made once per database so that every API
+        server accepts the sessions of the others. Deleting it ends every session."""
+        for _ in range(2):
+            with self._read() as conn:
+                found = conn.execute(sa.select(meta.c.value).where(meta.c.key == HUD_SECRET_KEY)).scalar()
+            if found is not None:
+                return str(found)
+            try:
+                with self._write() as conn:
+                    conn.execute(meta.insert().values(key=HUD_SECRET_KEY, value=secrets.token_hex(32)))
+            except IntegrityError:
+                pass  # another API server made it first: read theirs
+        raise RuntimeError("the HUD secret could not be stored")
+
+    @staticmethod
+    def _ended_key(session_id: str, expires_at: float) -> str:
+        # The expiry leads the key so that ended sessions past it are purged by a range.
+        return f"{_ENDED_PREFIX}{int(expires_at):012d}:{session_id}"
+
+    def end_hud_session(self, session_id: str, expires_at: float) -> None:
+        """Record a logged-out session until it would have expired anyway."""
+        key = self._ended_key(session_id, expires_at)
+        now = timeutil.now()
+        with self._write() as conn:
+            conn.execute(
+                meta.delete().where(
+                    meta.c.key >= _ENDED_PREFIX, meta.c.key < self._ended_key("", now), meta.c.key != key
+                )
+            )
+            if conn.execute(sa.select(meta.c.key).where(meta.c.key == key)).first() is None:
+                conn.execute(meta.insert().values(key=key, value=timeutil.rfc3339(now)))
+
+    def hud_session_ended(self, session_id: str, expires_at: float) -> bool:
+        key = self._ended_key(session_id, expires_at)
+        with self._read() as conn:
+            return conn.execute(sa.select(meta.c.key).where(meta.c.key == key)).first() is not None
+
+    # --- code packages ------------------------------------------------------------------------
+
+    def update_code_config(self, project_id: str, code_id: str, config: str | None) -> int:
+        """A new revision of the package with this config and everything else of the latest one,
+        the archive included (copied by the database, not through this process). Returns the new
+        revision number."""
+        now = timeutil.now()
+        with self._write() as conn:
+            code = conn.execute(
+                codes.select()
+                .where(codes.c.id == code_id, codes.c.project_id == project_id)
+                .with_for_update()
+            ).first()
+            if code is None:
+                raise NotFound("Code package not found")
+            latest = conn.execute(
+                sa.select(code_revisions.c.spec, code_revisions.c.checksum, code_revisions.c.code_size).where(
+                    code_revisions.c.id == code.latest_revision_id
+                )
+            ).one()
+            revision_id, rev = ids.new_id(), code.rev + 1
+            conn.execute(
+                code_revisions.insert().values(
+                    id=revision_id,
+                    code_id=code_id,
+                    project_id=project_id,
+                    rev=rev,
+                    spec={**latest.spec, "config": config},
+                    checksum=latest.checksum,
+                    code_size=latest.code_size,
+                    archive=None,
+                    created_at=now,
+                )
+            )
+            previous_archive = (
+                sa.select(code_revisions.c.archive)
+                .where(code_revisions.c.id == code.latest_revision_id)
+                .scalar_subquery()
+            )
+            conn.execute(
+                code_revisions.update()
+                .where(code_revisions.c.id == revision_id)
+                .values(archive=previous_archive)
+            )
+            conn.execute(
+                codes.update()
+                .where(codes.c.id == code_id)
+                .values(rev=rev, latest_revision_id=revision_id, updated_at=now)
+            )
+            return int(rev)
+
+    def package_counts(
+        self, project_id: str, code_ids: Sequence[str], since: float
+    ) -> dict[str, dict[str, int]]:
+        """Per package: its tasks queued, preparing and running now, and its tasks created since
+        ``since`` that ended, per terminal status."""
+        counts: dict[str, dict[str, int]] = {code_id: dict.fromkeys(TaskStatus, 0) for code_id in code_ids}
+        if not code_ids:
+            return counts
+        with self._read() as conn:
+            active = conn.execute(
+                sa.select(tasks.c.code_id, tasks.c.status, sa.func.count())
+                .where(tasks.c.code_id.in_(list(code_ids)), tasks.c.status.in_(_ACTIVE))
+                .group_by(tasks.c.code_id, tasks.c.status)
+            ).all()
+            ended = conn.execute(
+                sa.select(tasks.c.code_id, tasks.c.status, sa.func.count())
+                .where(
+                    tasks.c.project_id == project_id,
+                    tasks.c.created_at >= since,
+                    tasks.c.status.in_(_TERMINAL),
+                )
+                .group_by(tasks.c.code_id, tasks.c.status)
+            ).all()
+        for code_id, status, count in [*active, *ended]:
+            if code_id in counts:
+                counts[code_id][TaskStatus(status)] = int(count)
+        return counts
+
+    # --- analytics ----------------------------------------------------------------------------
+
+    def task_series(self, project_id: str, since: float, bucket_s: int, by: str) -> list[SeriesPoint]:
+        """Tasks created since ``since``, per ``bucket_s`` seconds and per ``by`` ("cluster" or
+        "code"): how many, how many failed, and the total time their containers ran."""
+        group = tasks.c.cluster if by == "cluster" else tasks.c.code_name
+        bucket = _bucket(tasks.c.created_at, bucket_s, self.engine.dialect.name).label("bucket")
+        ran = sa.and_(tasks.c.start_time.is_not(None), tasks.c.end_time.is_not(None))
+        query = (
+            sa.select(
+                group.label("grp"),
+                bucket,
+                sa.func.count().label("n"),
+                sa.func.sum(sa.case((tasks.c.status.in_(_FAILED), 1), else_=0)).label("failed"),
+                sa.func.sum(sa.case((ran, tasks.c.end_time - tasks.c.start_time), else_=0.0)).label("dur"),
+            )
+            .where(tasks.c.project_id == project_id, tasks.c.created_at >= since)
+            .group_by(group, bucket)
+            .order_by(group, bucket)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            SeriesPoint(
+                group=str(r.grp),
+                bucket=int(r.bucket),
+                tasks=int(r.n),
+                failed=int(r.failed or 0),
+                duration_s=float(r.dur or 0.0),
+            )
+            for r in rows
+        ]
+
+    def usage_days(self, project_id: str, since: float) -> list[UsageDay]:
+        """Per UTC day (of creation), cluster and priority: tasks that ran, and their compute
+        seconds (the time their containers ran)."""
+        day = _bucket(tasks.c.created_at, 86400, self.engine.dialect.name).label("day")
+        ran = sa.and_(tasks.c.start_time.is_not(None), tasks.c.end_time.is_not(None))
+        query = (
+            sa.select(
+                day,
+                tasks.c.cluster,
+                tasks.c.priority,
+                sa.func.count().label("n"),
+                sa.func.sum(sa.case((ran, tasks.c.end_time - tasks.c.start_time), else_=0.0)).label("dur"),
+            )
+            .where(
+                tasks.c.project_id == project_id,
+                tasks.c.created_at >= since,
+                tasks.c.start_time.is_not(None),
+            )
+            .group_by(day, tasks.c.cluster, tasks.c.priority)
+            .order_by(day)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        return [
+            UsageDay(
+                day=int(r.day),
+                cluster=str(r.cluster),
+                priority=int(r.priority),
+                tasks_run=int(r.n),
+                compute_s=float(r.dur or 0.0),
+            )
+            for r in rows
+        ]
+
+    # --- /metrics -----------------------------------------------------------------------------
+
+    def task_group_stats(
+        self, duration_bounds: Sequence[float], wait_bounds: Sequence[float]
+    ) -> list[TaskGroupStats]:
+        """Every task of the store, grouped by project, package name, status and priority, with
+        cumulative histogram counts of how long containers ran (started and ended tasks) and of
+        how long tasks waited, once runnable, for their container (started tasks)."""
+        now = timeutil.now()
+        duration = tasks.c.end_time - tasks.c.start_time
+        wait = tasks.c.start_time - tasks.c.run_at
+        timed = sa.and_(tasks.c.start_time.is_not(None), tasks.c.end_time.is_not(None))
+        started = tasks.c.start_time.is_not(None)
+        due = sa.and_(tasks.c.status == TaskStatus.QUEUED.value, tasks.c.run_at <= now)
+        columns = [
+            tasks.c.project_id,
+            tasks.c.code_name,
+            tasks.c.status,
+            tasks.c.priority,
+            sa.func.count().label("n"),
+            sa.func.sum(tasks.c.attempts).label("attempts"),
+            sa.func.sum(tasks.c.infra_attempts).label("infra"),
+            sa.func.sum(sa.case((timed, 1), else_=0)).label("timed"),
+            sa.func.sum(sa.case((timed, duration), else_=0.0)).label("dur"),
+            sa.func.sum(sa.case((started, 1), else_=0)).label("started"),
+            sa.func.sum(sa.case((started, wait), else_=0.0)).label("wait"),
+            sa.func.min(sa.case((due, tasks.c.run_at), else_=None)).label("oldest"),
+        ]
+        duration_columns = _cumulative(duration, duration_bounds, timed)
+        wait_columns = [c.label(f"w{i}") for i, c in enumerate(_cumulative(wait, wait_bounds, started))]
+        keys = (tasks.c.project_id, tasks.c.code_name, tasks.c.status, tasks.c.priority)
+        query = sa.select(*columns, *duration_columns, *wait_columns).group_by(*keys)
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        stats = []
+        for r in rows:
+            values = r._mapping
+            stats.append(
+                TaskGroupStats(
+                    project_id=str(r.project_id),
+                    code_name=str(r.code_name),
+                    status=str(r.status),
+                    priority=int(r.priority),
+                    count=int(r.n),
+                    attempts=int(r.attempts or 0),
+                    infra_attempts=int(r.infra or 0),
+                    timed=int(r.timed or 0),
+                    duration_sum=float(r.dur or 0.0),
+                    duration_buckets=tuple(int(values[f"b{i}"] or 0) for i in range(len(duration_bounds))),
+                    started=int(r.started or 0),
+                    wait_sum=max(0.0, float(r.wait or 0.0)),
+                    wait_buckets=tuple(int(values[f"w{i}"] or 0) for i in range(len(wait_bounds))),
+                    oldest_runnable=None if r.oldest is None else float(r.oldest),
+                )
+            )
+        return stats
+
+    # --- schedules ----------------------------------------------------------------------------
+
+    def list_schedules_by_status(
+        self, project_id: str, statuses: Sequence[str], page: int, per_page: int
+    ) -> list[Schedule]:
+        with self._read() as conn:
+            rows = conn.execute(
+                schedules.select()
+                .where(schedules.c.project_id == project_id, schedules.c.status.in_(list(statuses)))
+                .order_by(schedules.c.created_at.desc(), schedules.c.id.desc())
+                .limit(per_page)
+                .offset(page * per_page)
+            ).all()
+        return [Schedule.from_row(r) for r in rows]
