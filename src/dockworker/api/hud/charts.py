@@ -88,17 +88,12 @@ def bar_chart(
         Tick(x=LEFT - 4, y=baseline, text="0", anchor="end"),
         Tick(x=LEFT - 4, y=TOP + 8, text=show(top_value), anchor="end"),
     )
-    anchors = {0: "start", len(buckets) // 2: "middle", len(buckets) - 1: "end"}
+    # The first date at the left edge, the middle one centred, the last at the right edge.
+    places = {0: (LEFT, "start"), len(buckets) // 2: (LEFT + plot_width / 2, "middle")}
+    places[len(buckets) - 1] = (WIDTH, "end")
     x_ticks = tuple(
-        Tick(
-            x=round(LEFT + (index + 0.5) * step, 2)
-            if anchor == "middle"
-            else (LEFT if index == 0 else WIDTH),
-            y=HEIGHT - 4,
-            text=bucket_label(buckets[index], bucket_s)[:10],
-            anchor=anchor,
-        )
-        for index, anchor in sorted(anchors.items())
+        Tick(x=round(x, 2), y=HEIGHT - 4, text=bucket_label(buckets[index], bucket_s)[:10], anchor=anchor)
+        for index, (x, anchor) in sorted(places.items())
         if buckets
     )
     first_series = series[0][2] if series else {}
