@@ -27,3 +27,4 @@ def install_hud(app: FastAPI) -> None:
     app.mount("/hud/static", _Static(directory=str(HERE / "static")), name="hud-static")
     for module in (login, tasks, codes, schedules, analytics):
         app.include_router(module.router)
+    app.include_router(login.fallback)

@@ -13,7 +13,7 @@ from .. import codes as codes_api
 from ..deps import ServicesDep
 from ..schemas import FILTERED
 from .session import Flash
-from .web import FormViewerDep, HudRoute, ProjectDep, ViewerDep, redirect, render
+from .web import FormViewerDep, HudRoute, ProjectDep, ViewerDep, page_of, redirect, render
 
 router = APIRouter(prefix="/hud/projects/{project_id}/codes", route_class=HudRoute, include_in_schema=False)
 
@@ -28,16 +28,16 @@ def code_list(
     project: ProjectDep,
     page: Annotated[int, Query(ge=0, le=10_000)] = 0,
 ) -> Response:
-    codes = svc.store.list_codes(project.id, page, PER_PAGE + 1)
+    codes, more = page_of(lambda number, size: svc.store.list_codes(project.id, number, size), page, PER_PAGE)
     return render(
         request,
         "codes.html",
         who=who,
         project=project,
         tab="codes",
-        codes=codes[:PER_PAGE],
+        codes=codes,
         page=page,
-        more=len(codes) > PER_PAGE,
+        more=more,
     )
 
 
@@ -51,7 +51,9 @@ def code_page(
     page: Annotated[int, Query(ge=0, le=10_000)] = 0,
 ) -> Response:
     code = svc.store.get_code(project.id, code_id)
-    revisions = svc.store.list_revisions(project.id, code_id, page, PER_PAGE + 1)
+    revisions, more = page_of(
+        lambda number, size: svc.store.list_revisions(project.id, code_id, number, size), page, PER_PAGE
+    )
     webhook = f"{str(request.base_url).rstrip('/')}/2/projects/{project.id}/codes/{code.id}/webhook"
     return render(
         request,
@@ -61,9 +63,9 @@ def code_page(
         tab="codes",
         code=code,
         spec=code.latest_revision.spec,
-        revisions=revisions[:PER_PAGE],
+        revisions=revisions,
         page=page,
-        more=len(revisions) > PER_PAGE,
+        more=more,
         webhook=webhook,
         filtered=FILTERED,
         max_config_bytes=svc.settings.max_config_bytes,

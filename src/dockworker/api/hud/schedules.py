@@ -21,7 +21,7 @@ from ..errors import describe_validation_error
 from ..schemas import ScheduleIn, SchedulesIn
 from .session import Flash
 from .tasks import _number
-from .web import FormValuesDep, FormViewerDep, HudRoute, ProjectDep, ViewerDep, redirect, render
+from .web import FormValuesDep, FormViewerDep, HudRoute, ProjectDep, ViewerDep, page_of, redirect, render
 
 router = APIRouter(
     prefix="/hud/projects/{project_id}/schedules", route_class=HudRoute, include_in_schema=False
@@ -57,17 +57,21 @@ def schedule_list(
     show: Annotated[str, Query(pattern="^(current|ended|cancelled)$")] = "current",
     page: Annotated[int, Query(ge=0, le=10_000)] = 0,
 ) -> Response:
-    found = svc.store.list_schedules_by_status(project.id, SHOWN[show], page, PER_PAGE + 1)
+    found, more = page_of(
+        lambda number, size: svc.store.list_schedules_by_status(project.id, SHOWN[show], number, size),
+        page,
+        PER_PAGE,
+    )
     return render(
         request,
         "schedules.html",
         who=who,
         project=project,
         tab="schedules",
-        schedules=[schedules_api.present(s) for s in found[:PER_PAGE]],
+        schedules=[schedules_api.present(s) for s in found],
         show=show,
         page=page,
-        more=len(found) > PER_PAGE,
+        more=more,
     )
 
 

@@ -28,7 +28,7 @@ from ..errors import describe_validation_error
 from ..schemas import TaskIn, TasksIn
 from .masking import mask_payload
 from .session import Flash
-from .web import FormValuesDep, FormViewerDep, HudRoute, ProjectDep, ViewerDep, redirect, render
+from .web import FormValuesDep, FormViewerDep, HudRoute, ProjectDep, ViewerDep, page_of, redirect, render
 
 router = APIRouter(prefix="/hud/projects/{project_id}", route_class=HudRoute, include_in_schema=False)
 
@@ -57,8 +57,7 @@ def project_page(
     project: ProjectDep,
     page: Annotated[int, Query(ge=0, le=10_000)] = 0,
 ) -> Response:
-    codes = svc.store.list_codes(project.id, page, PER_PAGE + 1)
-    shown = codes[:PER_PAGE]
+    shown, more = page_of(lambda number, size: svc.store.list_codes(project.id, number, size), page, PER_PAGE)
     counts = svc.store.package_counts(project.id, [c.id for c in shown], timeutil.now() - DAY_S)
     rows = [(code, _columns(counts[code.id])) for code in shown]
     return render(
@@ -70,7 +69,7 @@ def project_page(
         rows=rows,
         columns=COUNT_COLUMNS,
         page=page,
-        more=len(codes) > PER_PAGE,
+        more=more,
     )
 
 
@@ -96,9 +95,13 @@ def code_tasks(
 ) -> Response:
     code = svc.store.get_code(project.id, code_id)
     statuses = _statuses(status)
-    found = svc.store.list_tasks(
-        project.id, TaskFilter(code_name=code.name, statuses=statuses, page=page, per_page=PER_PAGE + 1)
-    )
+
+    def fetch(number: int, size: int) -> list[Task]:
+        return svc.store.list_tasks(
+            project.id, TaskFilter(code_name=code.name, statuses=statuses, page=number, per_page=size)
+        )
+
+    found, more = page_of(fetch, page, PER_PAGE)
     counts = svc.store.package_counts(project.id, [code.id], timeutil.now() - DAY_S)[code.id]
     chosen = sorted(s.value for s in statuses)
 
@@ -109,8 +112,8 @@ def code_tasks(
         project=project,
         tab="tasks",
         code=code,
-        tasks=found[:PER_PAGE],
-        more=len(found) > PER_PAGE,
+        tasks=found,
+        more=more,
         page=page,
         page_base=f"?{urlencode([('status', s) for s in chosen])}&" if chosen else "?",
         chosen=chosen,

@@ -199,6 +199,14 @@ def admin_viewer(who: ViewerDep) -> Viewer:
 AdminViewerDep = Annotated[Viewer, Depends(admin_viewer)]
 
 
+def page_of(fetch: Callable[[int, int], list[Any]], page: int, per_page: int) -> tuple[list[Any], bool]:
+    """One page of a store listing (``fetch(page, per_page)``) and whether another follows: the
+    first item of the next page is the item at offset (page + 1) x per_page, a page of one."""
+    items = fetch(page, per_page)
+    more = len(items) == per_page and bool(fetch((page + 1) * per_page, 1))
+    return items, more
+
+
 # --- answers ----------------------------------------------------------------------------------
 
 

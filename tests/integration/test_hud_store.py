@@ -1,0 +1,188 @@
+"""The store's queries for the HUD and /metrics (analytics_sql.py), on every dialect."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+
+from dockworker.errors import NotFound
+from dockworker.models import CodeSpec, ScheduleSpec, TaskOutcome
+from dockworker.states import TaskStatus
+from dockworker.store import Store, open_store
+from dockworker.store.schema import tasks
+from tests.helpers import make_zip, queue
+
+DAY = 86400
+
+
+def _code(store: Store, project_id: str, name: str = "hello", **spec: object) -> str:
+    archive = make_zip({"run.sh": "echo hi"})
+    code = store.save_code(
+        project_id,
+        CodeSpec(name=name, stack="busybox", command="sh run.sh", **spec),  # type: ignore[arg-type]
+        archive,
+        hashlib.sha256(archive).hexdigest(),
+    )
+    return code.id
+
+
+def _run(store: Store, task_id: str, status: TaskStatus, seconds: float = 2.0) -> None:
+    """Claim, start and end the task as a runner would, then set its start ``seconds`` before
+    its end (the store writes times with the clock; the test fixes them)."""
+    claimed = store.claim("runner-1", ["default", "gpu"], 30)
+    assert claimed is not None and claimed.id == task_id
+    assert store.mark_running(task_id, "runner-1", time.time())
+    assert store.finish(task_id, "runner-1", TaskOutcome(status=status, msg=str(status)))
+    with store.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(
+            tasks.update().where(tasks.c.id == task_id).values(start_time=tasks.c.end_time - seconds)
+        )
+
+
+def _set_created(store: Store, task_id: str, created_at: float) -> None:
+    with store.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(tasks.update().where(tasks.c.id == task_id).values(created_at=created_at))
+
+
+def test_hud_secret_is_made_once_and_shared_by_all_stores_of_a_database(store: Store, store_url: str) -> None:
+    first = store.hud_secret()
+    other = open_store(store_url)
+    try:
+        assert other.hud_secret() == first and len(first) == 64
+    finally:
+        other.close()
+    assert store.installation_id() != first
+
+
+def test_ended_sessions_are_remembered_until_they_expire_then_purged(store: Store) -> None:
+    now = time.time()
+    store.end_hud_session("old", now - 10)
+    assert store.hud_session_ended("old", now - 10)
+    store.end_hud_session("current", now + 3600)
+    store.end_hud_session("current", now + 3600)  # twice: still one record
+    assert store.hud_session_ended("current", now + 3600)
+    assert not store.hud_session_ended("current", now + 3601)  # the expiry is part of the record
+    assert not store.hud_session_ended("old", now - 10)  # purged: past its expiry anyway
+    assert not store.hud_session_ended("never", now + 3600)
+
+
+def test_config_edit_makes_a_revision_that_reuses_the_archive(store: Store) -> None:
+    project = store.create_project("p")
+    code_id = _code(store, project.id, config="old", retries=2, env_vars={"A": "1"})
+    before = store.get_code(project.id, code_id)
+    assert store.update_code_config(project.id, code_id, '{"new": true}') == 2
+    after = store.get_code(project.id, code_id)
+    assert after.rev == 2 and after.latest_revision.spec.config == '{"new": true}'
+    assert after.latest_revision.spec.retries == 2 and after.latest_revision.spec.env_vars == {"A": "1"}
+    assert after.latest_revision.checksum == before.latest_revision.checksum
+    _, archive = store.get_archive(project.id, code_id, 2)
+    assert archive == store.get_archive(project.id, code_id, 1)[1]
+    assert store.get_revision_archive(after.latest_revision.id) == archive
+    task = queue(store, project.id, "hello")
+    assert task.code_rev == 2 and task.revision_id == after.latest_revision.id
+    assert store.update_code_config(project.id, code_id, None) == 3
+    assert store.get_code(project.id, code_id).latest_revision.spec.config is None
+
+
+def test_config_edit_of_another_projects_package_is_not_found(store: Store) -> None:
+    mine, theirs = store.create_project("mine"), store.create_project("theirs")
+    code_id = _code(store, theirs.id)
+    with pytest.raises(NotFound):
+        store.update_code_config(mine.id, code_id, "x")
+    assert store.get_code(theirs.id, code_id).rev == 1
+
+
+def test_package_counts_active_now_and_ended_in_the_window(store: Store) -> None:
+    project = store.create_project("p")
+    hello, other = _code(store, project.id), _code(store, project.id, "other")
+    done = queue(store, project.id, "hello")
+    _run(store, done.id, TaskStatus.COMPLETE)
+    old_done = queue(store, project.id, "hello")
+    _run(store, old_done.id, TaskStatus.ERROR)
+    _set_created(store, old_done.id, time.time() - 3 * DAY)  # ended, but outside the window
+    old_queued = queue(store, project.id, "hello")
+    _set_created(store, old_queued.id, time.time() - 3 * DAY)  # queued long ago: still counted
+    queue(store, project.id, "other")
+    counts = store.package_counts(project.id, [hello, other], time.time() - DAY)
+    assert counts[hello][TaskStatus.QUEUED] == 1 and counts[hello][TaskStatus.COMPLETE] == 1
+    assert counts[hello][TaskStatus.ERROR] == 0
+    assert counts[other][TaskStatus.QUEUED] == 1 and sum(counts[other].values()) == 1
+    assert store.package_counts(project.id, [], 0) == {}
+
+
+def test_task_series_per_day_and_per_group(store: Store) -> None:
+    project = store.create_project("p")
+    _code(store, project.id)
+    today = int(time.time()) // DAY * DAY
+    a = queue(store, project.id, "hello")
+    _run(store, a.id, TaskStatus.COMPLETE, seconds=3)
+    b = queue(store, project.id, "hello")
+    _run(store, b.id, TaskStatus.TIMEOUT, seconds=5)
+    c = queue(store, project.id, "hello", cluster="gpu")
+    _set_created(store, c.id, today - DAY + 10)
+    queue(store, project.id, "hello", cluster="gpu")
+    points = store.task_series(project.id, today - 30 * DAY, DAY, "cluster")
+    found = {(p.group, p.bucket): (p.tasks, p.failed, round(p.duration_s)) for p in points}
+    assert found == {
+        ("default", today): (2, 1, 8),
+        ("gpu", today - DAY): (1, 0, 0),
+        ("gpu", today): (1, 0, 0),
+    }
+    by_code = store.task_series(project.id, today, 3600, "code")
+    assert {p.group for p in by_code} == {"hello"} and sum(p.tasks for p in by_code) == 3
+    assert all(p.bucket % 3600 == 0 for p in by_code)
+
+
+def test_usage_days_count_tasks_that_ran_by_priority(store: Store) -> None:
+    project = store.create_project("p")
+    _code(store, project.id)
+    for priority, seconds in ((0, 4.0), (2, 6.0)):
+        task = queue(store, project.id, "hello", priority=priority)
+        _run(store, task.id, TaskStatus.COMPLETE, seconds=seconds)
+    queue(store, project.id, "hello")  # never ran: not usage
+    days = store.usage_days(project.id, time.time() - DAY)
+    assert sorted((d.priority, d.tasks_run, round(d.compute_s)) for d in days) == [(0, 1, 4), (2, 1, 6)]
+
+
+def test_task_group_stats_histograms_and_counters(store: Store) -> None:
+    project = store.create_project("p")
+    _code(store, project.id)
+    quick = queue(store, project.id, "hello")
+    _run(store, quick.id, TaskStatus.COMPLETE, seconds=0.2)
+    slow = queue(store, project.id, "hello")
+    _run(store, slow.id, TaskStatus.ERROR, seconds=40)
+    waiting = queue(store, project.id, "hello", priority=1)
+    stats = {(s.status, s.priority): s for s in store.task_group_stats((1, 60), (3600,))}
+    complete, error = stats[("complete", 0)], stats[("error", 0)]
+    assert complete.count == 1 and complete.duration_buckets == (1, 1) and complete.timed == 1
+    assert error.duration_buckets == (0, 1) and round(error.duration_sum) == 40
+    assert complete.attempts == 1 and complete.started == 1 and complete.wait_buckets == (1,)
+    queued = stats[("queued", 1)]
+    assert queued.count == 1 and queued.timed == 0 and queued.started == 0
+    assert queued.oldest_runnable is not None and abs(queued.oldest_runnable - waiting.run_at) < 1e-3
+
+
+def test_schedules_by_status(store: Store) -> None:
+    project = store.create_project("p")
+    _code(store, project.id)
+    kept, cancelled = store.create_schedules(
+        project.id,
+        [ScheduleSpec(code_name="hello", run_every=3600), ScheduleSpec(code_name="hello", run_every=60)],
+    )
+    store.cancel_schedule(project.id, cancelled.id)
+    assert [s.id for s in store.list_schedules_by_status(project.id, ["scheduled"], 0, 10)] == [kept.id]
+    assert [s.id for s in store.list_schedules_by_status(project.id, ["cancelled"], 0, 10)] == [cancelled.id]
+    assert store.list_schedules_by_status(project.id, ["complete"], 0, 10) == []
+
+
+def test_time_buckets_are_utc_floors(store: Store) -> None:
+    """A task created a moment before midnight belongs to that day, not the next."""
+    project = store.create_project("p")
+    _code(store, project.id)
+    midnight = int(time.time()) // DAY * DAY
+    task = queue(store, project.id, "hello")
+    _set_created(store, task.id, midnight - 0.4)
+    (point,) = store.task_series(project.id, midnight - 2 * DAY, DAY, "cluster")
+    assert point.bucket == midnight - DAY
