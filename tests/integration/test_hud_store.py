@@ -146,22 +146,38 @@ def test_usage_days_count_tasks_that_ran_by_priority(store: Store) -> None:
     assert sorted((d.priority, d.tasks_run, round(d.compute_s)) for d in days) == [(0, 1, 4), (2, 1, 6)]
 
 
-def test_task_group_stats_histograms_and_counters(store: Store) -> None:
+def test_outcome_and_active_counts(store: Store) -> None:
+    project = store.create_project("p")
+    code_id = _code(store, project.id)
+    for status in (TaskStatus.COMPLETE, TaskStatus.COMPLETE, TaskStatus.ERROR):
+        _run(store, queue(store, project.id, "hello").id, status)
+    waiting = queue(store, project.id, "hello", priority=1)
+    queue(store, project.id, "hello", priority=1, delay=3600)  # not runnable yet
+    outcomes = {(c.project_id, c.code_name, c.status): c.count for c in store.outcome_counts()}
+    assert outcomes == {(project.id, "hello", "complete"): 2, (project.id, "hello", "error"): 1}
+    (active,) = store.active_counts()
+    assert (active.status, active.priority, active.count) == ("queued", 1, 2)
+    assert active.oldest_runnable is not None and abs(active.oldest_runnable - waiting.run_at) < 1e-3
+    store.delete_code(project.id, code_id)  # its queued tasks are cancelled; all stay, still named
+    after = {(c.code_name, c.status): c.count for c in store.outcome_counts()}
+    assert after == {("hello", "complete"): 2, ("hello", "error"): 1, ("hello", "cancelled"): 2}
+    assert store.active_counts() == []
+
+
+def test_task_facts_are_events_after_an_id_with_their_tasks(store: Store) -> None:
     project = store.create_project("p")
     _code(store, project.id)
-    quick = queue(store, project.id, "hello")
-    _run(store, quick.id, TaskStatus.COMPLETE, seconds=0.2)
-    slow = queue(store, project.id, "hello")
-    _run(store, slow.id, TaskStatus.ERROR, seconds=40)
-    waiting = queue(store, project.id, "hello", priority=1)
-    stats = {(s.status, s.priority): s for s in store.task_group_stats((1, 60), (3600,))}
-    complete, error = stats[("complete", 0)], stats[("error", 0)]
-    assert complete.count == 1 and complete.duration_buckets == (1, 1) and complete.timed == 1
-    assert error.duration_buckets == (0, 1) and round(error.duration_sum) == 40
-    assert complete.attempts == 1 and complete.started == 1 and complete.wait_buckets == (1,)
-    queued = stats[("queued", 1)]
-    assert queued.count == 1 and queued.timed == 0 and queued.started == 0
-    assert queued.oldest_runnable is not None and abs(queued.oldest_runnable - waiting.run_at) < 1e-3
+    before = store.last_event_id()
+    task = queue(store, project.id, "hello", priority=2)
+    _run(store, task.id, TaskStatus.COMPLETE, seconds=7)
+    facts = store.task_facts_since(before, ["started", "complete"])
+    assert [f.kind for f in facts] == ["started", "complete"]
+    assert all((f.project_id, f.code_name, f.priority) == (project.id, "hello", 2) for f in facts)
+    end = facts[-1]
+    assert end.start_time is not None and end.end_time is not None
+    assert round(end.end_time - end.start_time) == 7
+    assert store.task_facts_since(facts[-1].event_id, ["started", "complete"]) == []
+    assert store.last_event_id() >= facts[-1].event_id
 
 
 def test_schedules_by_status(store: Store) -> None:

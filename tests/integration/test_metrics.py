@@ -112,6 +112,7 @@ def test_figures_follow_the_store(scrape: tuple[TestClient, str, str], store: St
     assert value("dockworker_task_duration_seconds_count") == 2
     assert value("dockworker_task_duration_seconds_bucket", ("le", "+Inf")) == 2
     assert value("dockworker_task_queue_wait_seconds_count", ("priority", "0")) == 3  # three started
+    assert value("dockworker_task_queue_wait_seconds_bucket", ("le", "+Inf"), ("priority", "0")) == 3
     assert value("dockworker_container_starts_total") == 3
     assert value("dockworker_queue_oldest_runnable_age_seconds") >= 0
     assert found[("dockworker_infrastructure_retries_total", ())] == 1
@@ -129,21 +130,23 @@ def test_figures_follow_the_store(scrape: tuple[TestClient, str, str], store: St
     assert not {v for _, label_set in found for _, v in label_set} & task_ids
 
 
-def test_several_api_servers_answer_the_same_store_figures(
+def test_events_are_observed_once_and_from_the_process_start(
     scrape: tuple[TestClient, str, str], settings: Settings, store: Store
 ) -> None:
     client, admin, project_id = scrape
     store.save_code(project_id, CodeSpec(name="hello", image="busybox:latest", command="true"), None, None)
-    task = queue(store, project_id, "hello")
-    _finish(store, task.id, TaskStatus.TIMEOUT)
-    with TestClient(create_app(settings, store)) as other:
-        mine, theirs = get(client, admin), get(other, admin)
-
-    def store_figures(found: Samples) -> Samples:
-        return {
-            key: v
-            for key, v in found.items()
-            if key[0].startswith(("dockworker_task", "dockworker_infra", "dockworker_container_starts"))
-        }
-
-    assert store_figures(mine) == store_figures(theirs) and store_figures(mine)
+    first = queue(store, project_id, "hello")
+    _finish(store, first.id, TaskStatus.TIMEOUT)
+    duration_count = ("dockworker_task_duration_seconds_count", (("code", "hello"), ("project", project_id)))
+    assert get(client, admin)[duration_count] == 1
+    assert get(client, admin)[duration_count] == 1  # a second scrape observes nothing twice
+    with TestClient(create_app(settings, store)) as later:
+        # Another API server started now: the same totals, its own observations from now on.
+        mine, theirs = get(client, admin), get(later, admin)
+        outcomes = [k for k in mine if k[0] == "dockworker_task_outcomes_total"]
+        assert outcomes and all(mine[k] == theirs[k] for k in outcomes)
+        assert duration_count not in theirs
+        second = queue(store, project_id, "hello")
+        _finish(store, second.id, TaskStatus.COMPLETE)
+        assert get(later, admin)[duration_count] == 1
+    assert get(client, admin)[duration_count] == 2

@@ -1,15 +1,19 @@
 """``GET /metrics`` in Prometheus' text format, for an admin token or the metrics token.
 
-Two sources, so that any number of API servers and runners can be scraped without double
-counting or drift:
+Where each figure comes from, so that any number of API servers and runners can be scraped
+without double counting, drift, or a scrape that grows with the task history:
 
-* **The store, at scrape time** (``StoreCollector``): queue depths, running tasks, outcomes,
-  durations, queue waits, container starts, infrastructure retries, runner slots. They are facts
-  of the shared database, so every API server answers the same figures, and they survive
-  restarts (a counter never resets because a process did). Scrape one API server, or all and
-  aggregate with ``max``.
-* **This process** (``RunnerMetrics``): what only the process that talks to the engine sees,
-  the engine's create+start time and its errors. They are per process and start at zero.
+* **Totals and current state, read from the store at scrape time** (``StoreCollector``): tasks
+  queued/preparing/running now, the oldest runnable task's wait, outcomes per status (a count
+  over an index), runner slots and states. Facts of the shared database: every API server
+  answers the same figures, and they survive restarts.
+* **Observations of task events** (``EventObserver``): each scrape reads the task events
+  recorded since the previous one (a range of ``task_events``' primary key) and observes them
+  into this process's histograms and counters: run durations, queue waits, container starts,
+  infrastructure retries. Like any Prometheus counter they start at zero when the process
+  starts; every API server sees every event, so scrape one (or use ``max`` over them).
+* **What only the engine's process sees** (``RunnerMetrics``): the engine's create+start time
+  and its errors, recorded by a runner in the same process (see docs/hud.md).
 
 Labels stay bounded: project ids, package names, statuses, priorities and runner ids; never a
 task id."""
@@ -17,6 +21,7 @@ task id."""
 from __future__ import annotations
 
 import hmac
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -25,7 +30,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
@@ -34,7 +39,7 @@ from ..models import RunnerInfo
 from ..settings import Settings
 from ..states import TERMINAL, TaskStatus
 from ..store import Store
-from ..store.analytics_sql import TaskGroupStats
+from ..store.analytics_sql import StatusCount, TaskFact
 from .deps import ServicesDep
 from .responses import ERROR_RESPONSES
 from .runners import alive_horizon
@@ -46,6 +51,11 @@ WAIT_BOUNDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 CONTAINER_START_BOUNDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 PRIORITIES = (0, 1, 2)
 _TERMINAL = sorted(s.value for s in TERMINAL)
+STARTED, INFRA_RETRY = "started", "infra_retry"
+# Event ids are allocated before their transaction commits: on PostgreSQL a lower id may become
+# visible after a higher one. Each scrape reads again this many ids below the highest it saw,
+# and skips those it already observed.
+LATE_COMMIT_IDS = 2000
 
 Key = tuple[str, str]  # (project id, package name)
 
@@ -68,8 +78,78 @@ class RunnerMetrics:
         )
 
 
+class EventObserver:
+    """Observes the task events recorded since the last scrape into histograms and counters."""
+
+    def __init__(self, store: Store, registry: CollectorRegistry) -> None:
+        self.store = store
+        self.durations = Histogram(
+            "dockworker_task_duration_seconds",
+            "How long the containers of tasks that ended ran (observed as they end)",
+            ["project", "code"],
+            buckets=DURATION_BOUNDS,
+            registry=registry,
+        )
+        self.waits = Histogram(
+            "dockworker_task_queue_wait_seconds",
+            "How long tasks waited, once runnable, for their container to start (observed at start)",
+            ["project", "code", "priority"],
+            buckets=WAIT_BOUNDS,
+            registry=registry,
+        )
+        self.starts = Counter(
+            "dockworker_container_starts",
+            "Containers started for tasks (attempts)",
+            ["project", "code"],
+            registry=registry,
+        )
+        self.infra_retries = Counter(
+            "dockworker_infrastructure_retries",
+            "Tasks sent back to the queue after an infrastructure failure",
+            registry=registry,
+        )
+        self._lock = threading.Lock()
+        self._highest: int | None = None
+        self._floor = 0  # the last event before this process started watching
+        self._seen: set[int] = set()
+
+    def start(self) -> None:
+        """Observe from now on (not the history before this process)."""
+        with self._lock:
+            if self._highest is None:
+                self._highest = self._floor = self.store.last_event_id()
+
+    def catch_up(self) -> None:
+        with self._lock:
+            if self._highest is None:
+                self._highest = self._floor = self.store.last_event_id()
+                return
+            low = max(self._floor, self._highest - LATE_COMMIT_IDS)
+            for fact in self.store.task_facts_since(low, [STARTED, INFRA_RETRY, *_TERMINAL]):
+                if fact.event_id in self._seen:
+                    continue
+                self._seen.add(fact.event_id)
+                self._highest = max(self._highest, fact.event_id)
+                self._observe(fact)
+            self._seen = {i for i in self._seen if i > self._highest - LATE_COMMIT_IDS}
+
+    def _observe(self, fact: TaskFact) -> None:
+        if fact.kind == INFRA_RETRY:
+            self.infra_retries.inc()
+        elif fact.kind == STARTED:
+            self.starts.labels(fact.project_id, fact.code_name).inc()
+            if fact.start_time is not None:
+                self.waits.labels(fact.project_id, fact.code_name, str(fact.priority)).observe(
+                    max(0.0, fact.start_time - fact.run_at)
+                )
+        elif fact.start_time is not None and fact.end_time is not None:
+            self.durations.labels(fact.project_id, fact.code_name).observe(
+                max(0.0, fact.end_time - fact.start_time)
+            )
+
+
 class StoreCollector(Collector):
-    """The store's figures, read when Prometheus scrapes."""
+    """The store's totals and current state, read when Prometheus scrapes."""
 
     def __init__(self, store: Store, settings: Settings) -> None:
         self.store = store
@@ -80,13 +160,14 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
-        stats = self.store.task_group_stats(DURATION_BOUNDS, WAIT_BOUNDS)
+        active = self.store.active_counts()
+        outcomes = self.store.outcome_counts()
         runners = self.store.list_runners()
         projects = self.store.list_projects()
         took = time.monotonic() - started
-        yield from _queue_families(stats)
-        yield from _outcome_families(stats)
-        yield from _histogram_families(stats)
+        keys = sorted({(c.project_id, c.code_name) for c in [*active, *outcomes]})
+        yield from _active_families(active, keys)
+        yield _outcome_family(outcomes, keys)
         yield from _runner_families(runners, time.time() - alive_horizon(self.settings.heartbeat_interval_s))
         info = GaugeMetricFamily("dockworker_project_info", "A project's name", labels=["project", "name"])
         for project in projects:
@@ -97,21 +178,17 @@ class StoreCollector(Collector):
         )
 
 
-def _keys(stats: list[TaskGroupStats]) -> list[Key]:
-    return sorted({(s.project_id, s.code_name) for s in stats})
-
-
-def _queue_families(stats: list[TaskGroupStats]) -> Iterator[Metric]:
+def _active_families(active: list[StatusCount], keys: list[Key]) -> Iterator[Metric]:
     queued: dict[tuple[str, str, int], int] = defaultdict(int)
     by_status: dict[tuple[str, str, str], int] = defaultdict(int)
     oldest: dict[Key, float] = {}
-    for s in stats:
-        by_status[(s.project_id, s.code_name, s.status)] += s.count
-        if s.status == TaskStatus.QUEUED:
-            queued[(s.project_id, s.code_name, s.priority)] += s.count
-        if s.oldest_runnable is not None:
-            key = (s.project_id, s.code_name)
-            oldest[key] = min(oldest.get(key, s.oldest_runnable), s.oldest_runnable)
+    for c in active:
+        by_status[(c.project_id, c.code_name, c.status)] += c.count
+        if c.status == TaskStatus.QUEUED:
+            queued[(c.project_id, c.code_name, c.priority or 0)] += c.count
+        if c.oldest_runnable is not None:
+            key = (c.project_id, c.code_name)
+            oldest[key] = min(oldest.get(key, c.oldest_runnable), c.oldest_runnable)
     labels = ["project", "code"]
     depth = GaugeMetricFamily(
         "dockworker_tasks_queued", "Tasks queued now (delayed ones included)", labels=[*labels, "priority"]
@@ -126,7 +203,7 @@ def _queue_families(stats: list[TaskGroupStats]) -> Iterator[Metric]:
         labels=labels,
     )
     now = time.time()
-    for project, code in _keys(stats):
+    for project, code in keys:
         for priority in PRIORITIES:
             depth.add_metric([project, code, str(priority)], queued[(project, code, priority)])
         running.add_metric([project, code], by_status[(project, code, TaskStatus.RUNNING)])
@@ -136,68 +213,17 @@ def _queue_families(stats: list[TaskGroupStats]) -> Iterator[Metric]:
     yield from (depth, running, preparing, age)
 
 
-def _outcome_families(stats: list[TaskGroupStats]) -> Iterator[Metric]:
-    outcomes: dict[tuple[str, str, str], int] = defaultdict(int)
-    starts: dict[Key, int] = defaultdict(int)
-    infra = 0
-    for s in stats:
-        if s.status in _TERMINAL:
-            outcomes[(s.project_id, s.code_name, s.status)] += s.count
-        starts[(s.project_id, s.code_name)] += s.attempts
-        infra += s.infra_attempts
+def _outcome_family(outcomes: list[StatusCount], keys: list[Key]) -> Metric:
+    counts: dict[tuple[str, str, str], int] = defaultdict(int)
+    for c in outcomes:
+        counts[(c.project_id, c.code_name, c.status)] += c.count
     ended = CounterMetricFamily(
         "dockworker_task_outcomes", "Tasks that ended, by final status", labels=["project", "code", "status"]
     )
-    started = CounterMetricFamily(
-        "dockworker_container_starts", "Containers started for tasks (attempts)", labels=["project", "code"]
-    )
-    for project, code in _keys(stats):
+    for project, code in keys:
         for status in _TERMINAL:
-            ended.add_metric([project, code, status], outcomes[(project, code, status)])
-        started.add_metric([project, code], starts[(project, code)])
-    yield ended
-    yield started
-    yield CounterMetricFamily(
-        "dockworker_infrastructure_retries",
-        "Infrastructure failures recorded against tasks (re-queued, or failed past the budget)",
-        value=infra,
-    )
-
-
-def _bucket_list(bounds: tuple[float, ...], cumulative: list[int], count: int) -> list[tuple[str, float]]:
-    return [*((str(float(b)), float(c)) for b, c in zip(bounds, cumulative, strict=True)), ("+Inf", count)]
-
-
-def _added(left: list[int], right: tuple[int, ...]) -> list[int]:
-    return [a + b for a, b in zip(left, right, strict=True)]
-
-
-def _histogram_families(stats: list[TaskGroupStats]) -> Iterator[Metric]:
-    durations: dict[Key, tuple[list[int], int, float]] = {}
-    waits: dict[tuple[str, str, int], tuple[list[int], int, float]] = {}
-    for s in stats:
-        key = (s.project_id, s.code_name)
-        buckets, count, total = durations.get(key, ([0] * len(DURATION_BOUNDS), 0, 0.0))
-        durations[key] = (_added(buckets, s.duration_buckets), count + s.timed, total + s.duration_sum)
-        wait_key = (s.project_id, s.code_name, s.priority)
-        buckets, count, total = waits.get(wait_key, ([0] * len(WAIT_BOUNDS), 0, 0.0))
-        waits[wait_key] = (_added(buckets, s.wait_buckets), count + s.started, total + s.wait_sum)
-    duration = HistogramMetricFamily(
-        "dockworker_task_duration_seconds",
-        "How long the containers of ended tasks ran",
-        labels=["project", "code"],
-    )
-    for (project, code), (buckets, count, total) in sorted(durations.items()):
-        duration.add_metric([project, code], _bucket_list(DURATION_BOUNDS, buckets, count), total)
-    wait = HistogramMetricFamily(
-        "dockworker_task_queue_wait_seconds",
-        "How long started tasks waited, once runnable, for their container to start",
-        labels=["project", "code", "priority"],
-    )
-    for (project, code, priority), (buckets, count, total) in sorted(waits.items()):
-        wait.add_metric([project, code, str(priority)], _bucket_list(WAIT_BOUNDS, buckets, count), total)
-    yield duration
-    yield wait
+            ended.add_metric([project, code, status], counts[(project, code, status)])
+    return ended
 
 
 def runner_state(runner: RunnerInfo, horizon: float) -> str:
@@ -239,7 +265,10 @@ def install_metrics(app: FastAPI, store: Store, settings: Settings) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StoreCollector(store, settings))
     ProcessCollector(registry=registry)
+    observer = EventObserver(store, registry)
+    observer.start()
     app.state.metrics_registry = registry
+    app.state.metrics_events = observer
     app.state.runner_metrics = RunnerMetrics(registry)
     app.include_router(router, responses=ERROR_RESPONSES)
 
@@ -258,12 +287,10 @@ def scraper(request: Request, svc: ServicesDep) -> None:
         raise Unauthorized("/metrics needs an admin token or the metrics token")
 
 
-@router.get(
-    "/metrics",
-    response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
-)
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 def metrics(request: Request, _: Annotated[None, Depends(scraper)]) -> Response:
     """Prometheus metrics (text format). Send ``Authorization: Bearer <admin or metrics token>``."""
+    observer: EventObserver = request.app.state.metrics_events
+    observer.catch_up()
     registry: CollectorRegistry = request.app.state.metrics_registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

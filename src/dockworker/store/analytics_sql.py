@@ -4,8 +4,8 @@ sessions (both in ``meta``), schedules by status, and a package's config edited 
 that reuses the archive.
 
 Counts and series read through indexes: active tasks by ``ix_tasks_code_status``, a project's
-recent tasks by ``ix_tasks_project_created``. The metrics snapshot is one grouped pass over the
-tasks table (see docs/deployment.md, Monitoring, for its cost)."""
+recent tasks by ``ix_tasks_project_created``; /metrics counts outcomes over
+``ix_tasks_code_status``, and each scrape's events are a range of ``task_events``' primary key."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from .. import ids, timeutil
 from ..errors import NotFound
 from ..models import Schedule
 from ..states import ACTIVE, TERMINAL, TaskStatus
-from .schema import code_revisions, codes, meta, schedules, tasks
+from .schema import code_revisions, codes, meta, schedules, task_events, tasks
 from .transactions import Transactional
 
 HUD_SECRET_KEY = "hud_session_secret"
@@ -55,23 +55,29 @@ class UsageDay:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class TaskGroupStats:
-    """Store-wide figures of the tasks of one (project, package, status, priority)."""
+class StatusCount:
+    """How many tasks of one package are in one state (and, for active states, one priority)."""
 
     project_id: str
     code_name: str
     status: str
-    priority: int
     count: int
-    attempts: int
-    infra_attempts: int
-    timed: int  # tasks with a start and an end: the duration histogram's count
-    duration_sum: float
-    duration_buckets: tuple[int, ...]  # cumulative, one per bound
-    started: int  # tasks that started: the queue-wait histogram's count
-    wait_sum: float
-    wait_buckets: tuple[int, ...]
-    oldest_runnable: float | None  # queued tasks only: the earliest run_at that is due
+    priority: int | None = None
+    oldest_runnable: float | None = None  # queued tasks: the earliest run_at that is due
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskFact:
+    """A task event with what its task says now: what /metrics observes as events happen."""
+
+    event_id: int
+    kind: str
+    project_id: str
+    code_name: str
+    priority: int
+    run_at: float
+    start_time: float | None
+    end_time: float | None
 
 
 def _bucket(column: Any, size: int, dialect: str) -> Any:
@@ -80,13 +86,6 @@ def _bucket(column: Any, size: int, dialect: str) -> Any:
         return sa.cast(sa.func.floor(column / size), sa.BigInteger) * size
     # SQLite's CAST truncates toward zero, which is the floor for times after 1970.
     return sa.cast(column / size, sa.Integer) * size
-
-
-def _cumulative(value: Any, bounds: Sequence[float], condition: Any) -> list[Any]:
-    return [
-        sa.func.sum(sa.case((sa.and_(condition, value <= bound), 1), else_=0)).label(f"b{index}")
-        for index, bound in enumerate(bounds)
-    ]
 
 
 class AnalyticsQueries(Transactional):
@@ -195,18 +194,18 @@ class AnalyticsQueries(Transactional):
                 .where(tasks.c.code_id.in_(list(code_ids)), tasks.c.status.in_(_ACTIVE))
                 .group_by(tasks.c.code_id, tasks.c.status)
             ).all()
+            # coalesce() of NOT NULL columns changes no value; it keeps SQLite's planner from
+            # reading the whole (code_id, status) index for this GROUP BY: the creation-time
+            # range of ix_tasks_project_created is the narrow one.
+            code_id, status = sa.func.coalesce(tasks.c.code_id, ""), sa.func.coalesce(tasks.c.status, "")
             ended = conn.execute(
-                sa.select(tasks.c.code_id, tasks.c.status, sa.func.count())
-                .where(
-                    tasks.c.project_id == project_id,
-                    tasks.c.created_at >= since,
-                    tasks.c.status.in_(_TERMINAL),
-                )
-                .group_by(tasks.c.code_id, tasks.c.status)
+                sa.select(code_id, status, sa.func.count())
+                .where(tasks.c.project_id == project_id, tasks.c.created_at >= since, status.in_(_TERMINAL))
+                .group_by(code_id, status)
             ).all()
-        for code_id, status, count in [*active, *ended]:
-            if code_id in counts:
-                counts[code_id][TaskStatus(status)] = int(count)
+        for found_code, found_status, count in [*active, *ended]:
+            if found_code in counts:
+                counts[found_code][TaskStatus(found_status)] = int(count)
         return counts
 
     # --- analytics ----------------------------------------------------------------------------
@@ -278,60 +277,108 @@ class AnalyticsQueries(Transactional):
 
     # --- /metrics -----------------------------------------------------------------------------
 
-    def task_group_stats(
-        self, duration_bounds: Sequence[float], wait_bounds: Sequence[float]
-    ) -> list[TaskGroupStats]:
-        """Every task of the store, grouped by project, package name, status and priority, with
-        cumulative histogram counts of how long containers ran (started and ended tasks) and of
-        how long tasks waited, once runnable, for their container (started tasks)."""
-        now = timeutil.now()
-        duration = tasks.c.end_time - tasks.c.start_time
-        wait = tasks.c.start_time - tasks.c.run_at
-        timed = sa.and_(tasks.c.start_time.is_not(None), tasks.c.end_time.is_not(None))
-        started = tasks.c.start_time.is_not(None)
-        due = sa.and_(tasks.c.status == TaskStatus.QUEUED.value, tasks.c.run_at <= now)
-        columns = [
-            tasks.c.project_id,
-            tasks.c.code_name,
-            tasks.c.status,
-            tasks.c.priority,
-            sa.func.count().label("n"),
-            sa.func.sum(tasks.c.attempts).label("attempts"),
-            sa.func.sum(tasks.c.infra_attempts).label("infra"),
-            sa.func.sum(sa.case((timed, 1), else_=0)).label("timed"),
-            sa.func.sum(sa.case((timed, duration), else_=0.0)).label("dur"),
-            sa.func.sum(sa.case((started, 1), else_=0)).label("started"),
-            sa.func.sum(sa.case((started, wait), else_=0.0)).label("wait"),
-            sa.func.min(sa.case((due, tasks.c.run_at), else_=None)).label("oldest"),
+    def outcome_counts(self) -> list[StatusCount]:
+        """Every task ever ended, per package and terminal status: a count over the narrow
+        (code_id, status) index, packages named from ``codes`` (or, once deleted, from one of
+        their tasks)."""
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(tasks.c.code_id, tasks.c.status, sa.func.count())
+                .where(tasks.c.status.in_(_TERMINAL))
+                .group_by(tasks.c.code_id, tasks.c.status)
+            ).all()
+            names = {
+                r.id: (str(r.project_id), str(r.name))
+                for r in conn.execute(sa.select(codes.c.id, codes.c.project_id, codes.c.name)).all()
+            }
+            for code_id in {r[0] for r in rows} - names.keys():
+                found = conn.execute(
+                    sa.select(tasks.c.project_id, tasks.c.code_name)
+                    .where(tasks.c.code_id == code_id)
+                    .limit(1)
+                ).one()
+                names[code_id] = (str(found.project_id), str(found.code_name))
+        return [
+            StatusCount(
+                project_id=names[code_id][0], code_name=names[code_id][1], status=str(status), count=int(n)
+            )
+            for code_id, status, n in rows
         ]
-        duration_columns = _cumulative(duration, duration_bounds, timed)
-        wait_columns = [c.label(f"w{i}") for i, c in enumerate(_cumulative(wait, wait_bounds, started))]
-        keys = (tasks.c.project_id, tasks.c.code_name, tasks.c.status, tasks.c.priority)
-        query = sa.select(*columns, *duration_columns, *wait_columns).group_by(*keys)
+
+    def active_counts(self) -> list[StatusCount]:
+        """Tasks queued, preparing or running now, per package, status and priority (through
+        the status index: the cost follows the backlog, not the history)."""
+        now = timeutil.now()
+        due = sa.and_(tasks.c.status == TaskStatus.QUEUED.value, tasks.c.run_at <= now)
+        # Grouped on expressions, so that SQLite's planner reads the active tasks by status and
+        # does not walk the whole (project_id, created_at) index for the GROUP BY's order.
+        keys = tuple(
+            sa.func.coalesce(column, default)
+            for column, default in (
+                (tasks.c.project_id, ""),
+                (tasks.c.code_name, ""),
+                (tasks.c.status, ""),
+                (tasks.c.priority, 0),
+            )
+        )
+        with self._read() as conn:
+            rows = conn.execute(
+                sa.select(*keys, sa.func.count(), sa.func.min(sa.case((due, tasks.c.run_at), else_=None)))
+                .where(tasks.c.status.in_(_ACTIVE))
+                .group_by(*keys)
+            ).all()
+        return [
+            StatusCount(
+                project_id=str(r[0]),
+                code_name=str(r[1]),
+                status=str(r[2]),
+                priority=int(r[3]),
+                count=int(r[4]),
+                oldest_runnable=None if r[5] is None else float(r[5]),
+            )
+            for r in rows
+        ]
+
+    def last_event_id(self) -> int:
+        with self._read() as conn:
+            return int(
+                conn.execute(sa.select(sa.func.coalesce(sa.func.max(task_events.c.id), 0))).scalar_one()
+            )
+
+    def task_facts_since(self, after_id: int, kinds: Sequence[str], limit: int = 50_000) -> list[TaskFact]:
+        """Events of these kinds with an id above ``after_id`` (a range of the primary key), each
+        with its task's package, priority and times, oldest first."""
+        query = (
+            sa.select(
+                task_events.c.id,
+                task_events.c.kind,
+                tasks.c.project_id,
+                tasks.c.code_name,
+                tasks.c.priority,
+                tasks.c.run_at,
+                tasks.c.start_time,
+                tasks.c.end_time,
+            )
+            .join(tasks, tasks.c.id == task_events.c.task_id)
+            .where(task_events.c.id > after_id, task_events.c.kind.in_(list(kinds)))
+            .order_by(task_events.c.id)
+            .limit(limit)
+        )
         with self._read() as conn:
             rows = conn.execute(query).all()
-        stats = []
-        for r in rows:
-            values = r._mapping
-            stats.append(
-                TaskGroupStats(
-                    project_id=str(r.project_id),
-                    code_name=str(r.code_name),
-                    status=str(r.status),
-                    priority=int(r.priority),
-                    count=int(r.n),
-                    attempts=int(r.attempts or 0),
-                    infra_attempts=int(r.infra or 0),
-                    timed=int(r.timed or 0),
-                    duration_sum=float(r.dur or 0.0),
-                    duration_buckets=tuple(int(values[f"b{i}"] or 0) for i in range(len(duration_bounds))),
-                    started=int(r.started or 0),
-                    wait_sum=max(0.0, float(r.wait or 0.0)),
-                    wait_buckets=tuple(int(values[f"w{i}"] or 0) for i in range(len(wait_bounds))),
-                    oldest_runnable=None if r.oldest is None else float(r.oldest),
-                )
+        return [
+            TaskFact(
+                event_id=int(r.id),
+                kind=str(r.kind),
+                project_id=str(r.project_id),
+                code_name=str(r.code_name),
+                priority=int(r.priority),
+                run_at=float(r.run_at),
+                start_time=None if r.start_time is None else float(r.start_time),
+                end_time=None if r.end_time is None else float(r.end_time),
             )
-        return stats
+            for r in rows
+        ]
 
     # --- schedules ----------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from .charts import Chart, bar_chart
 from .web import (
     AdminViewerDep,
     HudRoute,
+    HudState,
     ProjectDep,
     ViewerDep,
     render,
@@ -101,7 +102,12 @@ def analytics(
     buckets = bucket_starts(timeutil.now(), days, bucket_s)
     everything = GroupSeries(name="all")
     groups: dict[str, GroupSeries] = {}
-    for point in svc.store.task_series(project.id, buckets[0], bucket_s, group):
+    state: HudState = request.app.state.hud
+    points, computed_at = state.recent.get(
+        ("series", project.id, buckets[0], bucket_s, group),
+        lambda: svc.store.task_series(project.id, buckets[0], bucket_s, group),
+    )
+    for point in points:
         one = groups.setdefault(point.group, GroupSeries(name=point.group))
         for series in (one, everything):
             series.tasks[point.bucket] = series.tasks.get(point.bucket, 0) + point.tasks
@@ -118,6 +124,7 @@ def analytics(
         days=days,
         overall=_charts(everything, buckets, bucket_s),
         groups=[_charts(groups[name], buckets, bucket_s) for name in sorted(groups)],
+        computed_at=computed_at,
     )
 
 
@@ -144,7 +151,11 @@ def usage(request: Request, svc: ServicesDep, who: ViewerDep, project: ProjectDe
     since = month_start(timeutil.now(), USAGE_MONTHS - 1)
     rows: dict[tuple[str, str], UsageRow] = {}
     totals: dict[str, UsageRow] = defaultdict(lambda: UsageRow(month="", cluster="all clusters"))
-    for day in svc.store.usage_days(project.id, since):
+    state: HudState = request.app.state.hud
+    days, computed_at = state.recent.get(
+        ("usage", project.id, since), lambda: svc.store.usage_days(project.id, since)
+    )
+    for day in days:
         month = datetime.fromtimestamp(day.day, tz=UTC).strftime("%Y-%m")
         row = rows.setdefault((month, day.cluster), UsageRow(month=month, cluster=day.cluster))
         total = totals[month]
@@ -160,6 +171,7 @@ def usage(request: Request, svc: ServicesDep, who: ViewerDep, project: ProjectDe
         who=who,
         project=project,
         tab="usage",
+        computed_at=computed_at,
         months=[
             (totals[m], sorted((r for (rm, _), r in rows.items() if rm == m), key=lambda r: r.cluster))
             for m in months

@@ -13,6 +13,9 @@ HEIGHT = 140
 LEFT = 56  # room for the y axis' labels
 BOTTOM = 18  # room for the x axis' labels
 TOP = 8
+# Up to this many buckets each bar is its own element with a tooltip; beyond (720 hours), each
+# series is one path, which keeps the page small and quick to draw.
+MAX_TOOLTIP_BARS = 100
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -23,6 +26,12 @@ class Bar:
     height: float
     kind: str  # the CSS class: its colour
     title: str  # the tooltip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Outline:
+    kind: str
+    d: str  # SVG path data: one rectangle per bar
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,6 +48,7 @@ class Chart:
     width: int
     height: int
     bars: tuple[Bar, ...]
+    outlines: tuple[Outline, ...]
     y_ticks: tuple[Tick, ...]
     x_ticks: tuple[Tick, ...]
     baseline: float
@@ -67,7 +77,7 @@ def bar_chart(
     scale = plot_height / top_value if top_value > 0 else 0.0
     step = plot_width / max(1, len(buckets))
     gap = min(1.0, step / 4)
-    bars = []
+    bars: list[Bar] = []
     for index, start in enumerate(buckets):
         for kind, name, values in series:
             value = values.get(start, 0.0)
@@ -96,12 +106,23 @@ def bar_chart(
         for index, (x, anchor) in sorted(places.items())
         if buckets
     )
+    outlines: tuple[Outline, ...] = ()
+    if len(buckets) > MAX_TOOLTIP_BARS:
+        outlines = tuple(
+            Outline(
+                kind=kind,
+                d=" ".join(f"M{b.x} {b.y}h{b.width}v{b.height}h-{b.width}z" for b in bars if b.kind == kind),
+            )
+            for kind, _, _ in series
+        )
+        bars = []
     first_series = series[0][2] if series else {}
     return Chart(
         title=title,
         width=WIDTH,
         height=HEIGHT,
         bars=tuple(bars),
+        outlines=outlines,
         y_ticks=y_ticks,
         x_ticks=x_ticks,
         baseline=baseline,

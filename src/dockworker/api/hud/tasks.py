@@ -37,6 +37,7 @@ DAY_S = 86400
 LOG_TAIL_BYTES = 256 * 1024
 STREAM_POLL_S = 0.25
 KEEPALIVE_S = 15.0
+MAX_CHAIN = 50
 # The columns of the project page, IronWorker's order; "running" counts preparing tasks too.
 COUNT_COLUMNS = ("queued", "running", "complete", "error", "cancelled", "timeout", "killed")
 # What each task used: recorded by runners once they measure it (null until then).
@@ -258,6 +259,20 @@ def resource_usage(task: Task, data: dict[str, Any]) -> list[tuple[str, float | 
     return found
 
 
+def retry_chain(svc: Services, task: Task) -> list[Task]:
+    """The task's retries, first to last: from the original task along ``retry_task_id``
+    (primary-key reads; listing by ``original_task_id`` would read every task of the project)."""
+    chain = [
+        task if task.original_task_id is None else svc.store.get_task(task.project_id, task.original_task_id)
+    ]
+    while chain[-1].retry_task_id is not None and len(chain) < MAX_CHAIN:
+        try:
+            chain.append(svc.store.get_task(task.project_id, chain[-1].retry_task_id))
+        except NotFound:
+            break
+    return chain
+
+
 def _log_tail(svc: Services, task: Task) -> tuple[str, int, bool]:
     """The end of the log as text, the byte offset a live stream continues from, and whether
     the beginning was left out."""
@@ -275,8 +290,7 @@ def task_page(
 ) -> Response:
     task = svc.store.get_task(project.id, task_id)
     data = tasks_api.get_task(svc, project.id, task_id)
-    root = task.original_task_id or task.id
-    chain = svc.store.list_tasks(project.id, TaskFilter(original_task_id=root, per_page=100))
+    chain = retry_chain(svc, task)
     try:
         revision = svc.store.get_revision(task.revision_id)
     except NotFound:
@@ -301,7 +315,7 @@ def task_page(
         payload=mask_payload(task.payload),
         usage=resource_usage(task, data),
         events=svc.store.list_events(task.id),
-        chain=sorted(chain, key=lambda t: (t.retry_count, t.created_at)),
+        chain=chain,
         revision=revision,
         log_text=log_text,
         log_offset=log_offset,

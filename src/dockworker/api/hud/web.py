@@ -4,7 +4,9 @@ API's own), rendering, security headers, and errors as HTML pages with the API's
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Coroutine
+import threading
+import time
+from collections.abc import Callable, Coroutine, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
@@ -45,6 +47,9 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cache-Control": "no-store",
 }
+
+
+ANALYTICS_TTL_S = 60.0
 
 
 class LoginRequired(Exception):
@@ -109,11 +114,38 @@ TEMPLATES = _environment()
 # --- who is looking ---------------------------------------------------------------------------
 
 
+class Recent:
+    """Results computed less than ``ttl_s`` ago, per key (at most ``size`` keys): analytics read
+    a month of tasks, and need not be recomputed at every view."""
+
+    def __init__(self, ttl_s: float, size: int = 256) -> None:
+        self.ttl_s = ttl_s
+        self.size = size
+        self._lock = threading.Lock()
+        self._values: dict[Hashable, tuple[float, Any]] = {}
+
+    def get(self, key: Hashable, compute: Callable[[], Any]) -> tuple[Any, float]:
+        """The value and when it was computed."""
+        now = time.monotonic()
+        with self._lock:
+            found = self._values.get(key)
+        if found is not None and now - found[0] < self.ttl_s:
+            return found[1], timeutil.now() - (now - found[0])
+        value = compute()
+        with self._lock:
+            if len(self._values) >= self.size:
+                self._values = {k: v for k, v in self._values.items() if now - v[0] < self.ttl_s}
+            if len(self._values) < self.size:
+                self._values[key] = (now, value)
+        return value, timeutil.now()
+
+
 class HudState:
-    """The signer, made once per application from the store's secret."""
+    """The signer, made once per application from the store's secret, and recent analytics."""
 
     def __init__(self) -> None:
         self._signer: Signer | None = None
+        self.recent = Recent(ANALYTICS_TTL_S)
 
     def signer(self, svc: Services) -> Signer:
         if self._signer is None:
