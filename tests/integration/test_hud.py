@@ -467,7 +467,9 @@ def test_analytics_and_usage_pages(hud: Setup) -> None:
     analytics = hud.client.get(f"{hud.base}/analytics").text
     assert analytics.count("<svg") == 4 and 'class="bar-failed"' in analytics and "100.0 %" in analytics
     hourly = hud.client.get(f"{hud.base}/analytics?by=hour&group=code").text
-    assert ">hello</a>" in hourly and ": 1 tasks</title>" in hourly
+    assert ">hello</a>" in hourly and '<path class="bar-tasks" d="M' in hourly  # 720 bars: one path
+    assert ": 1 tasks</title>" in analytics  # 30 bars: each with its tooltip
+    assert "recomputed at most once a minute" in analytics
     usage = hud.client.get(f"{hud.base}/usage").text
     month = time.strftime("%Y-%m", time.gmtime())
     assert (
