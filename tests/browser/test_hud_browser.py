@@ -92,6 +92,7 @@ def test_queue_from_the_form_then_the_live_log_and_cancel(
     page.wait_for_selector("[data-field=status] .status-running")
     assert page.evaluate("window.notReloaded") is True
     screenshot(page, "task-live")
+    screenshot(page, "task-live-top", full_page=False)  # docs/hud-task.png is one of these
     # Cancelled elsewhere (the API): the page shows the end live, still without a reload.
     hud.admin("POST", f"/2/projects/{hud.project_id}/tasks/{task_id}/cancel")
     page.wait_for_selector("[data-field=status] .status-cancelled")

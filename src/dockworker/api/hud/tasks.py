@@ -333,6 +333,8 @@ def live_fields(task: Task) -> dict[str, Any]:
         "end_time": timeutil.rfc3339(task.end_time),
         "duration": task.duration_ms,
         "log_size": task.log_size,
+        "attempts": task.attempts,
+        "infra_attempts": task.infra_attempts,
         "active": not task.status.is_terminal,
     }
 

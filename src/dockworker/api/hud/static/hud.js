@@ -75,7 +75,7 @@ function liveTask() {
   });
   source.addEventListener("task", (event) => {
     const task = JSON.parse(event.data);
-    for (const name of ["status", "msg", "percent", "start_time", "end_time", "duration", "log_size"]) {
+    for (const name of ["status", "msg", "percent", "start_time", "end_time", "duration", "log_size", "attempts", "infra_attempts"]) {
       showField(name, task[name]);
     }
     if (task.percent !== null) progress.value = task.percent;
