@@ -7,12 +7,13 @@ is built at install time or fetched at run time. See docs/hud.md."""
 from __future__ import annotations
 
 from fastapi import FastAPI
+from starlette.requests import Request
 from starlette.responses import Response
 from starlette.staticfiles import StaticFiles
 from starlette.types import Scope
 
 from . import analytics, codes, login, schedules, tasks
-from .web import HERE, HudState, harden
+from .web import HERE, HudState, error_page, harden
 
 
 class _Static(StaticFiles):
@@ -22,9 +23,14 @@ class _Static(StaticFiles):
         return harden(response)
 
 
+async def _no_such_page(request: Request) -> Response:
+    return harden(error_page(404, "No such page"))
+
+
 def install_hud(app: FastAPI) -> None:
     app.state.hud = HudState()
     app.mount("/hud/static", _Static(directory=str(HERE / "static")), name="hud-static")
     for module in (login, tasks, codes, schedules, analytics):
         app.include_router(module.router)
-    app.include_router(login.fallback)
+    # After every HUD route: any other address under /hud/ is an HTML 404 with the HUD's headers.
+    app.add_route("/hud/{anything:path}", _no_such_page, methods=["GET", "POST"], include_in_schema=False)

@@ -8,7 +8,6 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from starlette.responses import Response
 
-from ...errors import NotFound
 from ..deps import ServicesDep
 from .session import LOGIN_COOKIE, SESSION_COOKIE, Flash, clear_cookie
 from .web import (
@@ -81,13 +80,3 @@ def projects(request: Request, svc: ServicesDep, who: ViewerDep) -> Response:
     if not who.is_admin:
         return redirect(request, who.home)
     return render(request, "projects.html", who=who, tab="projects", projects=svc.store.list_projects())
-
-
-# Included after every other HUD router.
-fallback = APIRouter(prefix="/hud", route_class=HudRoute, include_in_schema=False)
-
-
-@fallback.get("/{anything:path}")
-def not_found(anything: str) -> Response:
-    """Any other address under /hud/ is an HTML 404 with the HUD's headers."""
-    raise NotFound("No such page")
