@@ -265,6 +265,18 @@ class DockerEngine:
                 if isinstance(event, dict) and event.get("error"):
                     raise TaskSetupError(f"build image {tag}: {str(event['error']).strip()}")
 
+    def export_image(self, ref: str) -> Iterator[bytes]:
+        """The image as ``docker save`` writes it (a tar of its layers, config and manifest),
+        streamed; iteration errors are classified too."""
+        with _classified("export image"):
+            stream = self._streams.get_image(ref)
+        return self._classified_stream(stream)
+
+    def engine_version(self) -> str:
+        """The engine's own version (e.g. ``20.10.24+dfsg1``)."""
+        with _classified("engine version"):
+            return str(self._api.version(api_version=False)["Version"])
+
     def remove_image(self, ref: str, *, force: bool = True) -> None:
         """Remove the image (force: even when stopped containers use it, or it has other tags)."""
         with _classified("remove image"):

@@ -1,0 +1,149 @@
+"""The supervisor of one task container: a small shell script, started in a session of its own
+so that it outlives the runner (a runner killed with -9 and started again finds its tasks still
+running, their output and exit recorded).
+
+It runs in a private mount namespace, where it mounts the container's overlay root (so the mount
+can never leak onto the host: it goes away with the container's namespaces), then runs the OCI
+runtime in the foreground, which creates, starts, waits for and deletes the container and exits
+with the container's status. The container's stdout and stderr are one pipe, read in order by
+``head``, which keeps the first ``cap + 1`` bytes in the container's output file (the runner's
+log pump applies the cap and its marker, as for the Docker path) while ``cat`` reads and drops
+the rest, so a flood neither blocks the task nor fills the disk.
+
+Descriptors handed over by the runner: standard input is the OOM eventfd (cgroups.py) or
+/dev/null; standard output is the container's lock, held (``flock``) by the supervisor and its
+children for as long as any of them lives, so "the lock is free" means "everything is
+recorded"; standard error is the supervisor's own log.
+
+Files it writes in the container's directory: ``pid`` (by the runtime, once the container's
+process runs), ``output``, ``exit`` (the runtime's status), ``oom`` (the eventfd's count, read
+when the exit is not 0), ``runtime.log`` (the runtime's own messages)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# Exit statuses of the script itself, before the runtime runs.
+SETUP_FAILURES = {
+    90: "cannot enter the image's layer directory",
+    91: "cannot mount the container's overlay root",
+    92: "cannot hide the cgroup2 mount from the runtime",
+    93: "cannot enter the container's directory",
+}
+
+# $1 container dir, $2 layer dir, $3 lowerdir (relative to $2, top layer first),
+# $4 container id, $5 bytes of output to keep, $6 runtime binary, $7 runtime root,
+# $8 "1" to hide the cgroup2 mount
+SCRIPT = r"""exec 8<&0 9>&1 </dev/null >/dev/null
+cd "$2" || exit 90
+mount -t overlay overlay -o "lowerdir=$3,upperdir=$1/upper,workdir=$1/work" "$1/rootfs" || exit 91
+if [ "$8" = 1 ]; then umount /sys/fs/cgroup/unified || exit 92; fi
+cd "$1" || exit 93
+{
+  "$6" --root "$7" --log "$1/runtime.log" run --bundle "$1" --pid-file "$1/pid" "$4" 2>&1
+  rc=$?
+  [ "$rc" = 0 ] || od -An -tu8 -N8 <&8 >"$1/oom" 2>/dev/null
+  echo "$rc" >"$1/exit"
+} | { head -c "$5" >>"$1/output"; exec cat >/dev/null; }
+"""
+NAME = "dockworker-supervisor"
+
+
+@dataclass(frozen=True)
+class ContainerDir:
+    """One container's directory: its OCI bundle and everything the supervisor records."""
+
+    path: Path
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> Path:
+        return self.path / "config.json"
+
+    @property
+    def meta(self) -> Path:
+        return self.path / "meta.json"
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / "rootfs"
+
+    @property
+    def upper(self) -> Path:
+        return self.path / "upper"
+
+    @property
+    def work(self) -> Path:
+        return self.path / "work"
+
+    @property
+    def hostname(self) -> Path:
+        return self.path / "hostname"
+
+    @property
+    def output(self) -> Path:
+        return self.path / "output"
+
+    @property
+    def lock(self) -> Path:
+        return self.path / "lock"
+
+    @property
+    def launched(self) -> Path:
+        """Written (with the supervisor's pid) once the supervisor was started."""
+        return self.path / "supervisor.pid"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.path / "supervisor.log"
+
+    @property
+    def runtime_log(self) -> Path:
+        return self.path / "runtime.log"
+
+    @property
+    def pid(self) -> Path:
+        return self.path / "pid"
+
+    @property
+    def exit(self) -> Path:
+        return self.path / "exit"
+
+    @property
+    def oom(self) -> Path:
+        return self.path / "oom"
+
+
+def argv(
+    *,
+    unshare: str,
+    container: ContainerDir,
+    layer_root: Path,
+    lowerdir: str,
+    keep_bytes: int,
+    runtime_binary: str,
+    runtime_root: Path,
+    hide_unified: bool,
+) -> list[str]:
+    return [
+        unshare,
+        "--mount",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        SCRIPT,
+        NAME,
+        str(container.path),
+        str(layer_root),
+        lowerdir,
+        container.id,
+        str(keep_bytes),
+        runtime_binary,
+        str(runtime_root),
+        "1" if hide_unified else "0",
+    ]
