@@ -113,11 +113,16 @@ class OciEngine:
         self._images = ImageCache(root / "images", docker)
         self._policy = PolicyStore(root / "policy", docker, probe_image or _probe_image(), docker_bundles)
         self._layout = CgroupLayout.detect()
-        self._scope = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+        self._scope = self.scope_of(root)
         self._lock = threading.Lock()
         self._supervisors: dict[str, subprocess.Popen[bytes]] = {}
         self._seccomp_bpf: tuple[SandboxPolicy, str] | None = None
         self.sweep()
+
+    @staticmethod
+    def scope_of(root: Path) -> str:
+        """The cgroup directory (under ``dockworker-oci``) of the engine rooted at ``root``."""
+        return hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:12]
 
     @property
     def runtime_name(self) -> str:
