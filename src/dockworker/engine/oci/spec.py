@@ -33,7 +33,7 @@ def tmpfs_options(options: str) -> list[str]:
 
 
 def bind_options(read_only: bool) -> list[str]:
-    return ["rbind", "ro" if read_only else "rw", "rprivate"]
+    return ["rbind", "ro", "rprivate"] if read_only else ["rbind", "rprivate"]
 
 
 def command(spec: ContainerSpec, image: PreparedImage) -> list[str]:
@@ -112,14 +112,8 @@ def task_mounts(spec: ContainerSpec, hostname_file: str) -> list[dict[str, Any]]
         for target, options in spec.tmpfs.items()
     ]
     mounts += [_bind(b.target, b.source, bind_options(b.read_only)) for b in spec.binds]
-    mounts.append(
-        {
-            "destination": "/etc/hostname",
-            "type": "bind",
-            "source": hostname_file,
-            "options": bind_options(True),
-        }
-    )
+    # as Docker: the hostname file is read-only when the root is
+    mounts.append(_bind("/etc/hostname", hostname_file, bind_options(spec.read_only_root)))
     return sorted(mounts, key=lambda m: _depth(m["destination"]))
 
 
@@ -150,7 +144,6 @@ def oci_config(
         )
     mounts += task_mounts(spec, hostname_file)
     process: dict[str, Any] = {
-        "terminal": False,
         "user": resolve_user(spec.user, image),
         "args": args,
         "env": environment(spec, image, hostname),
