@@ -88,7 +88,8 @@ def test_the_sandbox_from_inside(
             "cat /etc/shadow 2>&1 | head -1 | sed 's/^/shadow:/'",
             "mount -t tmpfs none /mnt 2>/dev/null && echo mount-worked || echo mount-refused",
             "mknod $TASK_DIR/dev c 1 3 2>/dev/null && echo mknod-worked || echo mknod-refused",
-            "cp /bin/busybox $TASK_DIR/busybox && chmod u+s $TASK_DIR/busybox && echo setuid-uid:$($TASK_DIR/busybox id -u)",
+            "cp /bin/busybox $TASK_DIR/busybox && chmod u+s $TASK_DIR/busybox",
+            "echo setuid-uid:$($TASK_DIR/busybox id -u)",
             "echo pids:$(cat /sys/fs/cgroup/pids/pids.max)",
             "echo cpu:$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us):$(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)",
             "echo hostname:$(hostname | wc -c)",
@@ -254,7 +255,14 @@ def test_sigterm_from_outside_ends_the_task_with_143(
 
 
 def test_contract_and_exit_codes(store: Store, project: str, start_oci_runner: StartRunner) -> None:
-    script = 'echo "id=$TASK_ID dir=$TASK_DIR home=$HOME"\ncat "$PAYLOAD_FILE"; echo\ncat "$CONFIG_FILE"; echo\nexit 3'
+    script = "\n".join(
+        [
+            'echo "id=$TASK_ID dir=$TASK_DIR home=$HOME"',
+            'cat "$PAYLOAD_FILE"; echo',
+            'cat "$CONFIG_FILE"; echo',
+            "exit 3",
+        ]
+    )
     save_code(
         store,
         project,

@@ -145,6 +145,13 @@ class TaskCgroups:
         if busy:
             raise InfrastructureError(f"cgroups still in use: {', '.join(busy)}")
 
+    @staticmethod
+    def remove_scope(layout: CgroupLayout, scope: str) -> None:
+        """Remove the scope's directory where it holds no container any more."""
+        for hierarchy in layout.hierarchies():
+            with contextlib.suppress(OSError):
+                os.rmdir(hierarchy / SCOPE_DIR / scope)
+
 
 def _oom_eventfd(parent: Path) -> int:
     event = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)

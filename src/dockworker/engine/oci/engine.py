@@ -129,6 +129,7 @@ class OciEngine:
         return self._runtime.name
 
     def close(self) -> None:
+        TaskCgroups.remove_scope(self._layout, self._scope)
         if self._close_docker:
             self._docker.close()
 

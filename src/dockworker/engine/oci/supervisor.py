@@ -5,10 +5,11 @@ running, their output and exit recorded).
 It runs in a private mount namespace, where it mounts the container's overlay root (so the mount
 can never leak onto the host: it goes away with the container's namespaces), then runs the OCI
 runtime in the foreground, which creates, starts, waits for and deletes the container and exits
-with the container's status. The container's stdout and stderr are one pipe, read in order by
-``head``, which keeps the first ``cap + 1`` bytes in the container's output file (the runner's
-log pump applies the cap and its marker, as for the Docker path) while ``cat`` reads and drops
-the rest, so a flood neither blocks the task nor fills the disk.
+with the container's status. The container's stdout and stderr are one pipe (with crun; runc
+copies each through a pipe of its own), read in order by ``dd``, which writes each read at once
+and keeps the first ``cap + 1`` bytes in the container's output file (the runner's log pump
+applies the cap and its marker, as for the Docker path), while ``cat`` reads and drops the rest:
+a flood neither blocks the task nor fills the disk.
 
 Descriptors handed over by the runner: standard input is the OOM eventfd (cgroups.py) or
 /dev/null; standard output is the container's lock, held (``flock``) by the supervisor and its
@@ -45,7 +46,7 @@ cd "$1" || exit 93
   rc=$?
   [ "$rc" = 0 ] || od -An -tu8 -N8 <&8 >"$1/oom" 2>/dev/null
   echo "$rc" >"$1/exit"
-} | { head -c "$5" >>"$1/output"; exec cat >/dev/null; }
+} | { dd bs=64k count="$5" iflag=count_bytes status=none >>"$1/output"; exec cat >/dev/null; }
 """
 NAME = "dockworker-supervisor"
 
