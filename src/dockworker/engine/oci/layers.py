@@ -68,7 +68,7 @@ def member_path(name: str) -> PurePosixPath | None:
     if cleaned in ("", "."):
         return None
     path = PurePosixPath(cleaned)
-    if path.is_absolute() or ".." in path.parts or "\0" in name or "." in path.parts:
+    if path.is_absolute() or ".." in path.parts or "\0" in name:
         raise LayerError(f"image layer member {name!r} escapes the layer")
     return path
 
@@ -246,6 +246,7 @@ def _unpack_member(
             raise LayerError(f"image layer member {member.name!r} is not a valid whiteout")
         hidden = path.parent / hidden_name
         _clear(tree, parent_fd, hidden)
+        _forget_directories(directories, hidden)
         os.mknod(hidden.name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=parent_fd)
         return
     if member.isdir():
@@ -259,6 +260,7 @@ def _unpack_member(
         directories[path] = _dir_meta(member)
         return
     _clear(tree, parent_fd, path)
+    _forget_directories(directories, path)
     if member.isreg():
         data = archive.extractfile(member)
         if data is None:
@@ -273,6 +275,12 @@ def _unpack_member(
         os.mkfifo(name, stat.S_IMODE(member.mode), dir_fd=parent_fd)
         _set_owner_and_time(parent_fd, name, member)
     # character and block devices are left out (see the module's docstring)
+
+
+def _forget_directories(directories: dict[PurePosixPath, _DirMeta], path: PurePosixPath) -> None:
+    """A replaced directory's metadata (and its subdirectories') is not applied at the end."""
+    for known in [d for d in directories if d == path or path in d.parents]:
+        del directories[known]
 
 
 def _hard_link(tree: _Tree, parent_fd: int, name: str, member: tarfile.TarInfo) -> None:
