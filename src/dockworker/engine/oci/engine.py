@@ -34,6 +34,7 @@ from .runtime import Runtime
 from .seccomp import BPF_ANNOTATION, SeccompUnavailable, compile_profile
 from .spec import oci_config
 from .supervisor import ContainerDir
+from .watch import wait_for_file
 
 log = logging.getLogger("dockworker.engine.oci")
 
@@ -42,6 +43,7 @@ START_TIMEOUT_S = 30.0
 KILL_WAIT_S = 10.0
 OUTPUT_POLL_S = 0.05
 OUTPUT_CHUNK = 64 * 1024
+SCRATCH_READ_ONLY = 1024 * 1024
 # The overlay mount's options must fit in one page.
 MAX_MOUNT_OPTIONS = 4000
 # Messages with which a runtime says the task's own command or settings cannot run.
@@ -106,10 +108,7 @@ class OciEngine:
         os.chmod(root, 0o700)
         self._runtime = Runtime.find(runtime, root / "runtime")
         self._runtime.state_root.mkdir(parents=True, exist_ok=True)
-        unshare = shutil.which("unshare")
-        if unshare is None:
-            raise EngineUnavailable("the OCI backend needs unshare (util-linux)")
-        self._unshare = unshare
+        self._tools = supervisor.Toolset.find()
         self._images = ImageCache(root / "images", docker)
         self._policy = PolicyStore(root / "policy", docker, probe_image or _probe_image(), docker_bundles)
         self._layout = CgroupLayout.detect()
@@ -178,7 +177,7 @@ class OciEngine:
         container = ContainerDir(self._containers / container_id)
         cgroups = TaskCgroups(self._layout, self._scope, container_id)
         lowerdir = ":".join(reversed(image.layers))
-        options = f"lowerdir={lowerdir},upperdir={container.upper},workdir={container.work}"
+        options = f"lowerdir={lowerdir},upperdir={container.scratch}/upper,workdir={container.scratch}/work"
         if len(options) > MAX_MOUNT_OPTIONS:
             raise TaskSetupError(
                 f"the image {spec.image} has too many layers ({len(image.layers)}) for one overlay mount"
@@ -194,7 +193,7 @@ class OciEngine:
         )
         try:
             container.path.mkdir(mode=0o700)
-            for directory in (container.rootfs, container.upper, container.work):
+            for directory in (container.rootfs, container.scratch):
                 directory.mkdir()
                 directory.chmod(0o755)
             container.hostname.write_text(config["hostname"] + "\n")
@@ -209,6 +208,8 @@ class OciEngine:
                 "lowerdir": lowerdir,
                 "memory_bytes": spec.memory_bytes,
                 "keep_bytes": spec.log_max_bytes + 1,
+                # a read-only root's writable layer only holds the mount points
+                "scratch_bytes": SCRATCH_READ_ONLY if spec.read_only_root else spec.memory_bytes,
                 "created": time.time(),
             }
             # the metadata last: a directory without it is a half-made container (swept)
@@ -247,11 +248,12 @@ class OciEngine:
             fcntl.flock(lock, fcntl.LOCK_EX)  # handed over to the supervisor with the descriptor
             process = subprocess.Popen(
                 supervisor.argv(
-                    unshare=self._unshare,
+                    tools=self._tools,
                     container=container,
                     layer_root=self._images.layer_root,
                     lowerdir=str(meta["lowerdir"]),
                     keep_bytes=int(meta["keep_bytes"]),
+                    scratch_bytes=int(meta["scratch_bytes"]),
                     runtime_binary=self._runtime.binary,
                     runtime_root=self._runtime.state_root,
                     hide_unified=self._runtime.hide_unified,
@@ -275,19 +277,12 @@ class OciEngine:
         self._wait_started(container, process)
 
     def _wait_started(self, container: ContainerDir, process: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        delay = 0.0005
-        while True:
-            with contextlib.suppress(FileNotFoundError):
-                if container.pid.stat().st_size > 0:
-                    return
-            if process.poll() is not None and not container.pid.exists():
-                raise self._start_failure(container, process.returncode)
-            if time.monotonic() > deadline:
-                self._runtime.kill(container.id)
-                raise InfrastructureError(f"start container: not running after {START_TIMEOUT_S:.0f} s")
-            time.sleep(delay)
-            delay = min(delay * 2, 0.005)
+        if wait_for_file(container.pid, process.pid, START_TIMEOUT_S):
+            return
+        if process.poll() is not None:
+            raise self._start_failure(container, process.returncode)
+        self._runtime.kill(container.id)
+        raise InfrastructureError(f"start container: not running after {START_TIMEOUT_S:.0f} s")
 
     def _start_failure(self, container: ContainerDir, status: int) -> InfrastructureError | TaskSetupError:
         setup = supervisor.SETUP_FAILURES.get(status)

@@ -146,17 +146,19 @@ class _Tree:
             os.close(self._cache.pop(cached))
 
 
-def _clear(tree: _Tree, parent_fd: int, path: PurePosixPath) -> None:
-    """Remove what an earlier member put at ``path`` (a later member replaces it, as tar does)."""
+def _clear(tree: _Tree, parent_fd: int, path: PurePosixPath) -> bool:
+    """Remove what an earlier member put at ``path`` (a later member replaces it, as tar does).
+    True when that was a directory."""
     try:
         info = os.stat(path.name, dir_fd=parent_fd, follow_symlinks=False)
     except FileNotFoundError:
-        return
+        return False
     if stat.S_ISDIR(info.st_mode):
         tree.forget(path)
         _remove_tree(parent_fd, path.name)
-    else:
-        os.unlink(path.name, dir_fd=parent_fd)
+        return True
+    os.unlink(path.name, dir_fd=parent_fd)
+    return False
 
 
 def _remove_tree(parent_fd: int, name: str) -> None:
@@ -245,8 +247,8 @@ def _unpack_member(
         if hidden_name in ("", ".", ".."):
             raise LayerError(f"image layer member {member.name!r} is not a valid whiteout")
         hidden = path.parent / hidden_name
-        _clear(tree, parent_fd, hidden)
-        _forget_directories(directories, hidden)
+        if _clear(tree, parent_fd, hidden):
+            _forget_directories(directories, hidden)
         os.mknod(hidden.name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=parent_fd)
         return
     if member.isdir():
@@ -259,8 +261,8 @@ def _unpack_member(
             os.mkdir(name, 0o755, dir_fd=parent_fd)
         directories[path] = _dir_meta(member)
         return
-    _clear(tree, parent_fd, path)
-    _forget_directories(directories, path)
+    if _clear(tree, parent_fd, path):
+        _forget_directories(directories, path)
     if member.isreg():
         data = archive.extractfile(member)
         if data is None:
