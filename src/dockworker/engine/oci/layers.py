@@ -233,36 +233,53 @@ def _unpack_member(
     path = member_path(member.name)
     if path is None:
         if member.isdir():
-            directories[PurePosixPath(".")] = _DirMeta(
-                stat.S_IMODE(member.mode), member.uid, member.gid, member.mtime
-            )
+            directories[PurePosixPath(".")] = _dir_meta(member)
         return
     parent_fd = tree.directory(path.parent, create=True)
-    name = path.name
-    if name == OPAQUE_MARKER:
+    if path.name.startswith(WHITEOUT_PREFIX):
+        _whiteout(tree, parent_fd, path, member, directories)
+    elif member.isdir():
+        _directory(tree, parent_fd, path)
+        directories[path] = _dir_meta(member)
+    else:
+        if _clear(tree, parent_fd, path):
+            _forget_directories(directories, path)
+        _non_directory(archive, tree, parent_fd, path.name, member)
+
+
+def _whiteout(
+    tree: _Tree,
+    parent_fd: int,
+    path: PurePosixPath,
+    member: tarfile.TarInfo,
+    directories: dict[PurePosixPath, _DirMeta],
+) -> None:
+    if path.name == OPAQUE_MARKER:
         os.setxattr(parent_fd, OPAQUE_XATTR, b"y")
         return
-    if name.startswith(WHITEOUT_PREFIX):
-        hidden_name = name.removeprefix(WHITEOUT_PREFIX)
-        if hidden_name in ("", ".", ".."):
-            raise LayerError(f"image layer member {member.name!r} is not a valid whiteout")
-        hidden = path.parent / hidden_name
-        if _clear(tree, parent_fd, hidden):
-            _forget_directories(directories, hidden)
-        os.mknod(hidden.name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=parent_fd)
+    hidden_name = path.name.removeprefix(WHITEOUT_PREFIX)
+    if hidden_name in ("", ".", ".."):
+        raise LayerError(f"image layer member {member.name!r} is not a valid whiteout")
+    hidden = path.parent / hidden_name
+    if _clear(tree, parent_fd, hidden):
+        _forget_directories(directories, hidden)
+    os.mknod(hidden.name, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=parent_fd)
+
+
+def _directory(tree: _Tree, parent_fd: int, path: PurePosixPath) -> None:
+    try:
+        info = os.stat(path.name, dir_fd=parent_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        os.mkdir(path.name, 0o755, dir_fd=parent_fd)
         return
-    if member.isdir():
-        try:
-            info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-            if not stat.S_ISDIR(info.st_mode):
-                _clear(tree, parent_fd, path)
-                os.mkdir(name, 0o755, dir_fd=parent_fd)
-        except FileNotFoundError:
-            os.mkdir(name, 0o755, dir_fd=parent_fd)
-        directories[path] = _dir_meta(member)
-        return
-    if _clear(tree, parent_fd, path):
-        _forget_directories(directories, path)
+    if not stat.S_ISDIR(info.st_mode):
+        _clear(tree, parent_fd, path)
+        os.mkdir(path.name, 0o755, dir_fd=parent_fd)
+
+
+def _non_directory(
+    archive: tarfile.TarFile, tree: _Tree, parent_fd: int, name: str, member: tarfile.TarInfo
+) -> None:
     if member.isreg():
         data = archive.extractfile(member)
         if data is None:
