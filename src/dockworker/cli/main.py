@@ -16,6 +16,7 @@ from ..settings import load_settings
 from . import admin, queue_control
 from .client import Client, ClientConfig, zip_directory
 from .common import ConfigOpt, DataDir, JsonOpt, StoreOpt, err, out, parse_env, parse_secret_env, read_arg
+from .images import images_app
 from .run_local import run_local
 from .stacks import stacks_app
 
@@ -25,6 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(stacks_app, name="stacks")
+app.add_typer(images_app, name="images")
 app.command("run-local")(run_local)
 admin.register(app)  # projects, token
 
