@@ -7,8 +7,8 @@ import time
 import pytest
 
 from dockworker.engine import DockerEngine
-from dockworker.engine.adapter import RUNNER_LABEL
 from dockworker.models import CodeSpec
+from dockworker.names import RUNNER_LABEL
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store

@@ -198,6 +198,11 @@ class Runner:
             return False
         log.info("runner.engine_back: claiming again", extra=self._ids)
         self._engine_ok.set()
+        # Containers whose removal failed while it was away go now, not at the next reap.
+        try:
+            self.reap_orphans()
+        except Exception as exc:
+            log.warning("runner.reap_failed", extra={**self._ids, "error": str(exc)})
         return True
 
     def _host_writable(self, stop: threading.Event) -> bool:
