@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from pathlib import Path
 
 import pytest
 
 from dockworker.errors import ClientError
 from dockworker.logsetup import JsonFormatter, KeyValueFormatter, Throttled, log_format
+from dockworker.scheduler import Housekeeper
+from tests.fake_engine import Harness
+from tests.helpers import queue
 
 
 def _record(msg: str = "task.crashed", exc: bool = False, **extra: object) -> logging.LogRecord:
@@ -77,3 +81,20 @@ def test_held_back_repeats_are_counted_on_the_next_line(caplog: pytest.LogCaptur
         throttled._interval_s = 0
         throttled(logging.WARNING, "a")
     assert [r.__dict__.get("repeated") for r in caplog.records] == [None, 2]
+
+
+def test_an_expired_lease_is_logged_with_its_task_id(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness = Harness(tmp_path)
+    try:
+        harness.code()
+        task = queue(harness.store, harness.project, "hello")
+        assert harness.store.claim("gone", ["default"], lease_ttl=-1) is not None
+        with caplog.at_level(logging.WARNING):
+            assert Housekeeper(harness.settings, harness.store).tick() == 1
+        (record,) = [r for r in caplog.records if r.getMessage() == "lease.expired"]
+        assert record.__dict__["task_id"] == task.id
+        assert "runner gone lost its lease" in record.__dict__["reason"]
+    finally:
+        harness.close()
