@@ -286,3 +286,23 @@ def test_a_lost_lease_stops_the_container(h: Harness, start: Callable[..., Start
     assert h.store.release(task.id, h.context.runner_id, "taken away")  # as an expiry would
     h.engine.wait_until(lambda: first not in h.engine.containers)
     assert h.engine.removed[0] == first and "kill" in h.engine.calls
+
+
+def test_a_container_left_while_the_engine_was_away_is_removed_before_the_next_claim(
+    h: Harness, start: Callable[..., Started]
+) -> None:
+    gone = EngineUnavailable("Docker engine unreachable")
+    h.engine.program(Script(output=[b"partial\n"], release=threading.Event()), Script())
+    h.engine.fail("read", gone)
+    h.engine.fail("remove", gone)
+    h.engine.fail("ping", gone)
+    task = queue(h.store, h.project, "hello")
+    start()
+    done = wait_for(h.store, task.id, timeout=15)
+    assert done.status is TaskStatus.COMPLETE and done.infra_attempts == 0
+    assert len(h.engine.removed) == 2
+    calls = h.engine.calls
+    last_ping = len(calls) - 1 - calls[::-1].index("ping")
+    after = calls[last_ping:]
+    assert after.index("remove") < after.index("create"), calls  # reaped, then claimed again
+    assert h.engine.containers == {}
