@@ -300,7 +300,7 @@ def test_a_container_left_while_the_engine_was_away_is_removed_before_the_next_c
     start()
     done = wait_for(h.store, task.id, timeout=15)
     assert done.status is TaskStatus.COMPLETE and done.infra_attempts == 0
-    assert len(h.engine.removed) == 2
+    assert len(h.engine.removed) == 2, (h.engine.calls, h.kinds(task.id))
     calls = h.engine.calls
     last_ping = len(calls) - 1 - calls[::-1].index("ping")
     after = calls[last_ping:]

@@ -57,6 +57,9 @@ class RunnerContext:
     host_ok: threading.Event = field(default_factory=threading.Event)
     # Set when the runner stops for good: reports still failing are given up.
     abandon: threading.Event = field(default_factory=threading.Event)
+    # Held by a claim and by clearing engine_ok/host_ok: a claim under way when a task is
+    # handed back because of them cannot take that task again.
+    claim_gate: threading.Lock = field(default_factory=threading.Lock)
 
 
 class TaskExecution:
@@ -123,7 +126,8 @@ class TaskExecution:
         elif self.host_storage_full:
             held, why = ctx.host_ok, f"the runner's host has no space left ({reason})"
         if held is not None:
-            held.clear()  # before the release, so this runner does not claim it again
+            with ctx.claim_gate:
+                held.clear()  # before the release, so this runner does not claim it again
             # Not the task's fault, nor a reason to spend its budget: another runner (or this
             # one, once the engine answers or space is back) takes it from its old place.
             log.warning("task.released", extra={**self._ids, "reason": why})

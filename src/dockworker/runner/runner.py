@@ -159,12 +159,15 @@ class Runner:
             if not (self._identity_held(stop) and self._engine_answers(stop) and self._host_writable(stop)):
                 continue
             try:
-                task = self.store.claim(
-                    self.runner_id,
-                    self.settings.clusters,
-                    self.settings.lease_ttl_s,
-                    starvation_s=self.settings.starvation_bound_s,
-                )
+                with self._context.claim_gate:
+                    if not (self._engine_ok.is_set() and self._host_ok.is_set()):
+                        continue  # a task was just handed back because of them
+                    task = self.store.claim(
+                        self.runner_id,
+                        self.settings.clusters,
+                        self.settings.lease_ttl_s,
+                        starvation_s=self.settings.starvation_bound_s,
+                    )
             except Exception as exc:
                 self._throttled(
                     logging.ERROR, "runner.claim_failed", {**self._ids, "error": str(exc)}, exc_info=True
