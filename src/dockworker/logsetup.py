@@ -18,7 +18,11 @@ LEVEL_ENV = "DOCKWORKER_LOG_LEVEL"
 FORMATS = ("text", "json")
 
 # The attributes every LogRecord has; anything else on a record came from ``extra=``.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's copy of the message with terminal colours
+}
 
 
 def record_fields(record: logging.LogRecord) -> dict[str, Any]:

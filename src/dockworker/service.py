@@ -305,6 +305,8 @@ def _serve_api(
         host=settings.host,
         port=settings.port,
         log_level="warning",
+        # uvicorn's records go through the service's handler and format (text or JSON).
+        log_config=None,
         timeout_graceful_shutdown=5,
         access_log=False,
     )
