@@ -47,22 +47,21 @@ def up(
     slots: Annotated[int | None, typer.Option(help="Concurrent tasks (default: 2 x cores)")] = None,
 ) -> None:
     """Run everything in one process: API, housekeeping and runner, on SQLite in DATA_DIR."""
-    from ..service import configure_logging, ensure_credentials, open_migrated_store, run_service
+    from ..service import Credentials, configure_logging, run_service
 
     configure_logging()
     settings = load_settings(data_dir=data_dir, store_url=store, host=host, port=port, slots=slots)
-    opened = open_migrated_store(settings)
-    created = ensure_credentials(settings, opened)
-    opened.close()
-    if created is not None:
+
+    def tell(created: Credentials) -> None:
         out.print(f"[bold]Created project {created.project_id}[/] and a token, written to {created.path}")
+
     iron_json = settings.data_dir / "iron.json"
     ready = (
         f"dockworker {__version__} listening on http://{settings.host}:{settings.port} "
         f"(API docs at /docs). Credentials: {iron_json}. "
         f"Try: dockworker --help, or point an IronWorker client at {iron_json}"
     )
-    run_service(settings, api=True, runner=True, on_ready=ready)
+    run_service(settings, api=True, runner=True, on_ready=ready, on_credentials=tell)
 
 
 @app.command()
