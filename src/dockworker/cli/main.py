@@ -16,6 +16,7 @@ from ..settings import load_settings
 from . import admin, queue_control
 from .client import Client, ClientConfig, zip_directory
 from .common import ConfigOpt, DataDir, JsonOpt, StoreOpt, err, out, parse_env, parse_secret_env, read_arg
+from .images import images_app
 from .run_local import run_local
 from .stacks import stacks_app
 
@@ -25,6 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(stacks_app, name="stacks")
+app.add_typer(images_app, name="images")
 app.command("run-local")(run_local)
 admin.register(app)  # projects, token
 
@@ -45,22 +47,21 @@ def up(
     slots: Annotated[int | None, typer.Option(help="Concurrent tasks (default: 2 x cores)")] = None,
 ) -> None:
     """Run everything in one process: API, housekeeping and runner, on SQLite in DATA_DIR."""
-    from ..service import configure_logging, ensure_credentials, open_migrated_store, run_service
+    from ..service import Credentials, configure_logging, run_service
 
     configure_logging()
     settings = load_settings(data_dir=data_dir, store_url=store, host=host, port=port, slots=slots)
-    opened = open_migrated_store(settings)
-    created = ensure_credentials(settings, opened)
-    opened.close()
-    if created is not None:
+
+    def tell(created: Credentials) -> None:
         out.print(f"[bold]Created project {created.project_id}[/] and a token, written to {created.path}")
+
     iron_json = settings.data_dir / "iron.json"
     ready = (
         f"dockworker {__version__} listening on http://{settings.host}:{settings.port} "
         f"(API docs at /docs). Credentials: {iron_json}. "
         f"Try: dockworker --help, or point an IronWorker client at {iron_json}"
     )
-    run_service(settings, api=True, runner=True, on_ready=ready)
+    run_service(settings, api=True, runner=True, on_ready=ready, on_credentials=tell)
 
 
 @app.command()

@@ -107,7 +107,7 @@ def execute(run: LocalRun, settings: Settings) -> tuple[str, TaskOutcome]:
     and the outcome; a task that cannot start (image missing...) is an error outcome, as in
     the service."""
     from ..engine import DockerEngine
-    from ..engine.adapter import ImageMissing
+    from ..errors import ImageMissing
     from ..ids import new_id
     from ..runner.container_run import run_container
     from ..runner.contract import (

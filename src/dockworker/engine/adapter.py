@@ -7,7 +7,6 @@ import contextlib
 import socket
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any, NoReturn
 
@@ -16,12 +15,10 @@ import docker.constants
 import docker.errors
 import requests
 
-from ..errors import EngineUnavailable, InfrastructureError, TaskSetupError
+from ..errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError, TaskSetupError
+from ..names import TASK_LABEL
+from .types import ContainerInfo, ContainerSpec, ExitInfo
 
-LABEL_PREFIX = "dockworker."
-TASK_LABEL = LABEL_PREFIX + "task"
-RUNNER_LABEL = LABEL_PREFIX + "runner"
-INSTALLATION_LABEL = LABEL_PREFIX + "installation"
 SIGKILL_EXIT = 128 + 9
 OOM_RECHECKS = 5
 OOM_RECHECK_INTERVAL_S = 0.1
@@ -39,53 +36,6 @@ _USER_FAULT_MARKERS = (
     "no matching entries in passwd",
     "invalid reference format",
 )
-
-
-class ContainerGone(InfrastructureError):
-    """The container no longer exists."""
-
-
-class ImageMissing(TaskSetupError):
-    """The image is not on the engine (and dockworker never pulls)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Bind:
-    source: str
-    target: str
-    read_only: bool = True
-
-
-@dataclass(frozen=True, kw_only=True)
-class ContainerSpec:
-    image: str
-    command: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)
-    binds: tuple[Bind, ...] = ()
-    working_dir: str | None = None
-    user: str = "1000:1000"
-    memory_bytes: int = 512 * 1024 * 1024
-    cpus: float = 1.0
-    pids: int = 256
-    tmpfs: dict[str, str] = field(default_factory=dict)
-    log_max_bytes: int = 8 * 1024 * 1024
-    network_disabled: bool = True
-    read_only_root: bool = True
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExitInfo:
-    exit_code: int
-    oom_killed: bool
-    error: str = ""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ContainerInfo:
-    id: str
-    labels: dict[str, str]
-    running: bool
 
 
 def _explanation(exc: docker.errors.APIError) -> str:
@@ -163,7 +113,8 @@ def _check_unix_socket(base_url: str) -> None:
 
 
 class DockerEngine:
-    """One engine connection. Thread-safe: the runner's task threads share it."""
+    """One engine connection, implementing :class:`~dockworker.engine.base.Engine` (plus the
+    image building the stack builders need). Thread-safe: the runner's task threads share it."""
 
     def __init__(self, base_url: str | None = None, *, pool_size: int = 32, timeout: float = 60) -> None:
         self._base_url = base_url or docker.constants.DEFAULT_UNIX_SOCKET
@@ -396,7 +347,4 @@ class DockerEngine:
     def list_labelled(self, label: str = TASK_LABEL) -> list[ContainerInfo]:
         with _classified("list containers"):
             found = self._api.containers(all=True, filters={"label": label})
-        return [
-            ContainerInfo(id=c["Id"], labels=dict(c.get("Labels") or {}), running=c.get("State") == "running")
-            for c in found
-        ]
+        return [ContainerInfo(id=c["Id"], labels=dict(c.get("Labels") or {})) for c in found]

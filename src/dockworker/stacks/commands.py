@@ -24,8 +24,11 @@ BUILD_ENV: Mapping[str, str] = {
 LineCallback = Callable[[str], None]
 
 
-def run_command(argv: Sequence[str], *, on_line: LineCallback | None = None) -> None:
-    """Run argv to completion, with stdout and stderr merged; InfrastructureError if it fails."""
+def run_command(
+    argv: Sequence[str], *, on_line: LineCallback | None = None, env: Mapping[str, str] | None = None
+) -> None:
+    """Run argv to completion, with stdout and stderr merged; InfrastructureError if it fails.
+    ``env`` replaces the clean build environment (pip on the host needs the caller's own)."""
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     try:
         process = subprocess.Popen(
@@ -33,7 +36,7 @@ def run_command(argv: Sequence[str], *, on_line: LineCallback | None = None) -> 
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            env=dict(BUILD_ENV),
+            env=dict(BUILD_ENV if env is None else env),
             text=True,
             errors="replace",
         )

@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from .. import ids
 from ..errors import ClientError
+from .identity import RunnerIdentity, hold_advisory_identity
 from .schema import meta
 from .sql import SqlStore
 from .wakeup import WorkSignal
@@ -143,6 +144,9 @@ class PostgresStore(SqlStore):
 
     def _record_claim(self, conn: sa.Connection, task_id: str, runner_id: str) -> None:
         """The claim statement writes its event itself."""
+
+    def hold_runner_identity(self, runner_id: str) -> RunnerIdentity:
+        return hold_advisory_identity(runner_id, self.engine)
 
     # --- wake-ups -------------------------------------------------------------------------------
 

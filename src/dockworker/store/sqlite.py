@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
+from .identity import RunnerIdentity, hold_file_identity
 from .sql import SqlStore
 
 # Priority 2 first, then the oldest runnable task; a task runnable for longer than the
@@ -74,3 +75,6 @@ class SqliteStore(SqlStore):
 
     def _read_options(self) -> dict[str, Any]:
         return {"readonly": True}
+
+    def hold_runner_identity(self, runner_id: str) -> RunnerIdentity:
+        return hold_file_identity(runner_id, self.engine)
