@@ -18,6 +18,8 @@ from dockworker.settings import Settings
 from tests.conftest import require
 
 RUNTIMES = ("crun", "runc")
+# The OCI runtime the shared suites (hostile tasks, runner outcomes) run on besides Docker.
+SHARED_SUITES_RUNTIME = os.environ.get("DOCKWORKER_TEST_OCI_RUNTIME", "crun")
 
 
 def require_runtime(runtime: str) -> None:
@@ -83,3 +85,25 @@ def start_oci_runner(oci_engine: OciEngine, start_runner: Callable[..., Runner])
         return start_runner(runner_settings, oci_engine)
 
     return start
+
+
+@pytest.fixture(name="engine", params=["docker", "oci"])
+def both_backends(
+    request: pytest.FixtureRequest, engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[object]:
+    """The task engine of a test suite that must hold on both backends: the Docker engine, or
+    the OCI backend (over the Docker engine's images). A module opts in with
+    ``engine = oci_fixtures.both_backends``; its runners (``start_runner``) and its own engine
+    checks then run on each, and the OCI runs must leave nothing behind."""
+    if request.param == "docker":
+        yield engine
+        return
+    require_runtime(SHARED_SUITES_RUNTIME)
+    root = tmp_path_factory.getbasetemp() / f"oci-{SHARED_SUITES_RUNTIME}"
+    oci = OciEngine(root, engine, runtime=SHARED_SUITES_RUNTIME)
+    yield oci
+    left = leftovers(root)
+    for container in (root / "containers").iterdir():
+        oci.remove(container.name)
+    oci.close()
+    assert left == []

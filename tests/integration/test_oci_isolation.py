@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from dockworker.engine.adapter import TASK_LABEL
 from dockworker.engine.oci import OciEngine
 from dockworker.models import CodeSpec, Task
+from dockworker.names import TASK_LABEL
 from dockworker.runner import Runner
 from dockworker.settings import Limits, Settings
 from dockworker.states import TaskStatus

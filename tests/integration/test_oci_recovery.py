@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from dockworker.engine import Bind, ContainerSpec, DockerEngine
-from dockworker.engine.adapter import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from dockworker.engine.oci import OciEngine
 from dockworker.errors import InfrastructureError
 from dockworker.models import CodeSpec
+from dockworker.names import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
@@ -99,7 +99,7 @@ def test_a_container_outlives_the_process_that_started_it_and_is_followed(
     container_id = start_in_a_process_then_kill_it(oci_root, runtime, gated_spec(gate, "echo late; exit 7"))
     oci = OciEngine(oci_root, engine, runtime=runtime)  # the restarted runner's engine
     (found,) = oci.list_labelled(f"{TASK_LABEL}=t-crash")
-    assert found.id == container_id and found.running
+    assert found.id == container_id and oci.running(container_id)
     assert oci.started_at(container_id) is not None
     output = oci.follow_logs(container_id)
     assert next(output) == b"early\n"
@@ -138,12 +138,11 @@ def test_a_container_whose_supervisor_was_killed_is_reaped(
     oci_engine.start(container_id)
     supervisor = int((oci_root / "containers" / container_id / "supervisor.pid").read_text())
     os.killpg(supervisor, signal.SIGKILL)  # the supervisor and the runtime with it, not the container
-    (found,) = [c for c in oci_engine.list_labelled() if c.id == container_id]
+    assert [c.id for c in oci_engine.list_labelled()] == [container_id]
     deadline = time.monotonic() + 10
-    while found.running and time.monotonic() < deadline:
+    while oci_engine.running(container_id) and time.monotonic() < deadline:
         time.sleep(0.02)
-        (found,) = [c for c in oci_engine.list_labelled() if c.id == container_id]
-    assert not found.running
+    assert not oci_engine.running(container_id)
     with pytest.raises(InfrastructureError, match="without recording an exit status"):
         oci_engine.wait(container_id)
     oci_engine.remove(container_id)  # kills what runs, deletes the runtime's state and cgroups

@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Protocol
 
-from ...errors import EngineUnavailable, InfrastructureError
-from ..adapter import ImageMissing
+from ...errors import EngineUnavailable, ImageMissing, InfrastructureError
 from .layers import LayerError, member_path, unpack_layer
 
 HEX_DIGEST_LEN = 64

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from ... import __version__
 from ...errors import EngineUnavailable, InfrastructureError, TaskSetupError
-from ..adapter import ContainerSpec
+from ..types import ContainerSpec
 
 # Where dockerd (20.10+, containerd's runtime v2 shim) keeps each running container's bundle.
 DOCKER_BUNDLES = Path("/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby")

@@ -11,7 +11,7 @@ import posixpath
 from typing import Any
 
 from ...errors import TaskSetupError
-from ..adapter import ContainerSpec
+from ..types import ContainerSpec
 from .cgroups import MEMORY_MARGIN
 from .images import PreparedImage
 from .policy import SandboxPolicy
