@@ -19,7 +19,8 @@ from types import FrameType
 import uvicorn
 
 from .api import create_app
-from .engine import DockerEngine
+from .engine import Engine
+from .engine.oci.choose import open_task_engine
 from .errors import ClientError
 from .logsetup import configure_logging
 from .runner import Runner
@@ -228,9 +229,9 @@ def _serve(settings: Settings, store: Store, holds: _Holds, on_ready: str | None
     signals = _Signals(stop, force)
     threads: list[threading.Thread] = []
     the_runner: Runner | None = None
-    engine: DockerEngine | None = None
+    engine: Engine | None = None
     if holds.identity is not None:
-        engine = DockerEngine(settings.docker_host, pool_size=max(16, 4 * settings.slots))
+        engine = open_task_engine(settings, pool_size=max(16, 4 * settings.slots))
         engine.ping()
         the_runner = Runner(settings, store, engine, identity=holds.identity)
         threads.append(threading.Thread(target=the_runner.run, args=(stop,), name="runner"))
@@ -289,7 +290,7 @@ def _serve_api(
     settings: Settings,
     store: Store,
     runner: Runner | None,
-    engine: DockerEngine | None,
+    engine: Engine | None,
     listener: socket.socket,
     signals: _Signals,
     on_ready: str | None,

@@ -12,6 +12,8 @@ from typing import Any
 from .errors import ClientError
 
 MB = 1024 * 1024
+RUNTIMES = ("docker", "oci")
+OCI_RUNTIMES = ("crun", "runc")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +41,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     docker_host: str | None = None
+    # How tasks run: "docker" (through dockerd) or "oci" (an OCI runtime directly, docs/oci.md).
+    runtime: str = "docker"
+    oci_runtime: str = "crun"
     runner_id: str | None = None
     slots: int = field(default_factory=lambda: 2 * (os.cpu_count() or 1))
     clusters: tuple[str, ...] = ("default",)
@@ -62,6 +67,12 @@ class Settings:
     max_batch_tasks: int = 1000
     task_user: str = "1000:1000"
     limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ClientError(f"runtime {self.runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        if self.oci_runtime not in OCI_RUNTIMES:
+            raise ClientError(f"OCI runtime {self.oci_runtime!r}: choose one of {', '.join(OCI_RUNTIMES)}")
 
     @property
     def database_url(self) -> str:

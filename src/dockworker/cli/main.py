@@ -45,12 +45,17 @@ def up(
     host: Annotated[str | None, typer.Option(help="Address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="Port to listen on")] = None,
     slots: Annotated[int | None, typer.Option(help="Concurrent tasks (default: 2 x cores)")] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="How tasks run: docker (through dockerd) or oci (crun/runc directly)")
+    ] = None,
 ) -> None:
     """Run everything in one process: API, housekeeping and runner, on SQLite in DATA_DIR."""
     from ..service import Credentials, configure_logging, run_service
 
     configure_logging()
-    settings = load_settings(data_dir=data_dir, store_url=store, host=host, port=port, slots=slots)
+    settings = load_settings(
+        data_dir=data_dir, store_url=store, host=host, port=port, slots=slots, runtime=runtime
+    )
 
     def tell(created: Credentials) -> None:
         out.print(f"[bold]Created project {created.project_id}[/] and a token, written to {created.path}")
@@ -88,6 +93,9 @@ def runner(
     runner_id: Annotated[
         str | None, typer.Option(help="Stable name of this runner (default: host name)")
     ] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="How tasks run: docker (through dockerd) or oci (crun/runc directly)")
+    ] = None,
 ) -> None:
     """Run a task runner against the store."""
     from ..service import configure_logging, run_service
@@ -99,6 +107,7 @@ def runner(
         slots=slots,
         runner_id=runner_id,
         clusters=tuple(cluster) if cluster else None,
+        runtime=runtime,
     )
     run_service(settings, api=False, runner=True, on_ready="runner started")
 
