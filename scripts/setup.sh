@@ -12,6 +12,9 @@ command -v dockerd >/dev/null || need_packages+=(docker.io)
 [ -x /bin/busybox ] && file -L /bin/busybox 2>/dev/null | grep -q static || need_packages+=(busybox-static)
 command -v debootstrap >/dev/null || need_packages+=(debootstrap)
 command -v file >/dev/null || need_packages+=(file)
+# the OCI backend (--runtime oci): the OCI runtimes themselves, run without dockerd
+command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need_packages+=(runc)
+command -v crun >/dev/null || need_packages+=(crun)
 if [ ${#need_packages[@]} -gt 0 ]; then
   say "Installing ${need_packages[*]}"
   as_root apt-get update -q

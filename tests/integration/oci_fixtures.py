@@ -33,6 +33,8 @@ def leftovers(root: Path) -> list[str]:
     """What an OCI engine rooted at ``root`` left behind: containers, runtime state, cgroups,
     mounts, supervisor processes."""
     found = [f"container {p.name}" for p in (root / "containers").iterdir()]
+    removed = root / "removed"
+    found += [f"removed container {p.name}" for p in removed.iterdir()] if removed.is_dir() else []
     found += [f"runtime state {p.name}" for p in (root / "runtime").iterdir()]
     for hierarchy in CgroupLayout.detect().hierarchies():
         scope = hierarchy / SCOPE_DIR
@@ -70,6 +72,7 @@ def oci_engine(oci_root: Path, runtime: str, engine: DockerEngine) -> Iterator[O
     """An OCI engine; at the end of the test nothing it ran may be left."""
     oci = OciEngine(oci_root, engine, runtime=runtime)
     yield oci
+    oci.close()  # what was removed is deleted by then
     left = leftovers(oci_root)
     for container in (oci_root / "containers").iterdir():  # a failed test leaves nothing running
         oci.remove(container.name)
@@ -102,6 +105,7 @@ def both_backends(
     root = tmp_path_factory.getbasetemp() / f"oci-{SHARED_SUITES_RUNTIME}"
     oci = OciEngine(root, engine, runtime=SHARED_SUITES_RUNTIME)
     yield oci
+    oci.close()
     left = leftovers(root)
     for container in (root / "containers").iterdir():
         oci.remove(container.name)

@@ -108,6 +108,7 @@ def test_a_container_outlives_the_process_that_started_it_and_is_followed(
     exit_info = oci.wait(container_id)
     assert (exit_info.exit_code, exit_info.oom_killed) == (7, False)
     oci.remove(container_id)
+    oci.close()
     assert oci_fixtures.leftovers(oci_root) == []
 
 
@@ -122,6 +123,7 @@ def test_an_oom_while_no_one_watched_is_recorded(
     exit_info = oci.wait(container_id)
     assert (exit_info.exit_code, exit_info.oom_killed) == (137, True)
     oci.remove(container_id)
+    oci.close()
     assert oci_fixtures.leftovers(oci_root) == []
 
 
@@ -146,6 +148,7 @@ def test_a_container_whose_supervisor_was_killed_is_reaped(
     with pytest.raises(InfrastructureError, match="without recording an exit status"):
         oci_engine.wait(container_id)
     oci_engine.remove(container_id)  # kills what runs, deletes the runtime's state and cgroups
+    oci_engine.close()
     assert oci_fixtures.leftovers(oci_root) == []
 
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import secrets
 import select
 import shutil
@@ -80,6 +81,34 @@ def _lock_is_free(path: Path) -> bool:
     return True
 
 
+class BackgroundDeleter:
+    """Deletes removed containers' directories on a thread of its own."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def delete(self, path: Path) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="oci-deleter", daemon=True)
+                self._thread.start()
+        self._queue.put(path)
+
+    def _run(self) -> None:
+        while (path := self._queue.get()) is not None:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def close(self, timeout: float = 30) -> None:
+        """Delete what is queued, then stop."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join(timeout)
+
+
 def _tail(path: Path, limit: int = 2000) -> str:
     try:
         return path.read_text(errors="replace")[-limit:].strip()
@@ -107,7 +136,10 @@ class OciEngine:
         self._docker = docker
         self._close_docker = close_docker
         self._containers = root / "containers"
-        self._containers.mkdir(parents=True, exist_ok=True)
+        self._removed = root / "removed"
+        for directory in (self._containers, self._removed):
+            directory.mkdir(parents=True, exist_ok=True)
+        self._deleter = BackgroundDeleter()
         os.chmod(root, 0o700)
         self._runtime = Runtime.find(runtime, root / "runtime")
         self._runtime.state_root.mkdir(parents=True, exist_ok=True)
@@ -131,6 +163,7 @@ class OciEngine:
         return self._runtime.name
 
     def close(self) -> None:
+        self._deleter.close()
         TaskCgroups.remove_scope(self._layout, self._scope)
         if self._close_docker:
             self._docker.close()
@@ -432,9 +465,13 @@ class OciEngine:
         TaskCgroups(self._layout, self._scope, container_id).remove()
         if os.path.ismount(container.rootfs):  # only if something mounted it on the host
             subprocess.run(["umount", "--lazy", str(container.rootfs)], check=False, capture_output=True)
-        shutil.rmtree(container.path, ignore_errors=True)
-        if container.path.exists():
-            raise InfrastructureError(f"remove container: cannot remove {container.path}")
+        # Gone at once for every reader (one rename); its files are deleted off the task's path.
+        trashed = self._removed / f"{container_id}-{secrets.token_hex(4)}"
+        try:
+            os.rename(container.path, trashed)
+        except OSError as exc:
+            raise InfrastructureError(f"remove container: cannot remove {container.path}: {exc}") from exc
+        self._deleter.delete(trashed)
 
     def _reap(self, container_id: str) -> None:
         with self._lock:
@@ -476,7 +513,10 @@ class OciEngine:
 
     def sweep(self) -> None:
         """Remove what no container accounts for: runtime state of a container whose directory
-        is gone, cgroups of this root with no container, half-made container directories."""
+        is gone, cgroups of this root with no container, half-made container directories, and
+        the files of removed containers an earlier process did not get to delete."""
+        for trashed in self._removed.iterdir():
+            shutil.rmtree(trashed, ignore_errors=True)
         known = {entry.name for entry in self._containers.iterdir()}
         for container_id in self._runtime.container_ids():
             if container_id not in known:

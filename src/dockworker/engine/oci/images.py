@@ -2,9 +2,9 @@
 once per image id, each layer unpacked once per content digest into a local cache that overlay
 mounts use as read-only lower layers.
 
-The engine is asked only which image a reference names now (so a rebuilt stack is picked up at
-once); when it cannot be reached, the last answer it gave is used, so cached images keep
-running without dockerd."""
+The engine is asked only which image a reference names (at most once a second per reference, so
+a rebuilt stack is picked up within a second); when it cannot be reached, the last answer it
+gave is used, so cached images keep running without dockerd."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import shutil
 import tarfile
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from ...errors import EngineUnavailable, ImageMissing, InfrastructureError
 from .layers import LayerError, member_path, unpack_layer
 
 HEX_DIGEST_LEN = 64
+REF_TTL_S = 1.0
 _TMP_PREFIX = ".tmp-"
 
 
@@ -117,6 +119,7 @@ class ImageCache:
         self._image_locks: dict[str, threading.Lock] = {}
         self._prepared: dict[str, PreparedImage] = {}
         self._refs = self._load_refs()
+        self._recent: dict[str, tuple[float, str]] = {}
         self._sweep_partial()
 
     def _load_refs(self) -> dict[str, str]:
@@ -151,7 +154,14 @@ class ImageCache:
                     entry.unlink()
 
     def resolve(self, ref: str) -> str | None:
-        """The image id ``ref`` names: the engine's answer, or its last one if it is down."""
+        """The image id ``ref`` names: the engine's answer (asked at most once a second per
+        reference, so a rebuilt image is picked up within that second), or its last answer
+        when it cannot be reached."""
+        now = time.monotonic()
+        with self._lock:
+            recent = self._recent.get(ref)
+        if recent is not None and now - recent[0] < REF_TTL_S:
+            return recent[1]
         try:
             image_id = self._source.image_id(ref)
         except EngineUnavailable:
@@ -162,6 +172,8 @@ class ImageCache:
             return known
         if image_id is not None:
             self._remember_ref(ref, image_id)
+            with self._lock:
+                self._recent[ref] = (now, image_id)
         return image_id
 
     def prepare(self, ref: str) -> PreparedImage:
