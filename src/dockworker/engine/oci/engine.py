@@ -48,6 +48,8 @@ KILL_WAIT_S = 10.0
 OUTPUT_POLL_S = 0.05
 OUTPUT_CHUNK = 64 * 1024
 SCRATCH_READ_ONLY = 1024 * 1024
+# A container directory without metadata this old was left half-made by a process that died.
+HALF_MADE_AFTER_S = 60.0
 # The overlay mount's options must fit in one page.
 MAX_MOUNT_OPTIONS = 4000
 # Messages with which a runtime says the task's own command or settings cannot run.
@@ -436,7 +438,7 @@ class OciEngine:
             container = self._existing(container_id)
         except ContainerGone:
             return
-        if self._finished(container):
+        if not container.launched.exists() or self._finished(container):
             return
         self._runtime.kill(container_id, "KILL")
         if not self._wait_finished(container, KILL_WAIT_S):
@@ -527,8 +529,11 @@ class OciEngine:
                 TaskCgroups(self._layout, self._scope, container_id).remove()
         for name in known:
             container = ContainerDir(self._containers / name)
-            if not container.meta.exists() and not container.launched.exists():
-                shutil.rmtree(container.path, ignore_errors=True)
+            if container.meta.exists() or container.launched.exists():
+                continue
+            with contextlib.suppress(FileNotFoundError):  # half-made, unless still being made
+                if time.time() - container.path.stat().st_mtime > HALF_MADE_AFTER_S:
+                    shutil.rmtree(container.path, ignore_errors=True)
 
 
 if TYPE_CHECKING:
