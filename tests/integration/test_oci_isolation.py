@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from dockworker.engine.oci import OciEngine
-from dockworker.models import CodeSpec, Task
+from dockworker.models import CodeSpec
 from dockworker.names import TASK_LABEL
 from dockworker.runner import Runner
 from dockworker.settings import Limits, Settings
@@ -18,36 +18,21 @@ from dockworker.states import TaskStatus
 from dockworker.store import Store
 from tests.helpers import queue, save_code, wait_for
 
-from . import oci_fixtures
+from . import oci_fixtures, test_hostile_tasks
 
 # the OCI fixtures, on crun and on runc
 runtime = oci_fixtures.runtime
 oci_root = oci_fixtures.oci_root
 oci_engine = oci_fixtures.oci_engine
 start_oci_runner = oci_fixtures.start_oci_runner
+# the hostile-task suite's project (with its "ok" package) and helpers
+project = test_hostile_tasks.project
+run = test_hostile_tasks.run
+others_still_run = test_hostile_tasks.others_still_run
 
 pytestmark = pytest.mark.docker
 
 StartRunner = Callable[..., Runner]
-
-
-@pytest.fixture
-def project(store: Store) -> str:
-    project = store.create_project("oci").id
-    save_code(store, project, CodeSpec(name="ok", stack="busybox", command="echo fine"))
-    return project
-
-
-def run(store: Store, project: str, name: str, script: str, timeout: int = 30, **spec: object) -> Task:
-    save_code(
-        store, project, CodeSpec(name=name, stack="busybox", command="sh run.sh", **spec), {"run.sh": script}
-    )  # type: ignore[arg-type]
-    return wait_for(store, queue(store, project, name, timeout=timeout).id, timeout=timeout + 30)
-
-
-def others_still_run(store: Store, project: str) -> None:
-    done = wait_for(store, queue(store, project, "ok").id, timeout=30)
-    assert done.status is TaskStatus.COMPLETE and store.read_log(done.id) == b"fine\n"
 
 
 @pytest.fixture

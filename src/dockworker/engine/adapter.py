@@ -26,7 +26,7 @@ OOM_RECHECK_INTERVAL_S = 0.1
 # Messages with which the engine reports that the user's command or image cannot run,
 # whatever HTTP status it chose for them (dockerd 20.10 answers 400 or 500 for these).
 START_ACTION = "start container"
-_USER_FAULT_MARKERS = (
+USER_FAULT_MARKERS = (
     "executable file not found",
     "no such file or directory",
     "permission denied",
@@ -55,7 +55,7 @@ def _raise_classified(exc: Exception, action: str) -> NoReturn:
         lowered = text.lower()
         # Only the start of the user's command can fail for the user's reasons with a 5xx; a 5xx
         # elsewhere (e.g. create while the engine shuts down) is the engine's problem.
-        if action == START_ACTION and any(marker in lowered for marker in _USER_FAULT_MARKERS):
+        if action == START_ACTION and any(marker in lowered for marker in USER_FAULT_MARKERS):
             raise TaskSetupError(f"{action}: {text}") from exc
         if exc.is_client_error():
             raise TaskSetupError(f"{action}: {text}") from exc

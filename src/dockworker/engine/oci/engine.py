@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...errors import ClientError, ContainerGone, EngineUnavailable, InfrastructureError, TaskSetupError
 from ...names import TASK_LABEL
-from ..adapter import DockerEngine
+from ..adapter import USER_FAULT_MARKERS, DockerEngine
 from ..base import Engine
 from ..types import ContainerInfo, ContainerSpec, ExitInfo
 from . import supervisor
@@ -52,14 +52,6 @@ SCRATCH_READ_ONLY = 1024 * 1024
 HALF_MADE_AFTER_S = 60.0
 # The overlay mount's options must fit in one page.
 MAX_MOUNT_OPTIONS = 4000
-# Messages with which a runtime says the task's own command or settings cannot run.
-_USER_FAULT_MARKERS = (
-    "executable file not found",
-    "no such file or directory",
-    "permission denied",
-    "not a directory",
-    "exec format error",
-)
 
 
 def _probe_image() -> str:
@@ -328,7 +320,7 @@ class OciEngine:
         if setup is not None:
             return InfrastructureError(f"start container: {setup}: {details}")
         message = f"start container: {self._runtime.name}: {details or f'exit status {status}'}"
-        if any(marker in details.lower() for marker in _USER_FAULT_MARKERS):
+        if any(marker in details.lower() for marker in USER_FAULT_MARKERS):
             return TaskSetupError(message)
         return InfrastructureError(message)
 
