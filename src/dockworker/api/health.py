@@ -44,5 +44,6 @@ def _check(probe: Any) -> str:
         probe()
     except Exception as exc:
         log.warning("health check: %s", exc)
-        return str(getattr(exc, "message", None) or exc) or type(exc).__name__
+        text = str(getattr(exc, "message", None) or exc).strip()
+        return text.splitlines()[0] if text else type(exc).__name__
     return "ok"

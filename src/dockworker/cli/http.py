@@ -67,7 +67,10 @@ class Http:
                 body = json.loads(text)
                 if isinstance(body, dict) and isinstance(body.get("msg"), str):
                     return ApiError(status, body["msg"])
-        return ApiError(status, f"{self.base_url} did not answer as dockworker does{_what(content_type)}")
+        return ApiError(
+            status,
+            f"{self.base_url} did not answer as dockworker does{_what(content_type)}: is it dockworker?",
+        )
 
     def json(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """A request whose answer must be a JSON object."""
