@@ -7,7 +7,6 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ RUNNER = "test-runner"
 
 
 @pytest.fixture
-def running_task(store: Store, tmp_path: Path) -> Iterator[tuple[str, Path, Store]]:
+def running_task(store: Store, tmp_path: Path) -> tuple[str, Path, Store]:
     """A task leased and running (no container: the test plays the runner), and an iron.json
     for its project."""
     project = store.create_project("p")
@@ -37,7 +36,7 @@ def running_task(store: Store, tmp_path: Path) -> Iterator[tuple[str, Path, Stor
     assert store.mark_running(task.id, RUNNER, time.time())
     iron_json = tmp_path / "iron.json"
     iron_json.write_text(json.dumps({"project_id": project.id, "token": token, "host": LOOPBACK}))
-    yield task.id, iron_json, store
+    return task.id, iron_json, store
 
 
 def follow(iron_json: Path, port: int, task_id: str) -> subprocess.Popen[str]:
@@ -69,12 +68,12 @@ def test_the_stream_ends_with_a_last_line_when_the_service_stops(
     task_id, iron_json, store = running_task
     store.append_log(task_id, b"first line\nno newline yet")
     stopping = threading.Event()
-    with serving(create_app(settings, store, stopping=stopping)) as port:
-        with follow(iron_json, port, task_id) as process:
-            assert process.stdout is not None
-            assert process.stdout.readline() == "first line\n", "the log is streamed before the stop"
-            stopping.set()
-            stdout, stderr = rest_of(process)
+    app = create_app(settings, store, stopping=stopping)
+    with serving(app) as port, follow(iron_json, port, task_id) as process:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "first line\n", "the log is streamed before the stop"
+        stopping.set()
+        stdout, stderr = rest_of(process)
     assert process.returncode == 3, stderr
     assert stdout == (
         "no newline yet\n"
@@ -94,9 +93,11 @@ def test_a_follow_that_starts_while_stopping_ends_at_once(
     task_id, iron_json, store = running_task
     stopping = threading.Event()
     stopping.set()
-    with serving(create_app(settings, store, stopping=stopping)) as port:
-        with follow(iron_json, port, task_id) as process:
-            stdout, stderr = process.communicate(timeout=30)
+    with (
+        serving(create_app(settings, store, stopping=stopping)) as port,
+        follow(iron_json, port, task_id) as process,
+    ):
+        stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 3, stderr
     assert stdout.startswith("[dockworker] the server is stopping")
     assert "Traceback" not in stderr

@@ -61,7 +61,7 @@ def test_https_defaults_to_port_443(home: Path) -> None:
 def test_a_missing_explicit_file_is_named(home: Path, tmp_path: Path) -> None:
     with pytest.raises(ClientError, match=r"^--config /missing.json: no such file$"):
         ClientConfig.load(Path("/missing.json"), env={"HOME": str(home)})
-    with pytest.raises(ClientError, match="DOCKWORKER_IRON_JSON /nope.json: no such file"):
+    with pytest.raises(ClientError, match=r"DOCKWORKER_IRON_JSON /nope\.json: no such file"):
         ClientConfig.load(env={"HOME": str(home), "DOCKWORKER_IRON_JSON": "/nope.json"})
 
 
@@ -75,7 +75,7 @@ def test_nothing_configured_says_what_was_read(home: Path, tmp_path: Path) -> No
 
 def test_broken_files_are_refused(home: Path, tmp_path: Path) -> None:
     (tmp_path / "iron.json").write_text("{not json")
-    with pytest.raises(ClientError, match="iron.json is not valid JSON"):
+    with pytest.raises(ClientError, match=r"iron\.json is not valid JSON"):
         ClientConfig.load(env={"HOME": str(home)})
     (tmp_path / "iron.json").write_text("[]")
     with pytest.raises(ClientError, match="must hold a JSON object"):
