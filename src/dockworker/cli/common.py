@@ -44,9 +44,7 @@ def read_arg(value: str | None, option: str = "the option", *, dash_is_stdin: bo
         if _stdin_taken:
             raise ClientError(f"{option} and {_stdin_taken[0]} cannot both read standard input")
         _stdin_taken.append(option)
-        if sys.stdin is None or sys.stdin.isatty():
-            raise ClientError(f"{option} {value} reads standard input: pipe or redirect something into it")
-        return sys.stdin.read()
+        return sys.stdin.read() if sys.stdin is not None else ""
     if value.startswith("@"):
         path = Path(value[1:])
         try:
