@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from typing import IO, Any
 
+from ..errors import DockworkerError
 from ..states import TaskStatus
 from . import output
 from .client import Client
@@ -52,20 +53,18 @@ def follow_to_end(
         return EXIT_INTERRUPTED, None
     try:
         task = client.task(task_id)
-    except Exception as exc:
-        reason = cut or "the server ended the log stream"
-        output.note(
-            f"Task {task_id}: {reason}, and its status cannot be read now ({exc}). Follow it again "
-            f"with 'dockworker log -f {task_id}' once the service is back."
-        )
+    except DockworkerError:  # the server has gone (it was stopping)
+        reason = cut or "the server stopped"
+        output.note(f"Task {task_id}: {reason} before the task ended. {_again(task_id)}")
         return EXIT_UNFINISHED, None
     status = str(task["status"])
     if not TaskStatus(status).is_terminal:
         reason = cut or "the server is stopping"
-        output.note(
-            f"Task {task_id} is still {status}: {reason}. Follow it again with "
-            f"'dockworker log -f {task_id}' once the service is back."
-        )
+        output.note(f"Task {task_id} is still {status}: {reason}. {_again(task_id)}")
         return EXIT_UNFINISHED, task
     output.note(describe(task_id, status, task.get("msg"), task.get("exit_code")))
     return (0 if status == TaskStatus.COMPLETE else EXIT_FAILED), task
+
+
+def _again(task_id: str) -> str:
+    return f"Follow it again with 'dockworker log -f {task_id}' once the service is back."
