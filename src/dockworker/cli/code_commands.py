@@ -95,7 +95,6 @@ def upload(
 
     It runs in a stack with a command, a legacy runtime with a file name, or an image (whose
     package may have no directory)."""
-    _check_launch(directory, stack=stack, image=image, runtime=runtime, command=command, file_name=file_name)
     data: dict[str, Any] = {
         "name": name,
         "command": command,
@@ -115,6 +114,7 @@ def upload(
         "cpus": cpus,
         "pids": pids,
     }
+    _check_launch(directory, stack=stack, image=image, runtime=runtime, command=command, file_name=file_name)
     archive = zip_directory(directory) if directory is not None else None
     result = Client.configured(config).upload({k: v for k, v in data.items() if v is not None}, archive)
     if as_json:
