@@ -23,7 +23,7 @@ from .. import timeutil
 from ..errors import ClientError
 from ..settings import load_settings
 from . import output
-from .common import DataDir, JsonOpt, StoreOpt
+from .common import DataDir, JsonOpt, StoreOpt, command_group
 from .http import Http
 from .output import Col
 from .queue_control import parse_duration
@@ -31,8 +31,8 @@ from .queue_control import parse_duration
 if TYPE_CHECKING:
     from ..store import Store
 
-projects_app = typer.Typer(help="Manage projects (operator).", no_args_is_help=True)
-token_app = typer.Typer(help="Manage API tokens (operator).", no_args_is_help=True)
+projects_app = command_group("Manage projects (operator).", no_args_is_help=True)
+token_app = command_group("Manage API tokens (operator).", no_args_is_help=True)
 
 UrlOpt = Annotated[
     str,
@@ -341,9 +341,9 @@ def token_list(
 ) -> None:
     """List tokens (never their secrets).
 
-    Default: every project's, and the admin tokens when working through the store. Not at a
-    terminal: one a line, tab-separated (id, project, name, status, created, expires, last
-    used)."""
+    Default: every project's, and the admin tokens when working through the store.
+    Not at a terminal: one token a line, tab-separated.
+    Fields: id, project, name, status, created, expires, last used."""
     with _admin(target) as admin:
         if admin_flag or project is not None:
             tokens = admin.list_tokens(None if admin_flag else project)
@@ -392,8 +392,8 @@ def token_revoke(
 def runners(as_json: JsonOpt = False, *, target: AdminTarget) -> None:
     """List the runners that serve this store (operator).
 
-    Not at a terminal: one a line, tab-separated (id, alive, running, slots, clusters, host,
-    last heartbeat)."""
+    Not at a terminal: one runner a line, tab-separated.
+    Fields: id, alive, running, slots, clusters, host, last heartbeat."""
     with _admin(target) as admin:
         found = admin.list_runners()
     if as_json:

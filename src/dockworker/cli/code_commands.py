@@ -12,10 +12,10 @@ from ..errors import ClientError
 from . import output
 from .bundle import IGNORE_FILE, included_files, zip_directory
 from .client import Client
-from .common import ConfigOpt, JsonOpt, parse_env, parse_secret_env, read_arg
+from .common import ConfigOpt, JsonOpt, command_group, parse_env, parse_secret_env, read_arg
 from .output import Col
 
-codes_app = typer.Typer(help="Code packages: list, show, revisions, download, delete.", no_args_is_help=True)
+codes_app = command_group("Code packages: list, show, revisions, download, delete.", no_args_is_help=True)
 
 CODE_KEYS = (
     "id",
@@ -93,8 +93,8 @@ def upload(
 ) -> None:
     """Upload a directory as a code package.
 
-    It runs in a stack with a command, a legacy runtime with a file name, or an image (whose
-    package may have no directory)."""
+    It runs in a stack with --command, a legacy --runtime with --file-name, or an --image.
+    An --image package may have no directory."""
     data: dict[str, Any] = {
         "name": name,
         "command": command,
@@ -147,8 +147,8 @@ def _check_launch(directory: Path | None, **launch: str | None) -> None:
 def codes_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """List the code packages.
 
-    Not at a terminal: one a line, tab-separated (id, name, rev, stack or image, command,
-    paused, updated)."""
+    Not at a terminal: one package a line, tab-separated.
+    Fields: id, name, rev, stack or image, command, paused, updated."""
     found = Client.configured(config).codes()
     if as_json:
         output.print_json(found)

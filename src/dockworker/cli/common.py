@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -33,6 +33,14 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tex
 Seconds = Annotated[int | None, typer.Option(min=1, help="Seconds the task may run")]
 
 _stdin_taken: list[str] = []
+
+# Help and usage errors in rich panels at a terminal; plain text (no boxes, no wrapping to an
+# assumed width) in pipes and files.
+HELP_STYLE: Literal["rich"] | None = "rich" if sys.stdout.isatty() and sys.stderr.isatty() else None
+
+
+def command_group(help_text: str, **options: Any) -> typer.Typer:
+    return typer.Typer(help=help_text, rich_markup_mode=HELP_STYLE, **options)
 
 
 def read_arg(value: str | None, option: str = "the option", *, dash_is_stdin: bool = False) -> str | None:

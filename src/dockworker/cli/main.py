@@ -15,14 +15,14 @@ from .. import __version__
 from ..errors import ClientError, DockworkerError
 from ..settings import load_settings
 from . import admin, code_commands, output, queue_control, task_commands
-from .common import DataDir, StoreOpt
+from .common import DataDir, StoreOpt, command_group
 from .run_local import run_local
 from .stacks import stacks_app
 
 out = output.RichOut()  # for the service commands' messages
 
-app = typer.Typer(
-    help="dockworker: one fresh Docker container per task, IronWorker API v2 compatible.",
+app = command_group(
+    "dockworker: one fresh Docker container per task, IronWorker API v2 compatible.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )

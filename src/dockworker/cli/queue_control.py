@@ -91,7 +91,8 @@ def schedules(
 ) -> None:
     """List schedules.
 
-    Not at a terminal: one a line, tab-separated (id, code, status, runs, next start, cadence)."""
+    Not at a terminal: one schedule a line, tab-separated.
+    Fields: id, code, status, runs, next start, cadence."""
     found = Client.configured(config).schedules(page, per_page)
     if as_json:
         output.print_json(found)

@@ -13,22 +13,22 @@ import typer
 from ..errors import ClientError, DockworkerError, TaskSetupError
 from ..settings import load_settings
 from . import output
-from .common import DataDir, JsonOpt
+from .common import DataDir, JsonOpt, command_group
 from .output import Col
 
 if TYPE_CHECKING:
     from ..engine import DockerEngine
     from ..stacks import Stack
 
-stacks_app = typer.Typer(help="Build and list stack images.", no_args_is_help=True)
+stacks_app = command_group("Build and list stack images.", no_args_is_help=True)
 
 
 @stacks_app.command("list")
 def stacks_list(as_json: JsonOpt = False) -> None:
     """The stacks dockworker knows, and which are built on this engine.
 
-    Not at a terminal: one a line, tab-separated (name, version, status, size MB, runtimes,
-    image, description)."""
+    Not at a terminal: one stack a line, tab-separated.
+    Fields: name, version, status, size MB, runtimes, image, description."""
     from ..engine import DockerEngine
     from ..stacks import STACKS, stack_status
 
@@ -72,8 +72,8 @@ def stacks_build(
 ) -> None:
     """Build stack images offline from Debian packages (busybox from the host's busybox-static).
 
-    The tools' whole output goes to DATA_DIR/stack-cache/logs/NAME.log. A terminal shows a
-    progress bar per stack; other output gets one line per step."""
+    The tools' whole output goes to DATA_DIR/stack-cache/logs/NAME.log.
+    A terminal shows a progress bar per stack; other output gets one line per step."""
     from ..engine import DockerEngine
     from ..stacks import STACKS, get_stack
 

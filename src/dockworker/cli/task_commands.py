@@ -141,8 +141,8 @@ def tasks(
 ) -> None:
     """List tasks, newest first.
 
-    Not at a terminal: one task a line, tab-separated (id, code, status, created, duration ms,
-    msg)."""
+    Not at a terminal: one task a line, tab-separated.
+    Fields: id, code, status, created, duration ms, msg."""
     params: dict[str, Any] = {"page": page, "per_page": per_page}
     if code:
         params["code_name"] = code
