@@ -170,7 +170,7 @@ class ApiAdmin:
         return answer
 
     def create_project(self, name: str, with_token: bool) -> dict[str, Any]:
-        return self._answer("POST", "/2/projects", json={"name": name, "create_token": with_token})
+        return self._answer("POST", "/2/projects", json_body={"name": name, "create_token": with_token})
 
     def list_projects(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = self.http.field("GET", "/2/projects", "projects")
@@ -180,7 +180,7 @@ class ApiAdmin:
         if project_id is None:
             raise ClientError("admin tokens are made on the service's host: drop --admin-token")
         body: dict[str, Any] = {"name": name, "expires_in": expires_in}
-        return self._answer("POST", f"/2/projects/{project_id}/tokens", json=body)
+        return self._answer("POST", f"/2/projects/{project_id}/tokens", json_body=body)
 
     def list_tokens(self, project_id: str | None) -> list[dict[str, Any]]:
         if project_id is None:

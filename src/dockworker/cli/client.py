@@ -80,7 +80,7 @@ class Client:
     # --- tasks ---
 
     def queue(self, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = self.http.field("POST", "/tasks", "tasks", json={"tasks": tasks})
+        found: list[dict[str, Any]] = self.http.field("POST", "/tasks", "tasks", json_body={"tasks": tasks})
         return found
 
     def task(self, task_id: str) -> dict[str, Any]:
@@ -105,7 +105,7 @@ class Client:
 
     def retry(self, task_id: str, delay: int) -> dict[str, Any]:
         found: list[dict[str, Any]] = self.http.field(
-            "POST", f"/tasks/{task_id}/retry", "tasks", json={"delay": delay}
+            "POST", f"/tasks/{task_id}/retry", "tasks", json_body={"delay": delay}
         )
         return found[0]
 
@@ -113,7 +113,7 @@ class Client:
 
     def schedule(self, item: dict[str, Any]) -> dict[str, Any]:
         found: list[dict[str, Any]] = self.http.field(
-            "POST", "/schedules", "schedules", json={"schedules": [item]}
+            "POST", "/schedules", "schedules", json_body={"schedules": [item]}
         )
         return found[0]
 
