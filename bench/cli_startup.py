@@ -36,7 +36,9 @@ def measure(argv: list[str], env: dict[str, str], runs: int) -> tuple[float, flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--against", help="another source tree (its src/ directory) to compare with")
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()

@@ -9,6 +9,7 @@ import pty
 import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from .support import CLI_TIMEOUT_S, Service, clean_env, dockworker_command
 
@@ -112,3 +113,11 @@ def assert_quiet(stderr: str) -> None:
     """No traceback, no interpreter noise."""
     for noise in ("Traceback", "Exception ignored", "BrokenPipeError"):
         assert noise not in stderr, stderr
+
+
+def ok(service: Service | None, *args: str, **kwargs: Any) -> str:
+    """``dockworker ARGS`` that must succeed quietly; its stdout."""
+    result = cli(service, *args, **kwargs)
+    assert result.returncode == 0, result.stderr
+    assert_quiet(result.stderr)
+    return result.stdout

@@ -15,37 +15,27 @@ from pathlib import Path
 
 import pytest
 
-from .cli_support import assert_quiet, cli, cli_env
-from .support import LOOPBACK, Service, dockworker_command, popen_cli, running_service, write_files
+from .cli_support import assert_quiet, cli, cli_env, ok
+from .support import (
+    LOOPBACK,
+    Service,
+    dockworker_command,
+    popen_cli,
+    running_service,
+    upload_script,
+    write_files,
+)
 
 pytestmark = pytest.mark.docker
 
 TICK_SH = 'echo "started"\nwhile true; do sleep 1; done\n'
 
 
-def ok(service: Service, *args: str) -> str:
-    result = cli(service, *args)
-    assert result.returncode == 0, result.stderr
-    assert_quiet(result.stderr)
-    return result.stdout
-
-
 @pytest.fixture(scope="module")
 def packages(service: Service, tmp_path_factory: pytest.TempPathFactory) -> None:
     root = tmp_path_factory.mktemp("workers")
     for name, script in (("fail", 'echo "about to fail"\nexit 3\n'), ("forever", TICK_SH)):
-        directory = write_files(root / name, {f"{name}.sh": script})
-        ok(
-            service,
-            "upload",
-            str(directory),
-            "--name",
-            name,
-            "--stack",
-            "busybox",
-            "--command",
-            f"sh {name}.sh",
-        )
+        upload_script(service, root / name, name, script)
 
 
 def finished(service: Service, name: str) -> str:

@@ -17,19 +17,12 @@ from typing import Any
 import httpx2
 import pytest
 
-from .cli_support import assert_quiet, cli, cli_env
+from .cli_support import assert_quiet, cli, cli_env, ok
 from .support import LOOPBACK, Service, clean_env, free_port, version_answers, write_files
 
 pytestmark = pytest.mark.docker
 
 STATUSES = "queued, preparing, running, complete, error, cancelled, killed, timeout"
-
-
-def ok(service: Service, *args: str, **kwargs: Any) -> str:
-    result = cli(service, *args, **kwargs)
-    assert result.returncode == 0, result.stderr
-    assert_quiet(result.stderr)
-    return result.stdout
 
 
 def refused(service: Service | None, *args: str, **kwargs: Any) -> str:

@@ -12,20 +12,13 @@ import pytest
 
 from dockworker.cli.output import width_of
 
-from .cli_support import BOX_DRAWING, assert_quiet, cli, in_terminal, shell, with_reader_gone
-from .support import TERMINAL, Service, write_files
+from .cli_support import BOX_DRAWING, assert_quiet, cli, in_terminal, ok, shell, with_reader_gone
+from .support import TERMINAL, Service, upload_script, write_files
 
 pytestmark = pytest.mark.docker
 
 HELLO_SH = 'echo "hello $TASK_ID"\nfor i in 1 2 3; do echo "line $i"; done\n'
 FAIL_SH = 'echo "a message long enough to be cut at eighty columns, and then some more words"\nexit 3\n'
-
-
-def ok(service: Service, *args: str) -> str:
-    result = cli(service, *args)
-    assert result.returncode == 0, result.stderr
-    assert_quiet(result.stderr)
-    return result.stdout
 
 
 def ok_json(service: Service, *args: str) -> Any:
@@ -37,18 +30,7 @@ def world(service: Service, tmp_path_factory: pytest.TempPathFactory) -> dict[st
     """Two packages, a complete and a failed task, a schedule."""
     root = tmp_path_factory.mktemp("workers")
     for name, script in (("hello", HELLO_SH), ("fail", FAIL_SH)):
-        directory = write_files(root / name, {f"{name}.sh": script})
-        ok(
-            service,
-            "upload",
-            str(directory),
-            "--name",
-            name,
-            "--stack",
-            "busybox",
-            "--command",
-            f"sh {name}.sh",
-        )
+        upload_script(service, root / name, name, script)
     api = service.api()
     complete = ok(service, "queue", "hello").strip()
     failed = ok(service, "queue", "fail").strip()

@@ -288,9 +288,6 @@ def projects_list(as_json: JsonOpt = False, *, target: AdminTarget) -> None:
     """List the projects, oldest first."""
     with _admin(target) as admin:
         projects = admin.list_projects()
-    if as_json:
-        output.print_json(projects)
-        return
     output.table(
         [
             Col("id", lambda p: p["id"]),
@@ -298,6 +295,7 @@ def projects_list(as_json: JsonOpt = False, *, target: AdminTarget) -> None:
             Col("created", lambda p: p["created_at"]),
         ],
         projects,
+        as_json=as_json,
     )
 
 
@@ -351,9 +349,6 @@ def token_list(
             tokens = [] if target.admin_token else admin.list_tokens(None)
             for found in admin.list_projects():
                 tokens += admin.list_tokens(found["id"])
-    if as_json:
-        output.print_json(tokens)
-        return
     output.table(
         [
             Col("id", lambda t: t["id"]),
@@ -365,6 +360,7 @@ def token_list(
             Col("last used", lambda t: t["last_used_at"], drop=1),
         ],
         tokens,
+        as_json=as_json,
     )
 
 
@@ -396,9 +392,6 @@ def runners(as_json: JsonOpt = False, *, target: AdminTarget) -> None:
     Fields: id, alive, running, slots, clusters, host, last heartbeat."""
     with _admin(target) as admin:
         found = admin.list_runners()
-    if as_json:
-        output.print_json(found)
-        return
     output.table(
         [
             Col("id", lambda r: r["id"]),
@@ -410,4 +403,5 @@ def runners(as_json: JsonOpt = False, *, target: AdminTarget) -> None:
             Col("last heartbeat", lambda r: r["last_heartbeat"], drop=1),
         ],
         found,
+        as_json=as_json,
     )

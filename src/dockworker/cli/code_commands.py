@@ -12,7 +12,20 @@ from ..errors import ClientError
 from . import output
 from .bundle import IGNORE_FILE, included_files, zip_directory
 from .client import Client
-from .common import ConfigOpt, JsonOpt, command_group, parse_env, parse_secret_env, read_arg
+from .common import (
+    CommandOpt,
+    ConfigOpt,
+    EnvOpt,
+    FileNameOpt,
+    ImageOpt,
+    JsonOpt,
+    RuntimeOpt,
+    StackOpt,
+    command_group,
+    parse_env,
+    parse_secret_env,
+    read_arg,
+)
 from .output import Col
 
 codes_app = command_group("Code packages: list, show, revisions, download, delete.", no_args_is_help=True)
@@ -61,17 +74,15 @@ def upload(
         Path | None,
         typer.Argument(help=f"The worker's directory, zipped (less what its {IGNORE_FILE} names)"),
     ] = None,
-    command: Annotated[str | None, typer.Option(help="Command to run, e.g. 'python3 hello.py'")] = None,
-    stack: Annotated[str | None, typer.Option(help="Stack to run in (see 'dockworker stacks list')")] = None,
-    image: Annotated[str | None, typer.Option(help="Docker image to run in instead of a stack")] = None,
-    runtime: Annotated[
-        str | None, typer.Option(help="Legacy IronWorker runtime (python, node, ...), with --file-name")
-    ] = None,
-    file_name: Annotated[str | None, typer.Option(help="Legacy: the file the runtime runs")] = None,
+    command: CommandOpt = None,
+    stack: StackOpt = None,
+    image: ImageOpt = None,
+    runtime: RuntimeOpt = None,
+    file_name: FileNameOpt = None,
     config_value: Annotated[
         str | None, typer.Option("--worker-config", help="Config string, @file, or @- for standard input")
     ] = None,
-    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE (repeatable)")] = None,
+    env: EnvOpt = None,
     secret_env: Annotated[
         list[str] | None,
         typer.Option("--secret-env", help="KEY=VALUE or KEY=@FILE: never shown by the API (repeatable)"),
@@ -150,9 +161,6 @@ def codes_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     Not at a terminal: one package a line, tab-separated.
     Fields: id, name, rev, stack or image, command, paused, updated."""
     found = Client.configured(config).codes()
-    if as_json:
-        output.print_json(found)
-        return
     output.table(
         [
             Col("id", lambda c: c["id"]),
@@ -164,6 +172,7 @@ def codes_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
             Col("updated", lambda c: c["updated_at"], drop=2),
         ],
         found,
+        as_json=as_json,
     )
 
 
@@ -175,10 +184,7 @@ def codes_show(
 ) -> None:
     """A code package's latest revision and settings (secrets are never shown)."""
     code = Client.configured(config).code_by_name(name)
-    if as_json:
-        output.print_json(code)
-        return
-    output.fields(code, CODE_KEYS)
+    output.fields(code, CODE_KEYS, as_json=as_json)
 
 
 @codes_app.command("revisions")
@@ -192,9 +198,6 @@ def codes_revisions(
     """A code package's revisions, newest first."""
     client = Client.configured(config)
     found = client.revisions(client.code_by_name(name)["id"], page, per_page)
-    if as_json:
-        output.print_json(found)
-        return
     output.table(
         [
             Col("id", lambda r: r["id"]),
@@ -204,6 +207,7 @@ def codes_revisions(
             Col("command", lambda r: r.get("command") or r.get("file_name"), flex=True),
         ],
         found,
+        as_json=as_json,
     )
 
 
@@ -266,8 +270,5 @@ def stats(
     """How many tasks of a code package, per status, were created in the last 24 hours."""
     client = Client.configured(config)
     found = client.code_stats(client.code_by_name(name)["id"])
-    if as_json:
-        output.print_json(found)
-        return
     keys = [*STATS_KEYS, *sorted(set(found) - set(STATS_KEYS))]
-    output.fields({key: str(found.get(key, 0)) for key in keys}, keys)
+    output.fields({key: found.get(key, 0) for key in keys}, keys, as_json=as_json)

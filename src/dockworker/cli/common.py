@@ -31,6 +31,15 @@ StoreOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text")]
 Seconds = Annotated[int | None, typer.Option(min=1, help="Seconds the task may run")]
+# How a code package starts (upload and run-local alike).
+StackOpt = Annotated[str | None, typer.Option(help="Stack to run in (see 'dockworker stacks list')")]
+ImageOpt = Annotated[str | None, typer.Option(help="Docker image to run in instead of a stack")]
+RuntimeOpt = Annotated[
+    str | None, typer.Option(help="Legacy IronWorker runtime (python, node, ...), with --file-name")
+]
+FileNameOpt = Annotated[str | None, typer.Option(help="Legacy: the file the runtime runs")]
+CommandOpt = Annotated[str | None, typer.Option(help="Command to run, e.g. 'python3 hello.py'")]
+EnvOpt = Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE (repeatable)")]
 
 _stdin_taken: list[str] = []
 

@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import unicodedata
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, TextIO
 
@@ -171,8 +171,11 @@ class Col:
     right: bool = False
 
 
-def table(columns: Sequence[Col], records: Iterable[Any]) -> None:
-    """Print records as a table at a terminal, or as tab-separated lines otherwise."""
+def table(columns: Sequence[Col], records: Sequence[Any], *, as_json: bool = False) -> None:
+    """Print records as JSON (``--json``), as a table at a terminal, or as tab-separated lines."""
+    if as_json:
+        print_json(records)
+        return
     rows = [[flat(column.value(record)) for column in columns] for record in records]
     if not stdout_is_terminal():
         for row in rows:
@@ -216,8 +219,12 @@ def _pad(text: str, width: int, right: bool) -> str:
     return space + text if right else text + space
 
 
-def fields(record: dict[str, Any], keys: Sequence[str]) -> None:
-    """A record as ``key: value`` lines (keys aligned at a terminal), skipping empty values."""
+def fields(record: dict[str, Any], keys: Sequence[str], *, as_json: bool = False) -> None:
+    """A record as JSON (``--json``), or as ``key: value`` lines (keys aligned at a terminal),
+    skipping empty values."""
+    if as_json:
+        print_json(record)
+        return
     present = [key for key in keys if record.get(key) not in (None, "")]
     align = max((len(key) for key in present), default=0) if stdout_is_terminal() else 0
     for key in present:

@@ -94,9 +94,6 @@ def schedules(
     Not at a terminal: one schedule a line, tab-separated.
     Fields: id, code, status, runs, next start, cadence."""
     found = Client.configured(config).schedules(page, per_page)
-    if as_json:
-        output.print_json(found)
-        return
     output.table(
         [
             Col("id", lambda s: s["id"]),
@@ -107,6 +104,7 @@ def schedules(
             Col("cadence", lambda s: s["description"], flex=True),
         ],
         found,
+        as_json=as_json,
     )
 
 

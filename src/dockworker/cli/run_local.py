@@ -24,7 +24,7 @@ from ..settings import Settings, load_settings
 from ..states import TaskStatus
 from . import output
 from .bundle import zip_directory
-from .common import parse_env, read_arg
+from .common import CommandOpt, EnvOpt, FileNameOpt, ImageOpt, RuntimeOpt, StackOpt, parse_env, read_arg
 from .follow import describe as describe_task
 
 RUNNER_ID = "run-local"
@@ -45,13 +45,11 @@ class LocalRun:
 
 def run_local(
     directory: Annotated[Path, typer.Argument(help="The worker's directory (run as an upload of it would)")],
-    stack: Annotated[str | None, typer.Option(help="Stack to run in (see 'dockworker stacks list')")] = None,
-    image: Annotated[str | None, typer.Option(help="Docker image to run in instead of a stack")] = None,
-    runtime: Annotated[
-        str | None, typer.Option(help="Legacy IronWorker runtime (python, node, ...), with --file-name")
-    ] = None,
-    file_name: Annotated[str | None, typer.Option(help="Legacy: the file the runtime runs")] = None,
-    command: Annotated[str | None, typer.Option(help="Command to run, e.g. 'python3 hello.py'")] = None,
+    stack: StackOpt = None,
+    image: ImageOpt = None,
+    runtime: RuntimeOpt = None,
+    file_name: FileNameOpt = None,
+    command: CommandOpt = None,
     payload: Annotated[
         str | None, typer.Option(help="Payload string (usually JSON), @file, or - for standard input")
     ] = None,
@@ -59,7 +57,7 @@ def run_local(
         str | None,
         typer.Option("--config", help="The worker's config string, @file, or @- for standard input"),
     ] = None,
-    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE (repeatable)")] = None,
+    env: EnvOpt = None,
     memory_mb: Annotated[int | None, typer.Option(help="Memory limit, MB (default: the service's)")] = None,
     timeout: Annotated[int | None, typer.Option(min=1, help="Seconds (default: the service's)")] = None,
     as_json: Annotated[

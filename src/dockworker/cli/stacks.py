@@ -45,9 +45,6 @@ def stacks_list(as_json: JsonOpt = False) -> None:
         }
         for s in STACKS.values()
     ]
-    if as_json:
-        output.print_json(rows)
-        return
     output.table(
         [
             Col("name", lambda r: r["name"]),
@@ -59,6 +56,7 @@ def stacks_list(as_json: JsonOpt = False) -> None:
             Col("description", lambda r: r["description"], flex=True, min_width=16),
         ],
         rows,
+        as_json=as_json,
     )
 
 

@@ -94,10 +94,7 @@ def queue(
 def status(task_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show a task."""
     task = Client.configured(config).task(task_id)
-    if as_json:
-        output.print_json(task)
-        return
-    output.fields(task, STATUS_KEYS)
+    output.fields(task, STATUS_KEYS, as_json=as_json)
 
 
 def log(
@@ -151,9 +148,6 @@ def tasks(
             raise ClientError(f"--status {wanted!r} is not a task status: use one of {', '.join(STATUSES)}")
         params[wanted] = 1
     found = Client.configured(config).tasks(params)
-    if as_json:
-        output.print_json(found)
-        return
     output.table(
         [
             Col("id", lambda t: t["id"]),
@@ -164,15 +158,13 @@ def tasks(
             Col("msg", lambda t: t.get("msg"), flex=True, min_width=20),
         ],
         found,
+        as_json=as_json,
     )
 
 
 def events(task_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """A task's history: queued, claimed, started, retried, finished..., oldest first."""
     found = Client.configured(config).events(task_id)
-    if as_json:
-        output.print_json(found)
-        return
     output.table(
         [
             Col("at", lambda e: e["at"]),
@@ -180,6 +172,7 @@ def events(task_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> 
             Col("detail", lambda e: e["detail"], flex=True),
         ],
         found,
+        as_json=as_json,
     )
 
 
