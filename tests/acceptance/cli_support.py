@@ -44,9 +44,12 @@ def cli(
     )
 
 
-def with_reader_gone(service: Service, *args: str) -> subprocess.CompletedProcess[str]:
+def with_reader_gone(
+    service: Service, *args: str, stderr_too: bool = False
+) -> subprocess.CompletedProcess[str]:
     """``dockworker ARGS`` writing into a pipe whose reading end is already closed: its first
-    write fails, as it does when ``head -1`` or ``grep -q`` has exited."""
+    write fails, as it does when ``head -1`` or ``grep -q`` has exited (with ``stderr_too``,
+    stderr goes into that pipe as well, as with ``2>&1 | head -1``)."""
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
@@ -56,7 +59,7 @@ def with_reader_gone(service: Service, *args: str) -> subprocess.CompletedProces
             cwd=service.data_dir.parent,
             stdin=subprocess.DEVNULL,
             stdout=write_end,
-            stderr=subprocess.PIPE,
+            stderr=write_end if stderr_too else subprocess.PIPE,
             text=True,
             timeout=CLI_TIMEOUT_S,
             check=False,

@@ -63,6 +63,16 @@ def test_every_command_exits_0_when_its_reader_has_gone(
     assert_quiet(result.stderr)
 
 
+def test_a_gone_reader_of_stderr_too_changes_no_exit_status(service: Service, world: dict[str, Any]) -> None:
+    assert (
+        with_reader_gone(service, "log", "-f", world["complete"], "--json", stderr_too=True).returncode == 0
+    )
+    assert with_reader_gone(service, "log", "-f", world["failed"], stderr_too=True).returncode == 0
+    assert with_reader_gone(service, "queue", "no-such-code", stderr_too=True).returncode == 2
+    assert with_reader_gone(service, "tasks", "--status", "bogus", stderr_too=True).returncode == 2
+    assert with_reader_gone(service, "tasks", "--no-such-option", stderr_too=True).returncode == 2
+
+
 def test_head_and_grep_in_a_pipefail_shell(service: Service, world: dict[str, Any]) -> None:
     # The demo's loop: it used to spin forever (the CLI exited 1 on grep's early exit).
     script = f"""

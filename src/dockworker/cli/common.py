@@ -45,7 +45,9 @@ _stdin_taken: list[str] = []
 
 # Help and usage errors in rich panels at a terminal; plain text (no boxes, no wrapping to an
 # assumed width) in pipes and files.
-HELP_STYLE: Literal["rich"] | None = "rich" if sys.stdout.isatty() and sys.stderr.isatty() else None
+HELP_STYLE: Literal["rich"] | None = (
+    "rich" if all(stream is not None and stream.isatty() for stream in (sys.stdout, sys.stderr)) else None
+)
 
 
 def command_group(help_text: str, **options: Any) -> typer.Typer:

@@ -6,6 +6,7 @@ failed, or a followed task's end could not be seen; 130 interrupted."""
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -124,14 +125,16 @@ app.command("run-local")(run_local)
 
 
 def main() -> None:
-    sys.stdout = output.ReaderGuard(sys.stdout)
+    # None: started with the descriptor closed (">&-"): as good as /dev/null.
+    sys.stdout = output.ReaderGuard(sys.stdout or open(os.devnull, "w"))  # noqa: SIM115
+    sys.stderr = output.QuietWhenGone(sys.stderr or open(os.devnull, "w"))  # noqa: SIM115
     try:
         try:
             app()
         finally:
             sys.stdout.flush()
     except output.ReaderGone:
-        output.silence_stdout()
+        output.silence_output()
         raise SystemExit(0) from None
     except DockworkerError as exc:
         output.error(exc.message)

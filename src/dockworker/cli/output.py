@@ -49,6 +49,32 @@ class _GuardedBuffer:
         return getattr(self._raw, name)
 
 
+class _DroppingBuffer:
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self.gone = False
+
+    def write(self, data: bytes) -> int:
+        if not self.gone:
+            try:
+                return self._raw.write(data)
+            except BrokenPipeError:
+                self.gone = True
+                silence_output(stdout=False)
+        return len(data)
+
+    def flush(self) -> None:
+        if not self.gone:
+            try:
+                self._raw.flush()
+            except BrokenPipeError:
+                self.gone = True
+                silence_output(stdout=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
 class ReaderGuard:
     """Wraps sys.stdout: a broken pipe raises ReaderGone instead of BrokenPipeError."""
 
@@ -72,12 +98,43 @@ class ReaderGuard:
         return getattr(self._stream, name)
 
 
-def silence_stdout() -> None:
-    """After the reader left: point fd 1 at /dev/null so that the interpreter's final flush
-    has nowhere to fail ("Exception ignored ... BrokenPipeError")."""
+class QuietWhenGone:
+    """Wraps sys.stderr: once its reader has gone, what is written there is dropped, and the
+    command goes on to its own exit status (a message nobody can read changes nothing)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.buffer = _DroppingBuffer(stream.buffer)
+
+    def write(self, text: str) -> int:
+        if not self.buffer.gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self.buffer.gone = True
+                silence_output(stdout=False)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.buffer.gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self.buffer.gone = True
+                silence_output(stdout=False)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def silence_output(*, stdout: bool = True) -> None:
+    """After the reader left: point stdout (and stderr) at /dev/null so that the interpreter's
+    final flush has nowhere to fail ("Exception ignored ... BrokenPipeError")."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
-        os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ else 1)
+        for stream in (sys.__stdout__, sys.__stderr__) if stdout else (sys.__stderr__,):
+            if stream is not None:
+                os.dup2(devnull, stream.fileno())
     finally:
         os.close(devnull)
 
