@@ -300,6 +300,8 @@ def _serve_api(
         store,
         on_enqueue=runner.wake if runner is not None else None,
         image_present=engine.image_exists if engine is not None else None,
+        stopping=signals.stop,
+        engine_ping=engine.ping if engine is not None else None,
     )
     config = uvicorn.Config(
         app,

@@ -15,7 +15,7 @@ from .. import timeutil
 from ..errors import ClientError, NotFound
 from ..models import NewTask, TaskFilter
 from ..states import TaskStatus
-from .deps import PagingDep, ProjectDep, ServicesDep
+from .deps import PagingDep, ProjectDep, Services, ServicesDep
 from .runners import alive_horizon
 from .schemas import ProgressIn, RetryIn, TasksIn, task_json
 
@@ -156,20 +156,34 @@ def task_log(
     return Response(svc.store.read_log(task_id), media_type="text/plain; charset=utf-8")
 
 
-async def _follow(svc: Any, project_id: str, task_id: str) -> AsyncIterator[bytes]:
+async def _follow(svc: Services, project_id: str, task_id: str) -> AsyncIterator[bytes]:
+    """The log as it grows, until the task ends, or until the server begins to stop: then a
+    last line says so, and the stream ends cleanly instead of being cut."""
     offset = 0
+    ends_line = True
     while True:
         task = await anyio.to_thread.run_sync(svc.store.get_task, project_id, task_id)
         data = await anyio.to_thread.run_sync(svc.store.read_log, task_id, offset)
         if data:
             offset += len(data)
+            ends_line = data.endswith(b"\n")
             yield data
         if task.status.is_terminal:
             rest = await anyio.to_thread.run_sync(svc.store.read_log, task_id, offset)
             if rest:
                 yield rest
             return
+        if svc.stopping.is_set():
+            yield (b"" if ends_line else b"\n") + stopping_line(task_id, task.status.value)
+            return
         await anyio.sleep(FOLLOW_POLL_S)
+
+
+def stopping_line(task_id: str, status: str) -> bytes:
+    return (
+        f"[dockworker] the server is stopping: this log stream ends here, with task {task_id} "
+        f"still {status}\n"
+    ).encode()
 
 
 @router.post("/2/projects/{project_id}/tasks/{task_id}/cancel")

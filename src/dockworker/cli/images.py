@@ -7,9 +7,10 @@ from typing import Annotated
 import typer
 
 from ..settings import load_settings
-from .common import DataDir, JsonOpt, err, out
+from . import output
+from .common import DataDir, JsonOpt, command_group
 
-images_app = typer.Typer(help="Build dockworker's own images (server, runner).", no_args_is_help=True)
+images_app = command_group("Build dockworker's own images (server, runner).", no_args_is_help=True)
 
 
 @images_app.command("build")
@@ -33,13 +34,13 @@ def images_build(
             return
         last[:] = [message]
         share = f"{fraction:4.0%} " if fraction is not None else "     "
-        err.print(f"images: {share}{message}", markup=False, highlight=False, soft_wrap=True)
+        output.note(f"images: {share}{message}")
 
     built = build_service_images(
         selected, DockerEngine(), cache_dir=settings.data_dir / "stack-cache", force=force, on_progress=report
     )
     for image in selected:
-        typer.echo(f"{image.image}\t{'built' if image in built else 'up to date'}")
+        output.line(f"{image.image}\t{'built' if image in built else 'up to date'}")
 
 
 @images_app.command("list")
@@ -58,9 +59,12 @@ def images_list(as_json: JsonOpt = False) -> None:
         }
         for image in SERVICE_IMAGES.values()
     ]
-    if as_json:
-        out.print_json(data=rows)
-        return
-    for row in rows:
-        present = "present" if row["present"] else "missing"
-        typer.echo(f"{row['image']}\t{present}\t{row['description']}")
+    output.table(
+        [
+            output.Col("image", lambda row: row["image"]),
+            output.Col("present", lambda row: "present" if row["present"] else "missing"),
+            output.Col("description", lambda row: row["description"], flex=True, drop=1),
+        ],
+        rows,
+        as_json=as_json,
+    )

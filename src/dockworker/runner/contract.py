@@ -63,6 +63,11 @@ def check_launch(
         raise ClientError(
             f"{option('stack')} needs {option('command')} (or {option('runtime')} and {option('file_name')})"
         )
+    if command is not None:
+        try:
+            shlex.split(command)
+        except ValueError as exc:  # else every task of the package would fail the same way
+            raise ClientError(f"{option('command')} {command!r} cannot be split into words: {exc}") from exc
 
 
 def resolve_image(spec: CodeSpec) -> str:
