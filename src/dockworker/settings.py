@@ -12,6 +12,8 @@ from typing import Any
 from .errors import ClientError
 
 MB = 1024 * 1024
+# The longest a token may be made to last (API and CLI refuse longer lifetimes).
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -68,13 +68,15 @@ def test_max_concurrency_is_enforced_by_the_claim(store: Store, project: str) ->
     queue(store, project, "one")
     assert store.claim("r1", ["default"], 30).id == first.id  # type: ignore[union-attr]
     assert store.claim("r2", ["default"], 30) is None
-    store.finish(first.id, "r1", TaskOutcome(status=TaskStatus.COMPLETE, msg=""))
+    assert store.mark_running(first.id, "r1", time.time())
+    assert store.finish(first.id, "r1", TaskOutcome(status=TaskStatus.COMPLETE, msg=""))
     assert store.claim("r2", ["default"], 30) is not None
 
 
 def test_terminal_state_is_written_once(store: Store, project: str) -> None:
     task = queue(store, project, "c")
     store.claim("r1", ["default"], 30)
+    assert store.mark_running(task.id, "r1", time.time())
     assert store.finish(task.id, "r1", TaskOutcome(status=TaskStatus.COMPLETE, msg="", exit_code=0))
     assert not store.finish(task.id, "r1", TaskOutcome(status=TaskStatus.ERROR, msg="late", exit_code=1))
     assert not store.finish(task.id, "intruder", TaskOutcome(status=TaskStatus.ERROR, msg="x"))

@@ -19,9 +19,8 @@ from rich.table import Table
 
 from .. import timeutil
 from ..errors import ClientError
-from ..settings import load_settings
+from ..settings import MAX_TOKEN_LIFETIME_S, load_settings
 from ..store import Store
-from ..store.tenancy_sql import MAX_TOKEN_LIFETIME_S
 from .client import ApiError
 from .common import DataDir, JsonOpt, StoreOpt, err, out
 from .queue_control import parse_duration

@@ -14,7 +14,7 @@ from ..engine.adapter import ImageMissing
 from ..errors import ClientError, EngineUnavailable, InfrastructureError, NotFound, TaskSetupError
 from ..models import CodeSpec, Task, TaskOutcome
 from ..settings import Settings
-from ..states import CANCELLED_MSG, TaskStatus
+from ..states import CANCELLED_MSG, EventKind, TaskStatus
 from ..store import Store
 from .codecache import CodeCache
 from .container_run import RunHooks, follow_container, run_container
@@ -156,7 +156,7 @@ class TaskExecution:
 
         def on_created(container_id: str) -> None:
             created.append(container_id)
-            ctx.store.add_event(task_id, "container_created", container_id[:12])
+            ctx.store.add_event(task_id, EventKind.CONTAINER_CREATED, container_id[:12], container_id)
 
         def on_started(started_at: float) -> bool:
             if ctx.store.mark_running(task_id, ctx.runner_id, started_at, created[-1]):
@@ -185,7 +185,10 @@ class TaskExecution:
         ctx = self._ctx
         task = self.task
         ctx.store.add_event(
-            task.id, "readopted", f"runner {ctx.runner_id} follows container {container_id[:12]}"
+            task.id,
+            EventKind.READOPTED,
+            f"runner {ctx.runner_id} follows container {container_id[:12]}",
+            container_id,
         )
         result = follow_container(
             ctx.engine,
