@@ -242,7 +242,12 @@ class CodeQueries(Transactional):
             code_by_id(conn, code_id, project_id)
             rows = conn.execute(
                 sa.select(tasks.c.status, sa.func.count())
-                .where(tasks.c.code_id == code_id, tasks.c.created_at >= since, tasks.c.created_at <= until)
+                .where(
+                    tasks.c.project_id == project_id,  # the listing index's range, then the package
+                    tasks.c.created_at >= since,
+                    tasks.c.created_at <= until,
+                    tasks.c.code_id == code_id,
+                )
                 .group_by(tasks.c.status)
             ).all()
         counts = {status.value: 0 for status in TaskStatus}

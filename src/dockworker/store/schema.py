@@ -130,7 +130,6 @@ tasks = sa.Table(
         name="status_known",
     ),
     sa.CheckConstraint(f"priority BETWEEN {min(PRIORITIES)} AND {max(PRIORITIES)}", name="priority_range"),
-    sa.Index("ix_tasks_code_status", "code_id", "status"),
     sa.Index("ix_tasks_runner_status", "runner_id", "status"),
 )
 
@@ -149,9 +148,11 @@ sa.Index(
     postgresql_where=QUEUED_ONLY,
     sqlite_where=QUEUED_ONLY,
 )
-# Leased tasks (a handful): lease expiry and the reaper read only these.
+# Leased tasks (a handful): a package's count under max_concurrency, lease expiry, the reaper.
 ACTIVE_ONLY = sa.text(status_sql(ACTIVE))
-sa.Index("ix_tasks_active", tasks.c.lease_expires_at, postgresql_where=ACTIVE_ONLY, sqlite_where=ACTIVE_ONLY)
+sa.Index("ix_tasks_active", tasks.c.code_id, postgresql_where=ACTIVE_ONLY, sqlite_where=ACTIVE_ONLY)
+# No other index starts with code_id: with statistics missing or stale (autovacuum off, no
+# ANALYZE yet), PostgreSQL would otherwise read a package's queue through it and sort it.
 # Listings, newest first: a page's ids come from this index alone (an index-only walk).
 sa.Index("ix_tasks_project_listing", tasks.c.project_id, tasks.c.created_at, tasks.c.id)
 

@@ -4,6 +4,8 @@ inserted in bulk with their ``queued`` events, and reading a task back."""
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,8 +19,8 @@ from ..states import EventKind, TaskStatus
 from .codes_sql import code_by_name
 from .schema import task_events, tasks
 
-# A statement's bind parameters are limited (SQLite: 32,766; PostgreSQL: 65,535): a multi-row
-# insert is cut into statements of at most this many.
+# A SQLite statement takes at most 32,766 bind parameters: a multi-row insert is cut into
+# statements of at most this many.
 MAX_BIND_PARAMETERS = 32_000
 
 # What a new row holds in the columns the builder does not set (server defaults, or nothing yet).
@@ -100,9 +102,35 @@ def insert_rows(conn: Connection, rows: Sequence[TaskRow]) -> list[Task]:
 
 
 def _insert_many(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    per_statement = max(1, MAX_BIND_PARAMETERS // len(rows[0]))
+    """One ``INSERT`` for all the rows (their values are plain numbers and text). Written by hand
+    once per shape: SQLAlchemy compiles a multi-row VALUES anew for every batch, at a cost far
+    above the insert's."""
+    columns = tuple(rows[0])
+    if conn.dialect.name == "postgresql":
+        # The rows as one JSON parameter: a short statement whatever their number (psycopg
+        # parses a long one in Python at every execution, and adapts arrays slowly).
+        statement = _json_insert(table, columns, conn.dialect)
+        conn.exec_driver_sql(statement, (json.dumps(rows),))
+        return
+    per_statement = max(1, MAX_BIND_PARAMETERS // len(columns))
     for start in range(0, len(rows), per_statement):
-        conn.execute(table.insert().values(rows[start : start + per_statement]))
+        chunk = rows[start : start + per_statement]
+        statement = _values_insert(table.name, columns, len(chunk))
+        conn.exec_driver_sql(statement, tuple(row[column] for row in chunk for column in columns))
+
+
+@functools.lru_cache(maxsize=64)
+def _values_insert(table: str, columns: tuple[str, ...], count: int) -> str:
+    """``INSERT INTO table (columns) VALUES (?, ...), (?, ...)`` for ``count`` rows (qmark)."""
+    row = "(" + ", ".join(["?"] * len(columns)) + ")"
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([row] * count)
+
+
+def _json_insert(table: sa.Table, columns: tuple[str, ...], dialect: sa.Dialect) -> str:
+    """``INSERT INTO table (columns) SELECT ... FROM json_to_recordset(%s)`` (PostgreSQL)."""
+    names = ", ".join(columns)
+    typed = ", ".join(f"{column} {table.c[column].type.compile(dialect)}" for column in columns)
+    return f"INSERT INTO {table.name} ({names}) SELECT {names} FROM json_to_recordset(%s) AS r({typed})"
 
 
 def insert_tasks(
