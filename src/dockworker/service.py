@@ -15,6 +15,7 @@ from types import FrameType
 import uvicorn
 
 from .api import create_app
+from .api.limits import RefusingH11Protocol
 from .engine import DockerEngine
 from .runner import Runner
 from .scheduler import Housekeeper, Scheduler
@@ -188,6 +189,7 @@ def _serve_api(
         app,
         host=settings.host,
         port=settings.port,
+        http=RefusingH11Protocol,
         log_level="warning",
         timeout_graceful_shutdown=5,
         access_log=False,

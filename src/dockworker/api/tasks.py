@@ -17,6 +17,7 @@ from ..models import NewTask, TaskFilter
 from ..states import TaskStatus
 from .deps import PagingDep, ProjectDep, ServicesDep
 from .runners import alive_horizon
+from .schedules import MAX_EPOCH_S
 from .schemas import ProgressIn, RetryIn, TasksIn, task_json
 
 router = APIRouter(tags=["tasks"])
@@ -76,8 +77,12 @@ def list_tasks(
     project_id: ProjectDep,
     paging: PagingDep,
     code_name: Annotated[str | None, Query(max_length=255)] = None,
-    from_time: Annotated[int | None, Query(ge=0, description="epoch seconds, on creation time")] = None,
-    to_time: Annotated[int | None, Query(ge=0, description="epoch seconds, on creation time")] = None,
+    from_time: Annotated[
+        int | None, Query(ge=0, le=MAX_EPOCH_S, description="epoch seconds, on creation time")
+    ] = None,
+    to_time: Annotated[
+        int | None, Query(ge=0, le=MAX_EPOCH_S, description="epoch seconds, on creation time")
+    ] = None,
     queued: str | None = None,
     preparing: str | None = None,
     running: str | None = None,
@@ -88,8 +93,16 @@ def list_tasks(
     timeout: str | None = None,
     schedule_id: Annotated[str | None, Query(max_length=24)] = None,
     original_task_id: Annotated[str | None, Query(max_length=24, description="a retry chain")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=24, description="keyset paging: the previous page's next_cursor (page is ignored)"),
+    ] = None,
 ) -> dict[str, Any]:
-    """Status flags (``queued=1&error=1``) are OR-ed; none means every status."""
+    """Newest first. Status flags (``queued=1&error=1``) are OR-ed; none means every status.
+
+    Pages: ``page``/``per_page`` as IronWorker (a deep page costs a walk of an index), or
+    ``cursor``: each answer's ``next_cursor`` (null on the last page) gives the next page at the
+    same cost however deep, and a task queued meanwhile never shifts it."""
     flags = {
         TaskStatus.QUEUED: queued,
         TaskStatus.PREPARING: preparing,
@@ -110,8 +123,11 @@ def list_tasks(
         per_page=per_page,
         schedule_id=schedule_id,
         original_task_id=original_task_id,
+        after_id=cursor,
     )
-    return {"tasks": [task_json(t) for t in svc.store.list_tasks(project_id, task_filter)]}
+    found = svc.store.list_tasks(project_id, task_filter)
+    next_cursor = found[-1].id if len(found) == per_page else None
+    return {"tasks": [task_json(t) for t in found], "next_cursor": next_cursor}
 
 
 @router.get("/2/projects/{project_id}/tasks/{task_id}")
@@ -129,7 +145,7 @@ def task_events(svc: ServicesDep, project_id: ProjectDep, task_id: str) -> dict[
     svc.store.get_task(project_id, task_id)
     return {
         "events": [
-            {"at": timeutil.rfc3339(e.at), "kind": e.kind, "detail": e.detail}
+            {"at": timeutil.rfc3339(e.at), "kind": e.kind, "detail": e.detail, "container_id": e.container_id}
             for e in svc.store.list_events(task_id)
         ]
     }

@@ -11,5 +11,10 @@ class StoreUnavailable(InfrastructureError):
 
 
 class StorageFull(InfrastructureError):
-    """The database's disk is full: nothing was written. Reads still work, and writes work again
-    by themselves once space is freed."""
+    """The database's disk is full: nothing was written."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the database's disk is full: nothing was written (reads still work; writes work"
+            " again by themselves once space is freed)"
+        )

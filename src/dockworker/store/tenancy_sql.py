@@ -53,7 +53,8 @@ def _token_from_row(row: Any) -> TokenInfo:
 class LastUsed:
     """Token uses not written yet: at most one moment per token, the latest."""
 
-    def __init__(self) -> None:
+    def __init__(self, interval_s: float = LAST_USED_FLUSH_S) -> None:
+        self.interval_s = interval_s  # at most one write per interval
         self._lock = threading.Lock()
         self._pending: dict[str, float] = {}
         self._next_flush = 0.0  # monotonic
@@ -76,7 +77,7 @@ class LastUsed:
         with self._lock:
             if not self._pending or (not force and time.monotonic() < self._next_flush):
                 return {}
-            self._next_flush = time.monotonic() + LAST_USED_FLUSH_S
+            self._next_flush = time.monotonic() + self.interval_s
             taken, self._pending = self._pending, {}
             return taken
 
@@ -179,7 +180,9 @@ class TenancyQueries(Transactional):
             except Exception as exc:
                 last_used.put_back(pending)
                 if not last_used.failing:
-                    log.warning("store.last_used_not_written: %s; retrying in %.0f s", exc, LAST_USED_FLUSH_S)
+                    log.warning(
+                        "store.last_used_not_written: %s; retrying in %.0f s", exc, last_used.interval_s
+                    )
                 last_used.failing = True
                 return
             if last_used.failing:
