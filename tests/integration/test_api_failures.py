@@ -293,11 +293,11 @@ def test_the_task_list_pages_by_cursor(settings: Settings, store: Store) -> None
             params: dict[str, Any] = {"per_page": 10, **({"cursor": cursor} if cursor else {})}
             page = client.get(base, params=params, headers=tenant.headers).json()
             walked += [t["id"] for t in page["tasks"]]
-            cursor = page["next_cursor"]
+            cursor = page.get("next_cursor")
             if cursor is None:
                 break
         assert walked == [t["id"] for t in reversed(queued)]
         paged = client.get(base, params={"per_page": 10, "page": 2}, headers=tenant.headers).json()
-        assert [t["id"] for t in paged["tasks"]] == walked[20:] and paged["next_cursor"] is None
+        assert [t["id"] for t in paged["tasks"]] == walked[20:] and "next_cursor" not in paged
         refused = client.get(base, params={"cursor": "0" * 24}, headers=tenant.headers)
         assert (refused.status_code, refused.json()) == (400, {"msg": "cursor: no such task in this project"})

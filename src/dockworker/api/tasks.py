@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Body, Query, Request
-from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from .. import timeutil
 from ..errors import ClientError, NotFound
@@ -26,8 +26,8 @@ CANCEL_CONFIRM_S = 3.0
 FOLLOW_POLL_S = 0.2
 
 
-@router.post("/2/projects/{project_id}/tasks")
-def queue_tasks(svc: ServicesDep, project_id: ProjectDep, body: TasksIn) -> dict[str, Any]:
+@router.post("/2/projects/{project_id}/tasks", response_class=JSONResponse)
+def queue_tasks(svc: ServicesDep, project_id: ProjectDep, body: TasksIn) -> JSONResponse:
     settings = svc.settings
     if len(body.tasks) > settings.max_batch_tasks:
         raise ClientError(f"at most {settings.max_batch_tasks} tasks per request")
@@ -59,7 +59,9 @@ def queue_tasks(svc: ServicesDep, project_id: ProjectDep, body: TasksIn) -> dict
         settings.limits.max_timeout_s,
     )
     svc.on_enqueue()
-    return {"msg": "Queued up", "tasks": [task_json(t) for t in tasks]}
+    # Already JSON values: FastAPI's generic encoding of a batch's answer would cost more than
+    # queueing the batch.
+    return JSONResponse({"msg": "Queued up", "tasks": [task_json(t) for t in tasks]})
 
 
 def _with_timeout(task: NewTask, timeout: int) -> NewTask:
@@ -101,8 +103,8 @@ def list_tasks(
     """Newest first. Status flags (``queued=1&error=1``) are OR-ed; none means every status.
 
     Pages: ``page``/``per_page`` as IronWorker (a deep page costs a walk of an index), or
-    ``cursor``: each answer's ``next_cursor`` (null on the last page) gives the next page at the
-    same cost however deep, and a task queued meanwhile never shifts it."""
+    ``cursor``: a full page's answer carries ``next_cursor``, which gives the next page at the same
+    cost however deep (and a task queued meanwhile never shifts it); the last page has none."""
     flags = {
         TaskStatus.QUEUED: queued,
         TaskStatus.PREPARING: preparing,
@@ -126,8 +128,10 @@ def list_tasks(
         after_id=cursor,
     )
     found = svc.store.list_tasks(project_id, task_filter)
-    next_cursor = found[-1].id if len(found) == per_page else None
-    return {"tasks": [task_json(t) for t in found], "next_cursor": next_cursor}
+    answer: dict[str, Any] = {"tasks": [task_json(t) for t in found]}
+    if len(found) == per_page:  # there may be more: where the next page starts
+        answer["next_cursor"] = found[-1].id
+    return answer
 
 
 @router.get("/2/projects/{project_id}/tasks/{task_id}")

@@ -175,6 +175,15 @@ class PostgresStore(SqlStore):
     def _claim_clusters(self, clusters: list[str]) -> object:
         return clusters
 
+    def _plan_listing(self, conn: sa.Connection) -> None:
+        """Walk the listing index in its order. With statistics missing or stale (autovacuum
+        may be off), the planner takes a project's tasks for a handful and gathers them all
+        (a bitmap scan) to sort them: a full read of a deep queue for one page. (The costs of
+        disabled plans would also make it compile the query: no JIT.)"""
+        conn.exec_driver_sql(
+            "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; SET LOCAL jit = off"
+        )
+
     def _cancel_queued(self, conn: sa.Connection, code_id: str, msg: str, detail: str) -> int:
         """One statement: the tasks cancelled and their events, whatever claims run meanwhile."""
         now = timeutil.now()

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from .. import timeutil
 from ..errors import ClientError, Conflict, NotFound
@@ -63,6 +64,7 @@ class TaskQueries(Transactional):
             .limit(task_filter.per_page)
         )
         with self._read() as conn:
+            self._plan_listing(conn)
             if task_filter.after_id is not None:
                 cursor = conn.execute(
                     sa.select(tasks.c.created_at).where(
@@ -71,17 +73,19 @@ class TaskQueries(Transactional):
                 ).first()
                 if cursor is None:
                     raise ClientError("cursor: no such task in this project")
+                # A row comparison: both dialects read it as a range of the listing index.
                 page = page.where(
-                    sa.or_(
-                        tasks.c.created_at < cursor.created_at,
-                        sa.and_(tasks.c.created_at == cursor.created_at, tasks.c.id < task_filter.after_id),
-                    )
+                    sa.tuple_(tasks.c.created_at, tasks.c.id)
+                    < sa.tuple_(sa.literal(cursor.created_at, sa.Float), sa.literal(task_filter.after_id))
                 )
             else:
                 page = page.offset(task_filter.page * task_filter.per_page)
             ids = page.subquery()
-            query = tasks.select().join(ids, ids.c.id == tasks.c.id).order_by(*_NEWEST_FIRST)
-            return [Task.from_row(r) for r in conn.execute(query).all()]
+            found = [Task.from_row(r) for r in conn.execute(tasks.select().join(ids, ids.c.id == tasks.c.id))]
+        return sorted(found, key=lambda t: (t.created_at, t.id), reverse=True)
+
+    def _plan_listing(self, conn: Connection) -> None:
+        """Dialects whose planner may read the listing otherwise set themselves up here."""
 
     def request_cancel(self, project_id: str, task_id: str) -> Task:
         now = timeutil.now()
