@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import sqlalchemy as sa
+from claim_pg import libpq, percentile  # this folder: run as python bench/queue_depth.py
 from psycopg import sql
 
 from dockworker.models import CodeSpec, NewTask, TaskFilter
@@ -94,13 +94,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 # --- databases ------------------------------------------------------------------------------------
 
 
-def libpq(url: str, database: str | None = None) -> str:
-    parsed = sa.engine.make_url(url).set(drivername="postgresql")
-    if database is not None:
-        parsed = parsed.set(database=database)
-    return parsed.render_as_string(hide_password=False)
-
-
 @contextmanager
 def empty_database(kind: str, server: str, label: str) -> Iterator[str]:
     if kind == "sqlite":
@@ -127,14 +120,6 @@ def prepared(url: str) -> tuple[Store, str]:
 
 
 # --- measuring ------------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    position = (len(ordered) - 1) * fraction
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def batches(count: int, size: int, rng: random.Random) -> Iterator[list[NewTask]]:

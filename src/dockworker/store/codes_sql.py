@@ -43,6 +43,19 @@ def cancelled_values(msg: str, now: float) -> dict[str, Any]:
     return dict(msg=msg, end_time=now, updated_at=now)
 
 
+def cancelled_events(cancelled: sa.FromClause, now: float, detail: str) -> sa.Insert:
+    """The ``cancelled`` events of the tasks whose ids ``cancelled`` lists (its ``id`` column)."""
+    return task_events.insert().from_select(
+        ["task_id", "at", "kind", "detail"],
+        sa.select(
+            cancelled.c.id,
+            sa.literal(now, sa.Float),
+            sa.literal(EventKind.CANCELLED.value),
+            sa.literal(detail),
+        ),
+    )
+
+
 def code_from_row(conn: Connection, row: Any) -> Code:
     rev_row = conn.execute(
         sa.select(*_REVISION_COLUMNS).where(code_revisions.c.id == row.latest_revision_id)
@@ -224,17 +237,7 @@ class CodeQueries(Transactional):
         still queued (a single writer makes that safe; PostgreSQL overrides this)."""
         now = timeutil.now()
         queued = queued_of(code_id)
-        conn.execute(
-            task_events.insert().from_select(
-                ["task_id", "at", "kind", "detail"],
-                sa.select(
-                    tasks.c.id,
-                    sa.literal(now, sa.Float),
-                    sa.literal(EventKind.CANCELLED.value),
-                    sa.literal(detail),
-                ).where(queued),
-            )
-        )
+        conn.execute(cancelled_events(sa.select(tasks.c.id).where(queued).subquery(), now, detail))
         return transition(conn, TaskStatus.CANCELLED, queued, **cancelled_values(msg, now))
 
     def code_stats(self, project_id: str, code_id: str, since: float, until: float) -> dict[str, int]:

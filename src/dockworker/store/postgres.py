@@ -18,10 +18,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from .. import ids, timeutil
 from ..errors import ClientError
 from ..states import EventKind, TaskStatus, sources_of
-from .codes_sql import cancelled_values, queued_of
-from .schema import PRIORITIES, meta, status_sql, task_events, tasks
+from .claim_sql import ACTIVE, CLAIMABLE, PACKAGES_CTE
+from .codes_sql import cancelled_events, cancelled_values, queued_of
+from .schema import PRIORITIES, meta, status_sql, tasks
 from .sql import SqlStore
-from .transitions import claim_sql, enterable
+from .transitions import enterable
 from .wakeup import WorkSignal
 
 log = logging.getLogger("dockworker.store")
@@ -31,12 +32,11 @@ LISTENER_APPLICATION_NAME = "dockworker-listener"
 # Any fixed number: the migration lock's key among this database's advisory locks.
 MIGRATION_LOCK_KEY = 1685547891
 
-_CLAIMABLE, _ACTIVE = claim_sql("t")
 _PRIORITIES = ", ".join(f"({priority})" for priority in PRIORITIES)
 _LANE_HEAD = f"""
     SELECT t.id, t.run_at
       FROM tasks AS t
-     WHERE {_CLAIMABLE} AND t.code_id = {{lane}}.code_id AND t.cluster = {{lane}}.cluster
+     WHERE {CLAIMABLE} AND t.code_id = {{lane}}.code_id AND t.cluster = {{lane}}.cluster
        AND t.priority = {{lane}}.priority AND t.run_at <= :now
      ORDER BY t.run_at, t.id
      LIMIT 1
@@ -55,15 +55,7 @@ _LANE_HEAD = f"""
 # The claimed task and its "claimed" event are written by the same statement.
 CLAIM = sa.text(
     f"""
-    WITH RECURSIVE
-    packages(code_id) AS (
-        SELECT (SELECT t.code_id FROM tasks AS t WHERE {_CLAIMABLE} ORDER BY t.code_id LIMIT 1)
-        UNION ALL
-        SELECT (SELECT t.code_id FROM tasks AS t
-                 WHERE {_CLAIMABLE} AND t.code_id > p.code_id ORDER BY t.code_id LIMIT 1)
-          FROM packages AS p
-         WHERE p.code_id IS NOT NULL
-    ),
+    WITH RECURSIVE{PACKAGES_CTE},
     lanes AS (
         SELECT p.code_id, k.cluster, r.priority, c.max_concurrency
           FROM packages AS p
@@ -73,7 +65,7 @@ CLAIM = sa.text(
          WHERE p.code_id IS NOT NULL
            AND c.paused IS NOT TRUE
            AND (coalesce(c.max_concurrency, 0) <= 0
-                OR (SELECT count(*) FROM tasks AS t WHERE t.code_id = p.code_id AND {_ACTIVE})
+                OR (SELECT count(*) FROM tasks AS t WHERE t.code_id = p.code_id AND {ACTIVE})
                    < c.max_concurrency)
     ),
     heads AS MATERIALIZED (
@@ -194,15 +186,7 @@ class PostgresStore(SqlStore):
             .returning(tasks.c.id)
             .cte("cancelled")
         )
-        logged = task_events.insert().from_select(
-            ["task_id", "at", "kind", "detail"],
-            sa.select(
-                cancelled.c.id,
-                sa.literal(now, sa.Float),
-                sa.literal(EventKind.CANCELLED.value),
-                sa.literal(detail),
-            ),
-        )
+        logged = cancelled_events(cancelled, now, detail)
         count = sa.select(sa.func.count()).select_from(cancelled).add_cte(logged.cte("logged"))
         return int(conn.execute(count).scalar_one())
 

@@ -11,36 +11,27 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from ..states import TaskStatus, sources_of
+from .claim_sql import ACTIVE, CLAIMABLE, PACKAGES_CTE
 from .schema import PRIORITIES, status_sql
 from .sql import SqlStore
-from .transitions import claim_sql
 
-_CLAIMABLE, _ACTIVE = claim_sql("t")
 _PRIORITIES = json.dumps(PRIORITIES)
 
-# The same choice as ever: a task runnable for longer than the starvation bound goes first,
-# oldest first; then priority 2 first, then the oldest runnable task. A package's
+# The claim's order: a task runnable for longer than the starvation bound goes first, oldest
+# first; then priority 2 first, then the oldest runnable task. A package's
 # max_concurrency counts its tasks preparing or running on any runner (one writer at a time:
 # the count is exact).
 #
 # Its cost does not depend on the length of any queue (see ix_tasks_queue_lane):
 # - packages: the packages with queued tasks, found by skipping through the index (one probe
-#   each);
+#   each; claim_sql.PACKAGES_CTE);
 # - lanes: those not paused and with room, times the runner's clusters, times the priorities;
 # - heads: the first runnable task of each lane (one probe each; delayed tasks are past it);
 # and the claim takes the best of the heads. The head of a lane is its best task in the claim's
 # order, so the best head is the best task.
 CLAIM = sa.text(
     f"""
-    WITH RECURSIVE
-    packages(code_id) AS (
-        SELECT (SELECT t.code_id FROM tasks AS t WHERE {_CLAIMABLE} ORDER BY t.code_id LIMIT 1)
-        UNION ALL
-        SELECT (SELECT t.code_id FROM tasks AS t
-                 WHERE {_CLAIMABLE} AND t.code_id > p.code_id ORDER BY t.code_id LIMIT 1)
-          FROM packages AS p
-         WHERE p.code_id IS NOT NULL
-    ),
+    WITH RECURSIVE{PACKAGES_CTE},
     open_packages(code_id) AS (
         SELECT p.code_id
           FROM packages AS p
@@ -48,12 +39,12 @@ CLAIM = sa.text(
          WHERE p.code_id IS NOT NULL
            AND (c.paused IS NULL OR c.paused = 0)
            AND (c.max_concurrency IS NULL OR c.max_concurrency <= 0
-                OR (SELECT count(*) FROM tasks AS t WHERE t.code_id = p.code_id AND {_ACTIVE})
+                OR (SELECT count(*) FROM tasks AS t WHERE t.code_id = p.code_id AND {ACTIVE})
                    < c.max_concurrency)
     ),
     heads(id) AS (
         SELECT (SELECT t.id FROM tasks AS t
-                 WHERE {_CLAIMABLE} AND t.code_id = o.code_id AND t.cluster = k.value
+                 WHERE {CLAIMABLE} AND t.code_id = o.code_id AND t.cluster = k.value
                    AND t.priority = p.value AND t.run_at <= :now
                  ORDER BY t.run_at, t.id LIMIT 1)
           FROM open_packages AS o, json_each(:clusters) AS k, json_each('{_PRIORITIES}') AS p
