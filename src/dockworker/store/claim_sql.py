@@ -8,11 +8,16 @@ from .transitions import claim_sql
 
 CLAIMABLE, ACTIVE = claim_sql("t")
 
-PACKAGES_CTE = f"""
+LANE_INDEX = "ix_tasks_queue_lane"
+
+
+def packages_cte(tasks_from: str) -> str:
+    """``tasks_from``: how the dialect names the tasks table read through the lane index."""
+    return f"""
     packages(code_id) AS (
-        SELECT (SELECT t.code_id FROM tasks AS t WHERE {CLAIMABLE} ORDER BY t.code_id LIMIT 1)
+        SELECT (SELECT t.code_id FROM {tasks_from} WHERE {CLAIMABLE} ORDER BY t.code_id LIMIT 1)
         UNION ALL
-        SELECT (SELECT t.code_id FROM tasks AS t
+        SELECT (SELECT t.code_id FROM {tasks_from}
                  WHERE {CLAIMABLE} AND t.code_id > p.code_id ORDER BY t.code_id LIMIT 1)
           FROM packages AS p
          WHERE p.code_id IS NOT NULL

@@ -44,11 +44,15 @@ class LeaseQueries(Transactional):
                 "now": now,
                 "clusters": self._claim_clusters(sorted(set(clusters))),
             }
+            self._plan_claim(conn)
             row = conn.execute(self.claim_statement, parameters).first()
             if row is None:
                 return None
             self._record_claim(conn, row.id, runner_id)
             return Task.from_row(row)
+
+    def _plan_claim(self, conn: Connection) -> None:
+        """Set the claim's transaction up, for dialects that need to (PostgreSQL)."""
 
     def _claim_clusters(self, clusters: list[str]) -> object:
         """The runner's clusters as the claim statement takes them (SQLite: a JSON array)."""

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from .. import ids, timeutil
 from ..errors import ClientError
 from ..states import EventKind, TaskStatus, sources_of
-from .claim_sql import ACTIVE, CLAIMABLE, PACKAGES_CTE
+from .claim_sql import ACTIVE, CLAIMABLE, packages_cte
 from .codes_sql import cancelled_events, cancelled_values, queued_of
 from .schema import PRIORITIES, meta, status_sql, tasks
 from .sql import SqlStore
@@ -44,8 +44,8 @@ _LANE_HEAD = f"""
 
 # The same choice as SQLite's claim, in the same steps (packages with queued tasks, one probe
 # each; their open lanes; the head of each lane, one probe each), so that its cost does not
-# depend on the length of any queue and every step reads ix_tasks_queue_lane in its order: the
-# plan stays an index walk whatever the statistics say. Then, with several claimers at once:
+# depend on the length of any queue and every step reads ix_tasks_queue_lane in its order (the
+# claim's transaction forbids other sorts: see _plan_claim). Then, with several claimers at once:
 # - the heads are tried in the claim's order, each by locking the first task of its lane that no
 #   other claim holds (FOR UPDATE SKIP LOCKED): concurrent claims take the next tasks instead of
 #   waiting for each other;
@@ -55,7 +55,7 @@ _LANE_HEAD = f"""
 # The claimed task and its "claimed" event are written by the same statement.
 CLAIM = sa.text(
     f"""
-    WITH RECURSIVE{PACKAGES_CTE},
+    WITH RECURSIVE{packages_cte("tasks AS t")},
     lanes AS (
         SELECT p.code_id, k.cluster, r.priority, c.max_concurrency
           FROM packages AS p
@@ -166,6 +166,14 @@ class PostgresStore(SqlStore):
 
     def _claim_clusters(self, clusters: list[str]) -> object:
         return clusters
+
+    def _plan_claim(self, conn: sa.Connection) -> None:
+        """Keep the claim on the lane index whatever the statistics say. With statistics
+        missing or stale (autovacuum may be off), reading a package's whole queue through
+        ix_tasks_code_status and sorting it looks as cheap as a lane's first entry; without
+        sorts (but the few heads', which have no other plan) only the lane index remains. The
+        costs of disabled plans would also make the server compile the statement: no JIT."""
+        conn.exec_driver_sql("SET LOCAL enable_sort = off; SET LOCAL jit = off")
 
     def _plan_listing(self, conn: sa.Connection) -> None:
         """Walk the listing index in its order. With statistics missing or stale (autovacuum

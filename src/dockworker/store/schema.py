@@ -130,7 +130,8 @@ tasks = sa.Table(
         name="status_known",
     ),
     sa.CheckConstraint(f"priority BETWEEN {min(PRIORITIES)} AND {max(PRIORITIES)}", name="priority_range"),
-    sa.Index("ix_tasks_runner_status", "runner_id", "status"),
+    # Counts by package and status (the HUD, /metrics). The claims never read it (see below).
+    sa.Index("ix_tasks_code_status", "code_id", "status"),
 )
 
 # The claim's index, over queued tasks only: one "lane" per package, cluster and priority, each
@@ -148,11 +149,16 @@ sa.Index(
     postgresql_where=QUEUED_ONLY,
     sqlite_where=QUEUED_ONLY,
 )
-# Leased tasks (a handful): a package's count under max_concurrency, lease expiry, the reaper.
+# Leased tasks (a handful), which queued and finished tasks never enter (an enqueue, a claim or
+# a cancel_all does not write them): a package's count under max_concurrency, lease expiry.
 ACTIVE_ONLY = sa.text(status_sql(ACTIVE))
 sa.Index("ix_tasks_active", tasks.c.code_id, postgresql_where=ACTIVE_ONLY, sqlite_where=ACTIVE_ONLY)
-# No other index starts with code_id: with statistics missing or stale (autovacuum off, no
-# ANALYZE yet), PostgreSQL would otherwise read a package's queue through it and sort it.
+# A runner's leased tasks (its heartbeat, cancels, restarts).
+sa.Index("ix_tasks_leased", tasks.c.runner_id, postgresql_where=ACTIVE_ONLY, sqlite_where=ACTIVE_ONLY)
+# The claim statements read ix_tasks_queue_lane whatever the statistics say (SQLite: INDEXED
+# BY; PostgreSQL: no sort but the heads'): with statistics missing or stale (autovacuum off, no
+# ANALYZE yet), ix_tasks_code_status looks as good for a lane, and reading a package's whole
+# queue through it to sort it costs as much as the queue is long.
 # Listings, newest first: a page's ids come from this index alone (an index-only walk).
 sa.Index("ix_tasks_project_listing", tasks.c.project_id, tasks.c.created_at, tasks.c.id)
 

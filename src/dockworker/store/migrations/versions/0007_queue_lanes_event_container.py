@@ -9,11 +9,11 @@ Create Date: 2026-11-27
   ``ix_tasks_claim``: the claim skips through it package by package and reads the head of each
   open lane, so paused or saturated packages, delayed tasks and other clusters cost it one probe
   each, not a walk of their backlog.
-- ``ix_tasks_active`` (code_id) over leased tasks replaces ``ix_tasks_code_status``: a package's
-  count under max_concurrency, lease expiry, the reaper. ``ix_tasks_queue_lane`` is then the
-  only index that starts with code_id: with missing or stale statistics (autovacuum off, no
-  ANALYZE), PostgreSQL read a package's queue through ``ix_tasks_code_status`` and sorted it
-  (0.5 s a claim at 100k queued).
+- ``ix_tasks_active`` (code_id) over leased tasks: a package's count under max_concurrency,
+  lease expiry, the reaper.
+- ``ix_tasks_leased`` (runner_id) over leased tasks replaces ``ix_tasks_runner_status``: a
+  runner's tasks; queued and finished tasks are in neither of the two (an enqueue or a
+  cancel_all of a million tasks does not write them).
 - ``ix_tasks_project_listing`` (project_id, created_at, id) replaces ``ix_tasks_project_created``:
   a listing's page comes from the index alone.
 - ``task_events.container_id``: the container an event is about, as data. Earlier ``started``
@@ -44,13 +44,14 @@ def upgrade() -> None:
         sqlite_where=QUEUED,
     )
     op.create_index("ix_tasks_active", "tasks", ["code_id"], postgresql_where=ACTIVE, sqlite_where=ACTIVE)
+    op.create_index("ix_tasks_leased", "tasks", ["runner_id"], postgresql_where=ACTIVE, sqlite_where=ACTIVE)
     op.create_index("ix_tasks_project_listing", "tasks", ["project_id", "created_at", "id"])
     for name in (
         "ix_tasks_queue_priority",
         "ix_tasks_queue_age",
         "ix_tasks_claim",
         "ix_tasks_project_created",
-        "ix_tasks_code_status",
+        "ix_tasks_runner_status",
     ):
         op.drop_index(name, table_name="tasks")
     with op.batch_alter_table("task_events") as batch_op:
@@ -67,7 +68,7 @@ def downgrade() -> None:
     with op.batch_alter_table("task_events") as batch_op:
         batch_op.drop_column("container_id")
     op.create_index("ix_tasks_project_created", "tasks", ["project_id", "created_at"])
-    op.create_index("ix_tasks_code_status", "tasks", ["code_id", "status"])
+    op.create_index("ix_tasks_runner_status", "tasks", ["runner_id", "status"])
     op.create_index("ix_tasks_claim", "tasks", ["status", "cluster", "priority", "run_at"])
     op.create_index(
         "ix_tasks_queue_priority",
@@ -79,5 +80,5 @@ def downgrade() -> None:
     op.create_index(
         "ix_tasks_queue_age", "tasks", ["run_at", "id"], postgresql_where=QUEUED, sqlite_where=QUEUED
     )
-    for name in ("ix_tasks_project_listing", "ix_tasks_active", "ix_tasks_queue_lane"):
+    for name in ("ix_tasks_project_listing", "ix_tasks_leased", "ix_tasks_active", "ix_tasks_queue_lane"):
         op.drop_index(name, table_name="tasks")
