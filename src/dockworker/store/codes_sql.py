@@ -44,7 +44,8 @@ def cancelled_values(msg: str, now: float) -> dict[str, Any]:
 
 
 def cancelled_events(cancelled: sa.FromClause, now: float, detail: str) -> sa.Insert:
-    """The ``cancelled`` events of the tasks whose ids ``cancelled`` lists (its ``id`` column)."""
+    """The ``cancelled`` events of the tasks whose ids ``cancelled`` lists (its ``id`` column), in
+    the order of the ids: the event index then grows at one end instead of everywhere."""
     return task_events.insert().from_select(
         ["task_id", "at", "kind", "detail"],
         sa.select(
@@ -52,7 +53,7 @@ def cancelled_events(cancelled: sa.FromClause, now: float, detail: str) -> sa.In
             sa.literal(now, sa.Float),
             sa.literal(EventKind.CANCELLED.value),
             sa.literal(detail),
-        ),
+        ).order_by(cancelled.c.id),
     )
 
 

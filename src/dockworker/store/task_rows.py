@@ -90,28 +90,29 @@ def new_row(
 
 
 def insert_rows(conn: Connection, rows: Sequence[TaskRow]) -> list[Task]:
-    """Insert the tasks and their ``queued`` events: multi-row inserts, one per table (cut
-    only when the batch exceeds a statement's bind parameters)."""
+    """Insert the tasks and their ``queued`` events. Written by hand once per shape: SQLAlchemy
+    would compile a multi-row VALUES anew for every batch, at a cost far above the insert's
+    (the values are plain numbers and text: no type conversion is needed)."""
     if not rows:
         return []
-    now = rows[0].values["created_at"]
-    _insert_many(conn, tasks, [r.values for r in rows])
-    events = [dict(task_id=r.id, at=now, kind=EventKind.QUEUED.value, detail=r.event_detail) for r in rows]
-    _insert_many(conn, task_events, events)
+    if conn.dialect.name == "postgresql":
+        # One statement with the rows as one JSON parameter: short whatever their number
+        # (psycopg parses a long statement in Python at every execution).
+        values = [{**r.values, "event_detail": r.event_detail} for r in rows]
+        conn.exec_driver_sql(_json_insert(tuple(rows[0].values), conn.dialect), (json.dumps(values),))
+    else:
+        now = rows[0].values["created_at"]
+        events = [
+            dict(task_id=r.id, at=now, kind=EventKind.QUEUED.value, detail=r.event_detail) for r in rows
+        ]
+        for table, values in ((tasks, [r.values for r in rows]), (task_events, events)):
+            _insert_values(conn, table, values)
     return [r.as_task() for r in rows]
 
 
-def _insert_many(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """One ``INSERT`` for all the rows (their values are plain numbers and text). Written by hand
-    once per shape: SQLAlchemy compiles a multi-row VALUES anew for every batch, at a cost far
-    above the insert's."""
+def _insert_values(conn: Connection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Multi-row ``INSERT ... VALUES``, cut only where a statement's bind parameters end."""
     columns = tuple(rows[0])
-    if conn.dialect.name == "postgresql":
-        # The rows as one JSON parameter: a short statement whatever their number (psycopg
-        # parses a long one in Python at every execution, and adapts arrays slowly).
-        statement = _json_insert(table, columns, conn.dialect)
-        conn.exec_driver_sql(statement, (json.dumps(rows),))
-        return
     per_statement = max(1, MAX_BIND_PARAMETERS // len(columns))
     for start in range(0, len(rows), per_statement):
         chunk = rows[start : start + per_statement]
@@ -126,11 +127,17 @@ def _values_insert(table: str, columns: tuple[str, ...], count: int) -> str:
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join([row] * count)
 
 
-def _json_insert(table: sa.Table, columns: tuple[str, ...], dialect: sa.Dialect) -> str:
-    """``INSERT INTO table (columns) SELECT ... FROM json_to_recordset(%s)`` (PostgreSQL)."""
+@functools.lru_cache(maxsize=8)
+def _json_insert(columns: tuple[str, ...], dialect: sa.Dialect) -> str:
+    """PostgreSQL: the tasks and their events from one ``json_to_recordset(%s)``."""
     names = ", ".join(columns)
-    typed = ", ".join(f"{column} {table.c[column].type.compile(dialect)}" for column in columns)
-    return f"INSERT INTO {table.name} ({names}) SELECT {names} FROM json_to_recordset(%s) AS r({typed})"
+    typed = ", ".join(f"{column} {tasks.c[column].type.compile(dialect)}" for column in columns)
+    return f"""
+        WITH given AS (SELECT * FROM json_to_recordset(%s) AS r({typed}, event_detail text)),
+        added AS (INSERT INTO tasks ({names}) SELECT {names} FROM given)
+        INSERT INTO task_events (task_id, at, kind, detail)
+        SELECT id, created_at, '{EventKind.QUEUED.value}', event_detail FROM given ORDER BY id
+    """
 
 
 def insert_tasks(
