@@ -19,6 +19,7 @@ from types import FrameType
 import uvicorn
 
 from .api import create_app
+from .api.limits import RefusingH11Protocol
 from .engine import Engine
 from .engine.oci.choose import open_task_engine
 from .errors import ClientError
@@ -307,6 +308,7 @@ def _serve_api(
         app,
         host=settings.host,
         port=settings.port,
+        http=RefusingH11Protocol,
         log_level="warning",
         # uvicorn's records go through the service's handler and format (text or JSON).
         log_config=None,

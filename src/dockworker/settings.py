@@ -14,6 +14,8 @@ from .errors import ClientError
 MB = 1024 * 1024
 RUNTIMES = ("docker", "oci")
 OCI_RUNTIMES = ("crun", "runc")
+# The longest a token may be made to last (API and CLI refuse longer lifetimes).
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400
 
 
 @dataclass(frozen=True, kw_only=True)

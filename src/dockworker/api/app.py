@@ -18,7 +18,7 @@ from ..settings import Settings
 from ..store import Store
 from . import admin, codes, health, projects, runners, schedules, tasks, webhooks
 from .deps import Services
-from .errors import install_error_handlers
+from .errors import AnswerUnexpectedErrors, install_error_handlers
 from .limits import BodySizeLimit, RefuseNulInUrl
 from .responses import ADMIN_RESPONSES, ERROR_RESPONSES
 
@@ -71,6 +71,7 @@ def create_app(
         upload_limit=settings.max_code_bytes + 1024 * 1024,
     )
     app.add_middleware(RefuseNulInUrl)
+    app.add_middleware(AnswerUnexpectedErrors)  # the outermost: it answers for all the others
     return app
 
 

@@ -21,7 +21,7 @@ import typer
 
 from .. import timeutil
 from ..errors import ClientError
-from ..settings import load_settings
+from ..settings import MAX_TOKEN_LIFETIME_S, load_settings
 from . import output
 from .common import DataDir, JsonOpt, StoreOpt, command_group
 from .http import Http
@@ -242,8 +242,6 @@ def _default_project(admin: Admin) -> str:
 def _expires_in(text: str | None) -> int | None:
     if text is None:
         return None
-    from ..store.tenancy_sql import MAX_TOKEN_LIFETIME_S  # loads SQLAlchemy: only when asked
-
     seconds = parse_duration(text)
     if not 0 < seconds <= MAX_TOKEN_LIFETIME_S:
         raise ClientError("--expires must be more than 0 and at most 10 years (3650d)")

@@ -23,7 +23,7 @@ from ..errors import (
 from ..logsetup import Throttled
 from ..models import CodeSpec, Task, TaskOutcome
 from ..settings import Settings
-from ..states import CANCELLED_MSG, TaskStatus
+from ..states import CANCELLED_MSG, EventKind, TaskStatus
 from ..store import Store
 from .codecache import CodeCache
 from .container_run import RunHooks, follow_container, run_container
@@ -224,7 +224,7 @@ class TaskExecution:
 
         def on_created(container_id: str) -> None:
             created.append(container_id)
-            ctx.store.add_event(task_id, "container_created", container_id[:12])
+            ctx.store.add_event(task_id, EventKind.CONTAINER_CREATED, container_id[:12], container_id)
 
         def on_started(started_at: float) -> bool:
             if ctx.store.mark_running(task_id, ctx.runner_id, started_at, created[-1]):
@@ -254,7 +254,10 @@ class TaskExecution:
         ctx = self._ctx
         task = self.task
         ctx.store.add_event(
-            task.id, "readopted", f"runner {ctx.runner_id} follows container {container_id[:12]}"
+            task.id,
+            EventKind.READOPTED,
+            f"runner {ctx.runner_id} follows container {container_id[:12]}",
+            container_id,
         )
         result = follow_container(
             ctx.engine,

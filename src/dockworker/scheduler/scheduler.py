@@ -11,6 +11,7 @@ from collections.abc import Callable
 from ..logsetup import Throttled
 from ..settings import Settings
 from ..store import Store
+from .timing import cadence_of
 
 log = logging.getLogger("dockworker.scheduler")
 
@@ -35,7 +36,9 @@ class Scheduler:
         now = self.clock()
         queued = []
         for schedule_id in self.store.due_schedule_ids(now):
-            task_id = self.store.fire_schedule(schedule_id, now, self.settings.limits.max_timeout_s)
+            task_id = self.store.fire_schedule(
+                schedule_id, now, self.settings.limits.max_timeout_s, cadence_of
+            )
             if task_id is not None:
                 log.info("schedule.fired", extra={"schedule_id": schedule_id, "task_id": task_id})
                 queued.append(task_id)
