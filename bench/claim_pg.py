@@ -9,7 +9,7 @@ the real method (one statement, then the commit):
 * from 1 claimer and from ``--claimers`` concurrent claimers (threads, one connection each);
 * claims per second and latency p50/p90/p99, end to end from Python;
 * ``EXPLAIN (ANALYZE, BUFFERS)`` of one claim (rolled back): the plan and the server's time;
-* a control without the two partial queue indexes of migration 0004, to show what they buy.
+* a control without the claim's lane index (migration 0007), to show what it buys.
 
 Tasks belong to three code packages, one of them with a max_concurrency high enough never to
 be reached: its claims go through the per-package lock and count like real limited ones.
@@ -47,8 +47,7 @@ from dockworker.store.postgres import CLAIM, PostgresStore
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SERVER_URL = os.environ.get("DOCKWORKER_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 QUEUE_INDEXES = {
-    "ix_tasks_queue_priority": "ON tasks (priority DESC, run_at, id) WHERE status = 'queued'",
-    "ix_tasks_queue_age": "ON tasks (run_at, id) WHERE status = 'queued'",
+    "ix_tasks_queue_lane": "ON tasks (code_id, cluster, priority, run_at, id) WHERE status = 'queued'",
 }
 TASK_COLUMNS = (
     "id, project_id, code_id, code_name, code_rev, revision_id, status, priority, timeout, delay,"

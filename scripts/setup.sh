@@ -14,6 +14,9 @@ command -v debootstrap >/dev/null || need_packages+=(debootstrap)
 command -v file >/dev/null || need_packages+=(file)
 # The HUD's browser tests drive Debian's Chromium through Playwright (no browser download).
 [ -x /usr/bin/chromium ] || need_packages+=(chromium)
+# the OCI backend (--runtime oci): the OCI runtimes themselves, run without dockerd
+command -v runc >/dev/null || [ -x /usr/sbin/runc ] || need_packages+=(runc)
+command -v crun >/dev/null || need_packages+=(crun)
 if [ ${#need_packages[@]} -gt 0 ]; then
   say "Installing ${need_packages[*]}"
   as_root apt-get update -q

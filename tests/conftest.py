@@ -134,10 +134,8 @@ class RunningRunner:
 
 @pytest.fixture
 def start_runner(settings: Settings, store: Store, engine: object) -> Iterator[object]:
-    """Start a runner thread on the test's store; stopped (and checked for leaks) at teardown."""
-    from dockworker.engine import DockerEngine
-
-    assert isinstance(engine, DockerEngine)
+    """Start a runner thread on the test's store; stopped (and checked for leaks) at teardown.
+    ``engine`` is the Docker engine, or the OCI backend where a module runs on both."""
     started: list[RunningRunner] = []
 
     def start(runner_settings: Settings | None = None, runner_engine: object = None) -> Runner:

@@ -30,8 +30,20 @@ class EngineUnavailable(InfrastructureError):
     """The Docker engine could not be reached."""
 
 
+class ContainerGone(InfrastructureError):
+    """The container no longer exists."""
+
+
+class HostStorageFull(InfrastructureError):
+    """The runner's host has no space left to unpack code or write task files."""
+
+
 class TaskSetupError(DockworkerError):
     """The task could not be started as specified."""
+
+
+class ImageMissing(TaskSetupError):
+    """The image is not on the engine (and dockworker never pulls)."""
 
 
 class ClientError(DockworkerError):
@@ -64,7 +76,5 @@ class Conflict(ClientError):
     status_code = 409
 
 
-class PayloadTooLarge(ClientError):
-    """The request is too large."""
-
-    status_code = 413
+class AlreadyRunning(Conflict):
+    """Another live dockworker process holds this data directory or runner identity."""

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .states import TaskStatus
+from .states import EventKind, TaskStatus
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -154,18 +154,23 @@ class Task:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskOutcome:
-    """What a runner reports at the end of a task."""
+    """What a runner reports at the end of a task: always a terminal state."""
 
     status: TaskStatus
     msg: str
     exit_code: int | None = None
 
+    def __post_init__(self) -> None:
+        if not self.status.is_terminal:
+            raise ValueError(f"a task outcome is a terminal state, not {self.status}")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TaskEvent:
     at: float
-    kind: str
+    kind: EventKind
     detail: str
+    container_id: str | None = None  # the container the event is about, if any
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -178,6 +183,8 @@ class TaskFilter:
     per_page: int = 30
     schedule_id: str | None = None
     original_task_id: str | None = None
+    # Keyset paging: the tasks listed after this one (listings run newest first); page is ignored.
+    after_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

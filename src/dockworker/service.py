@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
+import socket
 import sys
 import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -15,18 +19,21 @@ from types import FrameType
 import uvicorn
 
 from .api import create_app
-from .engine import DockerEngine
+from .api.limits import RefusingH11Protocol
+from .engine import Engine
+from .engine.oci.choose import open_task_engine
+from .errors import ClientError
+from .logsetup import configure_logging
 from .runner import Runner
+from .runner.runner import THREAD_JOIN_S, resolve_runner_id
 from .scheduler import Housekeeper, Scheduler
 from .settings import Settings
 from .store import Store, open_store
+from .store.identity import FileLock, RunnerIdentity, hold_data_dir
 
 log = logging.getLogger("dockworker")
 
-
-def configure_logging(level: int = logging.INFO) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+__all__ = ["Credentials", "configure_logging", "ensure_credentials", "open_migrated_store", "run_service"]
 
 
 def open_migrated_store(settings: Settings) -> Store:
@@ -107,55 +114,150 @@ class _Signals:
         self.force = force
 
     def install(self) -> None:
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self.handle)
+        signal.signal(signal.SIGTERM, self.handle)
 
-    def _handle(self, signum: int, _frame: FrameType | None) -> None:
+    def handle(self, signum: int, _frame: FrameType | None) -> None:
         if self.stop.is_set():
-            log.warning("second signal %s: stopping now", signum)
+            log.warning("service.stopping_now", extra={"signal": signum})
             self.force.set()
         else:
-            log.info("signal %s: stopping (again to stop at once)", signum)
+            log.info("service.stopping: again to stop at once", extra={"signal": signum})
             self.stop.set()
 
 
-def run_service(settings: Settings, *, api: bool, runner: bool, on_ready: str | None = None) -> None:
-    store = open_migrated_store(settings)
-    if api:
-        admin_secret = ensure_admin_token(store)
-        if admin_secret is not None:
-            # Printed, not logged: log handlers may ship records elsewhere.
-            print(admin_token_banner(admin_secret, settings), file=sys.stdout, flush=True)
+class _ApiServer(uvicorn.Server):
+    """uvicorn, with its signal handling replaced by the service's: the first signal stops the
+    API and the runner together (long-polling streams see ``stop`` and end), the second also
+    cuts the API's open connections."""
+
+    def __init__(self, config: uvicorn.Config, signals: _Signals) -> None:
+        super().__init__(config)
+        self._signals = signals
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self._signals.handle(sig, frame)
+        self.should_exit = True
+        if self._signals.force.is_set():
+            self.force_exit = True
+
+
+def bind_api_socket(settings: Settings) -> socket.socket:
+    """The API's listening socket, bound before anything else starts, so that an address in
+    use is refused before a runner touches a task."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ClientError(
+            f"cannot listen on {settings.host}:{settings.port}: {exc.strerror} "
+            "(another process uses it? choose another with --port)"
+        ) from None
+    sock.set_inheritable(False)
+    return sock
+
+
+@dataclass
+class _Holds:
+    """What a service process holds exclusively, released on the way out."""
+
+    data_dir: FileLock | None = None
+    listener: socket.socket | None = None
+    identity: RunnerIdentity | None = None
+
+    def release(self) -> None:
+        if self.identity is not None:
+            self.identity.release()
+        if self.listener is not None:
+            self.listener.close()
+        if self.data_dir is not None:
+            self.data_dir.release()
+
+
+@contextlib.contextmanager
+def _exclusive(settings: Settings, *, api: bool, runner: bool) -> Iterator[tuple[_Holds, Store]]:
+    """Take, in this order and before anything is written: the data directory (``up`` and
+    ``server``), the API's address, the runner's identity; then migrate the store. A second
+    process on the same data directory, address or runner id is refused here, having touched
+    nothing."""
+    holds = _Holds()
+    store: Store | None = None
+    try:
+        if api:
+            holds.data_dir = hold_data_dir(settings.data_dir)
+            holds.listener = bind_api_socket(settings)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = open_store(settings.database_url)
+        if runner:
+            holds.identity = store.hold_runner_identity(resolve_runner_id(settings))
+        store.migrate()
+        yield holds, store
+    finally:
+        holds.release()
+        if store is not None:
+            store.close()
+
+
+def run_service(
+    settings: Settings,
+    *,
+    api: bool,
+    runner: bool,
+    on_ready: str | None = None,
+    on_credentials: Callable[[Credentials], None] | None = None,
+) -> None:
+    """``on_credentials``: write iron.json (``up``) and tell about a project made on first start."""
+    with _exclusive(settings, api=api, runner=runner) as (holds, store):
+        if on_credentials is not None:
+            created = ensure_credentials(settings, store)
+            if created is not None:
+                on_credentials(created)
+        if api:
+            admin_secret = ensure_admin_token(store)
+            if admin_secret is not None:
+                # Printed, not logged: log handlers may ship records elsewhere.
+                print(admin_token_banner(admin_secret, settings), file=sys.stdout, flush=True)
+        _serve(settings, store, holds, on_ready)
+    log.info("service.stopped")
+
+
+def _serve(settings: Settings, store: Store, holds: _Holds, on_ready: str | None) -> None:
     stop, force = threading.Event(), threading.Event()
+    signals = _Signals(stop, force)
     threads: list[threading.Thread] = []
     the_runner: Runner | None = None
-    engine: DockerEngine | None = None
-    if runner:
-        engine = DockerEngine(settings.docker_host, pool_size=max(16, 4 * settings.slots))
+    engine: Engine | None = None
+    if holds.identity is not None:
+        engine = open_task_engine(settings, pool_size=max(16, 4 * settings.slots))
         engine.ping()
-        the_runner = Runner(settings, store, engine)
+        the_runner = Runner(settings, store, engine, identity=holds.identity)
         threads.append(threading.Thread(target=the_runner.run, args=(stop,), name="runner"))
         log.info(
-            "runner %s: %d slots, clusters %s",
-            the_runner.runner_id,
-            settings.slots,
-            ",".join(settings.clusters),
+            "runner.starting",
+            extra={
+                "runner_id": the_runner.runner_id,
+                "slots": settings.slots,
+                "clusters": ",".join(settings.clusters),
+            },
         )
     threads.append(
         threading.Thread(target=Housekeeper(settings, store).run, args=(stop,), name="housekeeper")
     )
-    if api:
+    if holds.listener is not None:
         scheduler = Scheduler(settings, store, on_fire=the_runner.wake if the_runner is not None else None)
         threads.append(threading.Thread(target=scheduler.run, args=(stop,), name="scheduler"))
-    # Installed before uvicorn's: it restores them and re-raises the signal it handled.
-    _Signals(stop, force).install()
+    signals.install()
     if the_runner is not None:
         threading.Thread(target=_force_on, args=(force, the_runner), daemon=True).start()
     for thread in threads:
         thread.start()
     try:
-        if api:
-            _serve_api(settings, store, the_runner, engine, on_ready)
+        if holds.listener is not None:
+            _serve_api(settings, store, the_runner, engine, holds.listener, signals, on_ready)
             stop.set()
         elif on_ready:
             log.info("%s", on_ready)
@@ -163,11 +265,21 @@ def run_service(settings: Settings, *, api: bool, runner: bool, on_ready: str | 
             pass
     finally:
         stop.set()
-        for thread in threads:
-            thread.join()
+        if the_runner is not None:
+            the_runner.wake()
+        _join_all(threads, settings.shutdown_grace_s + THREAD_JOIN_S + 5.0)
         if engine is not None:
             engine.close()
-        store.close()
+
+
+def _join_all(threads: list[threading.Thread], within_s: float) -> None:
+    """Join every thread by one deadline; name those that did not end by then."""
+    deadline = time.monotonic() + within_s
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    for thread in threads:
+        if thread.is_alive():
+            log.warning("service.thread_still_running", extra={"thread": thread.name})
 
 
 def _force_on(force: threading.Event, runner: Runner) -> None:
@@ -176,23 +288,34 @@ def _force_on(force: threading.Event, runner: Runner) -> None:
 
 
 def _serve_api(
-    settings: Settings, store: Store, runner: Runner | None, engine: DockerEngine | None, on_ready: str | None
+    settings: Settings,
+    store: Store,
+    runner: Runner | None,
+    engine: Engine | None,
+    listener: socket.socket,
+    signals: _Signals,
+    on_ready: str | None,
 ) -> None:
     app = create_app(
         settings,
         store,
         on_enqueue=runner.wake if runner is not None else None,
         image_present=engine.image_exists if engine is not None else None,
+        stopping=signals.stop,
+        engine_ping=engine.ping if engine is not None else None,
     )
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        http=RefusingH11Protocol,
         log_level="warning",
+        # uvicorn's records go through the service's handler and format (text or JSON).
+        log_config=None,
         timeout_graceful_shutdown=5,
         access_log=False,
     )
-    server = uvicorn.Server(config)
+    server = _ApiServer(config, signals)
     if on_ready:
         log.info("%s", on_ready)
-    server.run()
+    server.run(sockets=[listener])

@@ -12,6 +12,10 @@ from typing import Any
 from .errors import ClientError
 
 MB = 1024 * 1024
+RUNTIMES = ("docker", "oci")
+OCI_RUNTIMES = ("crun", "runc")
+# The longest a token may be made to last (API and CLI refuse longer lifetimes).
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,6 +43,9 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     docker_host: str | None = None
+    # How tasks run: "docker" (through dockerd) or "oci" (an OCI runtime directly, docs/oci.md).
+    runtime: str = "docker"
+    oci_runtime: str = "crun"
     runner_id: str | None = None
     slots: int = field(default_factory=lambda: 2 * (os.cpu_count() or 1))
     clusters: tuple[str, ...] = ("default",)
@@ -64,6 +71,12 @@ class Settings:
     metrics_token: str | None = None  # besides an admin token, this bearer token may read /metrics
     hud_session_s: int = 8 * 3600  # a HUD login lasts this long
     limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ClientError(f"runtime {self.runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        if self.oci_runtime not in OCI_RUNTIMES:
+            raise ClientError(f"OCI runtime {self.oci_runtime!r}: choose one of {', '.join(OCI_RUNTIMES)}")
 
     @property
     def database_url(self) -> str:

@@ -141,8 +141,12 @@ def version_answers(port: int, timeout: float = 1.0) -> bool:
 class Service:
     """One ``dockworker up`` process on its own data directory and port."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, slots: int = 2) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, slots: int = 2, args: tuple[str, ...] = ()
+    ) -> None:
+        """``args``: more options of ``dockworker up`` (e.g. ``--runtime oci``)."""
         self.data_dir = data_dir
+        self.args = args
         self.port = port or free_port()
         self.slots = slots
         self.process: subprocess.Popen[bytes] | None = None
@@ -177,6 +181,7 @@ class Service:
                     str(self.port),
                     "--slots",
                     str(self.slots),
+                    *self.args,
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -311,10 +316,10 @@ def remove_task_containers(task_id: str) -> None:
 
 
 @contextlib.contextmanager
-def running_service(data_dir: Path, port: int | None = None) -> Iterator[Service]:
+def running_service(data_dir: Path, port: int | None = None, args: tuple[str, ...] = ()) -> Iterator[Service]:
     """A service of the test's own. On the way out it is stopped however the test went: SIGTERM,
     a second SIGTERM (skip the grace period), then SIGKILL; no process is left behind."""
-    svc = Service(data_dir, port)
+    svc = Service(data_dir, port, args=args)
     try:
         svc.start()
         yield svc

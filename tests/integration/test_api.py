@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 from typing import Any
 
@@ -256,6 +257,7 @@ def test_followed_log_ends_with_the_task(api: Api, store: Store) -> None:
     _hello(api)
     task_id = api.queue({"code_name": "hello"}).json()["tasks"][0]["id"]
     store.claim("r", ["default"], 30)
+    store.mark_running(task_id, "r", time.time())
     store.append_log(task_id, b"a\n")
     store.finish(task_id, "r", TaskOutcome(status=TaskStatus.COMPLETE, msg="", exit_code=0))
     with api.client.stream(

@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
-from dockworker.cli.common import out
 from dockworker.cli.main import app
 from dockworker.errors import ClientError, NotFound
 from dockworker.store import Store
@@ -25,11 +24,6 @@ def ok_json(store_url: str, tmp_path: Path, *args: str) -> Any:
     result = run(store_url, tmp_path, *args, "--json")
     assert result.exit_code == 0, (result.output, result.exception)
     return json.loads(result.stdout)
-
-
-@pytest.fixture(autouse=True)
-def _wide_tables(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(out, "_width", 200)  # rich shrinks tables to the 80 columns it assumes
 
 
 def test_projects_and_tokens_through_the_store(store_url: str, tmp_path: Path, store: Store) -> None:

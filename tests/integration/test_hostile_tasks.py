@@ -15,7 +15,12 @@ from dockworker.states import TaskStatus
 from dockworker.store import Store
 from tests.helpers import queue, save_code, wait_for
 
+from . import oci_fixtures
+
 pytestmark = pytest.mark.docker
+
+# every test here runs on the Docker engine and on the OCI backend
+engine = oci_fixtures.both_backends
 
 
 @pytest.fixture

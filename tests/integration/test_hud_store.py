@@ -9,6 +9,7 @@ import pytest
 
 from dockworker.errors import NotFound
 from dockworker.models import CodeSpec, ScheduleSpec, TaskOutcome
+from dockworker.scheduler.timing import cadence_of
 from dockworker.states import TaskStatus
 from dockworker.store import Store, open_store
 from dockworker.store.schema import tasks
@@ -186,6 +187,7 @@ def test_schedules_by_status(store: Store) -> None:
     kept, cancelled = store.create_schedules(
         project.id,
         [ScheduleSpec(code_name="hello", run_every=3600), ScheduleSpec(code_name="hello", run_every=60)],
+        cadence_of,
     )
     store.cancel_schedule(project.id, cancelled.id)
     assert [s.id for s in store.list_schedules_by_status(project.id, ["scheduled"], 0, 10)] == [kept.id]

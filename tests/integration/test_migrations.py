@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 
 import dockworker.store
+from dockworker.states import EventKind
 from dockworker.store.schema import metadata
 from dockworker.store.sql import SqlStore
 
@@ -43,3 +45,30 @@ def test_installation_id_is_stable(store: SqlStore) -> None:
     first = store.installation_id()
     assert first == store.installation_id()
     assert len(first) == 24
+
+
+def test_0007_gives_earlier_start_events_their_container(store: SqlStore) -> None:
+    _alembic(store, "downgrade", "0006")
+    container = "abcdef123456" + "7" * 52
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO projects (id, name, created_at) VALUES ('p', 'p', 0)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO tasks (id, project_id, code_id, code_name, code_rev, revision_id, status,"
+                " priority, timeout, delay, cluster, payload, created_at, updated_at, run_at)"
+                " VALUES ('t', 'p', 'c', 'c', 1, 'r', 'running', 0, 60, 0, 'default', '', 0, 0, 0)"
+            )
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO task_events (task_id, at, kind, detail) VALUES"
+                " ('t', 0, 'started', 'container abcdef123456 started by runner r'),"
+                " ('t', 1, 'container_created', 'abcdef123456')"
+            )
+        )
+    store.migrate()
+    assert [(e.kind, e.container_id) for e in store.list_events("t")] == [
+        (EventKind.STARTED, "abcdef123456"),
+        (EventKind.CONTAINER_CREATED, None),
+    ]
+    assert not store.record_unreported_start("t", container, "r")  # that start was counted

@@ -13,6 +13,7 @@ from dockworker.api import create_app
 from dockworker.engine import DockerEngine
 from dockworker.models import CodeSpec, ScheduleSpec, Task, TaskFilter
 from dockworker.scheduler import Housekeeper, Scheduler
+from dockworker.scheduler.timing import cadence_of
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
@@ -84,6 +85,7 @@ def test_schedule_fires_into_a_runner(store: Store, project: str, settings: Sett
     (schedule,) = store.create_schedules(
         project,
         [ScheduleSpec(code_name="tick", payload="tock", start_at=time.time(), run_every=1, run_times=3)],
+        cadence_of,
     )
     scheduler = Scheduler(settings, store)
     deadline = time.time() + 10

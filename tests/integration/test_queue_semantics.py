@@ -13,6 +13,7 @@ import pytest
 
 from dockworker.models import CodeSpec, NewTask, ScheduleSpec, TaskFilter, TaskOutcome
 from dockworker.scheduler import Scheduler
+from dockworker.scheduler.timing import cadence_of
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store, open_store
@@ -96,6 +97,7 @@ def test_code_stats_window(store: Store, project: str) -> None:
     done = queue(store, project, "c")
     queue(store, project, "c")
     store.claim("r", ["default"], 30)
+    store.mark_running(done.id, "r", time.time())
     store.finish(done.id, "r", TaskOutcome(status=TaskStatus.COMPLETE, msg=""))
     now = time.time()
     stats = store.code_stats(project, code.id, now - 60, now + 1)
@@ -132,7 +134,9 @@ def scheduler(settings: Settings, store: Store, clock: Clock) -> Scheduler:
 def test_run_every_with_run_times(store: Store, project: str, settings: Settings) -> None:
     clock = Clock(10_000.0)
     (schedule,) = store.create_schedules(
-        project, [ScheduleSpec(code_name="c", payload="p", start_at=10_000.0, run_every=60, run_times=3)]
+        project,
+        [ScheduleSpec(code_name="c", payload="p", start_at=10_000.0, run_every=60, run_times=3)],
+        cadence_of,
     )
     tick = scheduler(settings, store, clock).tick
     assert len(tick()) == 1
@@ -152,7 +156,9 @@ def test_run_every_with_run_times(store: Store, project: str, settings: Settings
 
 def test_after_downtime_missed_slots_fire_once(store: Store, project: str, settings: Settings) -> None:
     clock = Clock(0.0)
-    (schedule,) = store.create_schedules(project, [ScheduleSpec(code_name="c", start_at=0.0, run_every=60)])
+    (schedule,) = store.create_schedules(
+        project, [ScheduleSpec(code_name="c", start_at=0.0, run_every=60)], cadence_of
+    )
     tick = scheduler(settings, store, clock).tick
     assert len(tick()) == 1
     clock.now = 3600 + 30  # an hour down: 60 slots missed
@@ -165,7 +171,9 @@ def test_after_downtime_missed_slots_fire_once(store: Store, project: str, setti
 def test_end_at_stops_a_schedule(store: Store, project: str, settings: Settings) -> None:
     clock = Clock(0.0)
     (schedule,) = store.create_schedules(
-        project, [ScheduleSpec(code_name="c", start_at=0.0, run_every=60, end_at=130.0)]
+        project,
+        [ScheduleSpec(code_name="c", start_at=0.0, run_every=60, end_at=130.0)],
+        cadence_of,
     )
     tick = scheduler(settings, store, clock).tick
     for moment in (0.0, 60.0, 120.0, 180.0):
@@ -179,7 +187,7 @@ def test_cron_schedule_across_a_dst_change(store: Store, project: str, settings:
     riga = ZoneInfo("Europe/Riga")
     start = datetime(2026, 3, 28, 0, 0, tzinfo=riga).timestamp()
     spec = ScheduleSpec(code_name="c", start_at=start, cron="30 3 * * *", timezone="Europe/Riga")
-    (schedule,) = store.create_schedules(project, [spec])
+    (schedule,) = store.create_schedules(project, [spec], cadence_of)
     clock = Clock(start)
     tick = scheduler(settings, store, clock).tick
     fired_at = []
@@ -197,20 +205,22 @@ def test_paused_package_still_receives_scheduled_tasks(
     code = store.find_code(project, "c")
     assert code is not None
     store.set_paused(project, code.id, True)
-    store.create_schedules(project, [ScheduleSpec(code_name="c", start_at=0.0, run_every=60)])
+    store.create_schedules(project, [ScheduleSpec(code_name="c", start_at=0.0, run_every=60)], cadence_of)
     assert len(scheduler(settings, store, Clock(1.0)).tick()) == 1
     assert store.claim("r", ["default"], 30) is None
 
 
 def test_cancelled_schedule_never_fires(store: Store, project: str, settings: Settings) -> None:
-    (schedule,) = store.create_schedules(project, [ScheduleSpec(code_name="c", start_at=0.0, run_every=60)])
+    (schedule,) = store.create_schedules(
+        project, [ScheduleSpec(code_name="c", start_at=0.0, run_every=60)], cadence_of
+    )
     store.cancel_schedule(project, schedule.id)
     assert scheduler(settings, store, Clock(100.0)).tick() == []
 
 
 def test_two_schedulers_fire_each_slot_once(store: Store, project: str, settings: Settings) -> None:
     specs = [ScheduleSpec(code_name="c", start_at=0.0, run_every=60) for _ in range(20)]
-    created = store.create_schedules(project, specs)
+    created = store.create_schedules(project, specs, cadence_of)
     other_store = open_store(settings.database_url)
     clock = Clock(0.0)
     schedulers = [scheduler(settings, store, clock), scheduler(settings, other_store, clock)]

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from dockworker.engine import ContainerSpec, DockerEngine
-from dockworker.engine.adapter import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from dockworker.errors import EngineUnavailable
 from dockworker.models import CodeSpec
+from dockworker.names import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from dockworker.runner import Runner
 from dockworker.scheduler import Housekeeper
 from dockworker.settings import Settings
@@ -200,7 +200,7 @@ def test_engine_cut_while_running_leaves_no_container(
         store, project, CodeSpec(name="slow", stack="busybox", command="sh -c 'echo go; sleep 3; echo end'")
     )
     flaky = DockerEngine(proxy.url)
-    runner = start_runner(settings.replace(infra_retry_base_delay_s=0.5), flaky)
+    start_runner(settings.replace(infra_retry_base_delay_s=0.5), flaky)
     task = queue(store, project, "slow")
     wait_for(store, task.id, {"running"})
     proxy.cut()
@@ -212,7 +212,6 @@ def test_engine_cut_while_running_leaves_no_container(
     assert done.status is TaskStatus.COMPLETE, done.msg
     kinds = [e.kind for e in store.list_events(task.id)]
     assert "released" in kinds or "infra_retry" in kinds, kinds
-    assert runner.reap_orphans() == 0 or True  # the reaper may already have run; what matters:
     leftovers = [c for c in engine.list_labelled(TASK_LABEL) if c.labels.get(TASK_LABEL) == task.id]
     assert leftovers == []
     flaky.close()

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from dockworker.errors import ClientError, Conflict, NotFound
 from dockworker.models import CodeSpec, NewTask, TaskFilter, TaskOutcome
 from dockworker.states import TaskStatus
-from dockworker.store import Store
+from dockworker.store import Store, open_store
+from dockworker.store.sql import SqlStore
 from tests.helpers import queue, save_code
 
 
@@ -68,13 +71,15 @@ def test_max_concurrency_is_enforced_by_the_claim(store: Store, project: str) ->
     queue(store, project, "one")
     assert store.claim("r1", ["default"], 30).id == first.id  # type: ignore[union-attr]
     assert store.claim("r2", ["default"], 30) is None
-    store.finish(first.id, "r1", TaskOutcome(status=TaskStatus.COMPLETE, msg=""))
+    assert store.mark_running(first.id, "r1", time.time())
+    assert store.finish(first.id, "r1", TaskOutcome(status=TaskStatus.COMPLETE, msg=""))
     assert store.claim("r2", ["default"], 30) is not None
 
 
 def test_terminal_state_is_written_once(store: Store, project: str) -> None:
     task = queue(store, project, "c")
     store.claim("r1", ["default"], 30)
+    assert store.mark_running(task.id, "r1", time.time())
     assert store.finish(task.id, "r1", TaskOutcome(status=TaskStatus.COMPLETE, msg="", exit_code=0))
     assert not store.finish(task.id, "r1", TaskOutcome(status=TaskStatus.ERROR, msg="late", exit_code=1))
     assert not store.finish(task.id, "intruder", TaskOutcome(status=TaskStatus.ERROR, msg="x"))
@@ -190,3 +195,27 @@ def test_deleting_a_code_package_cancels_its_queued_tasks(store: Store, project:
     gone = store.load_task(task.id)
     assert gone.status is TaskStatus.CANCELLED and gone.msg == "code package deleted"
     assert store.find_code(project, "c") is None
+
+
+def test_token_uses_are_written_in_batches(store_url: str) -> None:
+    first = open_store(store_url)
+    first.migrate()
+    project = first.create_project("p").id
+    secrets = [first.create_token(project, f"t{i}")[0] for i in range(3)]
+    assert isinstance(first, SqlStore)
+    writes: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().upper().startswith("UPDATE TOKENS"):
+            writes.append(statement)
+
+    sa.event.listen(first.engine, "before_cursor_execute", record)
+    for _ in range(20):
+        for secret in secrets:
+            assert first.authenticate(secret) is not None
+    assert len(writes) == 1  # the first use at once; the others wait for the next batch
+    assert all(t.last_used_at is not None for t in first.list_tokens(project))
+    first.close()  # writes what is pending
+    second = open_store(store_url)
+    assert all(t.last_used_at is not None for t in second.list_tokens(project))
+    second.close()

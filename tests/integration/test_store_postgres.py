@@ -126,6 +126,7 @@ def test_a_package_at_its_limit_is_skipped_while_another_claim_counts_it(
     assert pg.claim("r2", ["default"], 30) is None  # the package's lock is taken: skipped
     open_claim.commit()
     assert pg.claim("r2", ["default"], 30) is None  # one preparing: the package is full
+    assert pg.mark_running(first.id, "r1", time.time())
     assert pg.finish(first.id, "r1", COMPLETE)
     claimed = pg.claim("r2", ["default"], 30)
     assert claimed is not None and claimed.id == second.id
@@ -170,6 +171,7 @@ def test_max_concurrency_holds_under_concurrent_claimers(pg: PostgresStore, proj
                 if task.code_id == limited.id:
                     count(conn)
                 time.sleep(random.uniform(0.001, 0.015))
+                assert pg.mark_running(task.id, runner_id, time.time())
                 assert pg.finish(task.id, runner_id, COMPLETE)
 
     watcher = threading.Thread(target=watch)
@@ -323,6 +325,7 @@ def test_notifications_come_for_each_way_work_appears(pg: PostgresStore, other: 
 
     assert wakes(lambda: queue(other, project, "c"))
     assert other.claim("r", ["default"], 30) is not None  # the limited task, queued first
+    assert other.mark_running(limited.id, "r", time.time())
     assert wakes(lambda: other.finish(limited.id, "r", COMPLETE))
     assert wakes(lambda: other.retry(project, limited.id, 0))
     claimed = other.claim("r", ["default"], 30)

@@ -15,7 +15,7 @@ from pydantic import Field, field_validator
 from .. import timeutil
 from ..errors import ClientError
 from ..models import Project, TokenInfo
-from ..store.tenancy_sql import MAX_TOKEN_LIFETIME_S
+from ..settings import MAX_TOKEN_LIFETIME_S
 from .deps import AdminDep, ProjectDep, ServicesDep
 from .schedules import parse_moment
 from .schemas import Moment, Strict, check_name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -15,9 +16,9 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..settings import Settings
 from ..store import Store
-from . import admin, codes, metrics, projects, runners, schedules, tasks, webhooks
+from . import admin, codes, health, metrics, projects, runners, schedules, tasks, webhooks
 from .deps import Services
-from .errors import install_error_handlers
+from .errors import AnswerUnexpectedErrors, install_error_handlers
 from .hud import install_hud
 from .limits import BodySizeLimit, RefuseNulInUrl
 from .responses import ADMIN_RESPONSES, ERROR_RESPONSES
@@ -36,7 +37,13 @@ def create_app(
     *,
     on_enqueue: Callable[[], None] | None = None,
     image_present: Callable[[str], bool | None] | None = None,
+    stopping: threading.Event | None = None,
+    engine_ping: Callable[[], object] | None = None,
 ) -> FastAPI:
+    """``stopping``: set when the process begins to stop, so that followed log streams end
+    cleanly (with a last line saying so) before the server closes its connections.
+    ``engine_ping``: raises when the Docker engine cannot be reached (``GET /health``); None in
+    a process that runs no tasks."""
     app = FastAPI(
         title="dockworker", version=__version__, description=DESCRIPTION, docs_url=None, redoc_url=None
     )
@@ -46,6 +53,8 @@ def create_app(
         store=store,
         on_enqueue=on_enqueue or (lambda: None),
         image_present=image_present or (lambda _image: None),
+        stopping=stopping or threading.Event(),
+        engine_ping=engine_ping,
     )
     install_error_handlers(app)
     _document_validation_as_400(app)
@@ -56,6 +65,7 @@ def create_app(
     app.include_router(schedules.router, responses=ERROR_RESPONSES)
     app.include_router(runners.router, responses=ADMIN_RESPONSES)
     app.include_router(admin.router, responses=ADMIN_RESPONSES)
+    app.include_router(health.router)
     metrics.install_metrics(app, store, settings)
     install_hud(app)
     app.add_middleware(
@@ -64,12 +74,15 @@ def create_app(
         upload_limit=settings.max_code_bytes + 1024 * 1024,
     )
     app.add_middleware(RefuseNulInUrl)
+    app.add_middleware(AnswerUnexpectedErrors)  # the outermost: it answers for all the others
     return app
 
 
 def _serve_docs_offline(app: FastAPI) -> None:
     """The interactive docs with Swagger UI served from the package, not from a CDN, so they
-    work on hosts without internet access."""
+    work on hosts without internet access. Swagger UI 5 (Apache-2.0, from the PyPI package
+    swagger-ui-bundle-v2, which vendors swagger-ui-dist) reads the OpenAPI 3.1 that FastAPI
+    writes; Swagger UI 4 cannot."""
     app.mount(
         "/static/swagger", StaticFiles(directory=str(swagger_ui_bundle.swagger_ui_path)), name="swagger"
     )

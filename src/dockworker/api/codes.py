@@ -17,7 +17,6 @@ from pydantic import ValidationError
 from ..errors import ClientError
 from ..models import CodeSpec
 from ..runner.archive import ArchiveLimits, check_archive
-from ..runner.contract import check_launch
 from ..settings import Settings
 from .deps import PagingDep, ProjectDep, ServicesDep
 from .errors import describe_validation_error
@@ -70,6 +69,10 @@ def _check_environment(env_vars: dict[str, str], secret_env_vars: dict[str, str]
 
 
 def _validate_spec(upload: CodeUpload, archive: bytes | None, settings: Settings) -> CodeSpec:
+    # Imported here: runner.contract loads the Docker SDK (through engine), which the API
+    # itself never needs.
+    from ..runner.contract import check_launch
+
     check_launch(
         image=upload.image,
         stack=upload.stack,

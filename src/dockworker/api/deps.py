@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Path, Query, Request
@@ -20,6 +21,9 @@ class Services:
     store: Store
     on_enqueue: Callable[[], None]
     image_present: Callable[[str], bool | None]
+    # Set when the process begins to stop: followed log streams end (with a last line).
+    stopping: threading.Event = field(default_factory=threading.Event)
+    engine_ping: Callable[[], object] | None = None
 
 
 async def services(request: Request) -> Services:

@@ -1,4 +1,5 @@
-"""Every error leaves the API as ``{"msg": "..."}`` with a 4xx or 5xx status."""
+"""Every error leaves the API as ``{"msg": "..."}`` with a 4xx or 5xx status, and the client's
+keep-alive connection stays open (500s included)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import ClientError, InfrastructureError
+from ..store import StorageFull
+from .limits import answer
 
 log = logging.getLogger("dockworker.api")
 
@@ -45,6 +49,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def client_error(_: Request, exc: ClientError) -> JSONResponse:
         return JSONResponse({"msg": exc.message}, status_code=exc.status_code)
 
+    @app.exception_handler(StorageFull)
+    async def storage_full(_: Request, exc: StorageFull) -> JSONResponse:
+        return JSONResponse({"msg": f"Insufficient storage: {exc.message}"}, status_code=507)
+
     @app.exception_handler(InfrastructureError)
     async def infrastructure_error(_: Request, exc: InfrastructureError) -> JSONResponse:
         return JSONResponse({"msg": f"Service unavailable: {exc.message}"}, status_code=503)
@@ -68,7 +76,31 @@ def install_error_handlers(app: FastAPI) -> None:
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"msg": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
 
-    @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("api.unexpected_error")
-        return JSONResponse({"msg": "Internal server error"}, status_code=500)
+
+class AnswerUnexpectedErrors:
+    """Any other exception becomes a 500 ``{"msg": ...}``, its traceback logged once. Starlette's
+    own last resort answers too, but then re-raises to the server, which logs it again and
+    closes the connection: the client's next request on it fails (ECONNRESET)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("api.unexpected_error %s %s", scope.get("method"), scope.get("path"))
+            if started:  # half an answer is out: the server ends the connection, as it must
+                return
+            await answer(send, 500, "Internal server error")

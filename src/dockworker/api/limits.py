@@ -1,11 +1,63 @@
-"""Checks made before anything parses a request: the body's size, NUL characters in the URL."""
+"""Checks made before anything parses a request: the header's size (in the HTTP server), the
+body's size, NUL characters in the URL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 from typing import Any
 
+import h11
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.config import Config
+from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.server import ServerState
+
+# After refusing a request, the server reads (and drops) what the client still sends for this
+# long before closing: closing with unread data would reset the connection, and the client would
+# see ECONNRESET instead of the answer.
+LINGER_S = 2.0
+
+
+class RefusingH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, but a request it cannot parse gets a JSON answer with h11's
+    status (431 for a request line and header beyond h11's limit, 16 KiB by default; 400
+    otherwise), and the connection lingers so that the client reads it. uvicorn answers 400 in
+    plain text and closes at once, which resets a connection still sending a large header."""
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self._refused = False
+
+    def data_received(self, data: bytes) -> None:
+        if not self._refused:
+            super().data_received(data)
+
+    def send_400_response(self, msg: str) -> None:
+        # Called while handling h11's RemoteProtocolError, which carries the status to answer.
+        error = sys.exception()
+        status = error.error_status_hint if isinstance(error, h11.RemoteProtocolError) else 400
+        text = "Request header fields too large" if status == 431 else f"Invalid HTTP request: {error or msg}"
+        body = json.dumps({"msg": text}).encode()
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        events = (h11.Response(status_code=status, headers=headers), h11.Data(data=body), h11.EndOfMessage())
+        for event in events:
+            self.transport.write(self.conn.send(event) or b"")
+        self._refused = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
 
 class BodyTooLarge(Exception):
@@ -61,7 +113,7 @@ class BodySizeLimit:
 
     @staticmethod
     async def _refuse(send: Send, limit: int) -> None:
-        await _answer(send, 413, f"Request body too large: the limit is {limit} bytes")
+        await answer(send, 413, f"Request body too large: the limit is {limit} bytes")
 
 
 class RefuseNulInUrl:
@@ -76,12 +128,13 @@ class RefuseNulInUrl:
             path: str = scope.get("path", "")
             query: bytes = scope.get("query_string", b"")
             if "\x00" in path or b"\x00" in query or b"%00" in query:
-                await _answer(send, 400, "NUL characters are not allowed in the URL")
+                await answer(send, 400, "NUL characters are not allowed in the URL")
                 return
         await self.app(scope, receive, send)
 
 
-async def _answer(send: Send, status: int, msg: str) -> None:
+async def answer(send: Send, status: int, msg: str) -> None:
+    """Send a whole JSON error answer."""
     body = json.dumps({"msg": msg}).encode()
     start: dict[str, Any] = {
         "type": "http.response.start",

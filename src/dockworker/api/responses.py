@@ -22,7 +22,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     405: _error("Method not allowed"),
     409: _error("Conflicts with the current state (e.g. the task already finished)"),
     413: _error("Request body too large"),
-    503: _error("The infrastructure is unavailable; retry with backoff"),
+    503: _error("The infrastructure (the database, the engine) is unavailable; retry with backoff"),
+    507: _error("The database's disk is full: nothing was written (reads still work); retry later"),
 }
 
 # Endpoints only an admin token may call answer 403 to a project token (404 when the path names

@@ -11,9 +11,8 @@ from fastapi import APIRouter
 
 from ..errors import ClientError
 from ..models import Schedule, ScheduleSpec
-from ..scheduler.timing import check_cron, zone
+from ..scheduler.timing import cadence_of, check_cron, zone
 from ..settings import Settings
-from ..store.schedules_sql import cadence_of
 from .deps import PagingDep, ProjectDep, ServicesDep
 from .schemas import ScheduleIn, SchedulesIn, schedule_json
 
@@ -97,7 +96,7 @@ def create_schedules(svc: ServicesDep, project_id: ProjectDep, body: SchedulesIn
     existing = len(svc.store.list_schedules(project_id, 0, svc.settings.max_schedules_per_project + 1))
     if existing + len(specs) > svc.settings.max_schedules_per_project:
         raise ClientError(f"a project may have at most {svc.settings.max_schedules_per_project} schedules")
-    created = svc.store.create_schedules(project_id, specs)
+    created = svc.store.create_schedules(project_id, specs, cadence_of)
     return {"msg": "Scheduled", "schedules": [present(s) for s in created]}
 
 
@@ -116,7 +115,9 @@ def get_schedule(svc: ServicesDep, project_id: ProjectDep, schedule_id: str) -> 
 def update_schedule(
     svc: ServicesDep, project_id: ProjectDep, schedule_id: str, body: ScheduleIn
 ) -> dict[str, Any]:
-    updated = svc.store.update_schedule(project_id, schedule_id, to_spec(body, "schedule", svc.settings))
+    updated = svc.store.update_schedule(
+        project_id, schedule_id, to_spec(body, "schedule", svc.settings), cadence_of
+    )
     return {**present(updated), "msg": "Updated"}
 
 

@@ -9,14 +9,15 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Body, Query, Request
-from fastapi.responses import PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 from .. import timeutil
 from ..errors import ClientError, NotFound
-from ..models import NewTask, TaskFilter
+from ..models import NewTask, Task, TaskFilter
 from ..states import TaskStatus
-from .deps import PagingDep, ProjectDep, ServicesDep
+from .deps import PagingDep, ProjectDep, Services, ServicesDep
 from .runners import alive_horizon
+from .schedules import MAX_EPOCH_S
 from .schemas import ProgressIn, RetryIn, TasksIn, task_json
 
 router = APIRouter(tags=["tasks"])
@@ -25,8 +26,17 @@ CANCEL_CONFIRM_S = 3.0
 FOLLOW_POLL_S = 0.2
 
 
-@router.post("/2/projects/{project_id}/tasks")
-def queue_tasks(svc: ServicesDep, project_id: ProjectDep, body: TasksIn) -> dict[str, Any]:
+@router.post("/2/projects/{project_id}/tasks", response_class=JSONResponse)
+def queue_tasks(svc: ServicesDep, project_id: ProjectDep, body: TasksIn) -> JSONResponse:
+    tasks = enqueue_checked(svc, project_id, body)
+    # Already JSON values: FastAPI's generic encoding of a batch's answer would cost more than
+    # queueing the batch.
+    return JSONResponse({"msg": "Queued up", "tasks": [task_json(t) for t in tasks]})
+
+
+def enqueue_checked(svc: Services, project_id: str, body: TasksIn) -> list[Task]:
+    """Queue a batch with the API's checks (batch size, payload size, delay, timeouts); the HUD's
+    form goes through here too."""
     settings = svc.settings
     if len(body.tasks) > settings.max_batch_tasks:
         raise ClientError(f"at most {settings.max_batch_tasks} tasks per request")
@@ -58,7 +68,7 @@ def queue_tasks(svc: ServicesDep, project_id: ProjectDep, body: TasksIn) -> dict
         settings.limits.max_timeout_s,
     )
     svc.on_enqueue()
-    return {"msg": "Queued up", "tasks": [task_json(t) for t in tasks]}
+    return tasks
 
 
 def _with_timeout(task: NewTask, timeout: int) -> NewTask:
@@ -76,8 +86,12 @@ def list_tasks(
     project_id: ProjectDep,
     paging: PagingDep,
     code_name: Annotated[str | None, Query(max_length=255)] = None,
-    from_time: Annotated[int | None, Query(ge=0, description="epoch seconds, on creation time")] = None,
-    to_time: Annotated[int | None, Query(ge=0, description="epoch seconds, on creation time")] = None,
+    from_time: Annotated[
+        int | None, Query(ge=0, le=MAX_EPOCH_S, description="epoch seconds, on creation time")
+    ] = None,
+    to_time: Annotated[
+        int | None, Query(ge=0, le=MAX_EPOCH_S, description="epoch seconds, on creation time")
+    ] = None,
     queued: str | None = None,
     preparing: str | None = None,
     running: str | None = None,
@@ -88,8 +102,16 @@ def list_tasks(
     timeout: str | None = None,
     schedule_id: Annotated[str | None, Query(max_length=24)] = None,
     original_task_id: Annotated[str | None, Query(max_length=24, description="a retry chain")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=24, description="keyset paging: the previous page's next_cursor (page is ignored)"),
+    ] = None,
 ) -> dict[str, Any]:
-    """Status flags (``queued=1&error=1``) are OR-ed; none means every status."""
+    """Newest first. Status flags (``queued=1&error=1``) are OR-ed; none means every status.
+
+    Pages: ``page``/``per_page`` as IronWorker (a deep page costs a walk of an index), or
+    ``cursor``: a full page's answer carries ``next_cursor``, which gives the next page at the same
+    cost however deep (and a task queued meanwhile never shifts it); the last page has none."""
     flags = {
         TaskStatus.QUEUED: queued,
         TaskStatus.PREPARING: preparing,
@@ -110,8 +132,13 @@ def list_tasks(
         per_page=per_page,
         schedule_id=schedule_id,
         original_task_id=original_task_id,
+        after_id=cursor,
     )
-    return {"tasks": [task_json(t) for t in svc.store.list_tasks(project_id, task_filter)]}
+    found = svc.store.list_tasks(project_id, task_filter)
+    answer: dict[str, Any] = {"tasks": [task_json(t) for t in found]}
+    if len(found) == per_page:  # there may be more: where the next page starts
+        answer["next_cursor"] = found[-1].id
+    return answer
 
 
 @router.get("/2/projects/{project_id}/tasks/{task_id}")
@@ -129,7 +156,7 @@ def task_events(svc: ServicesDep, project_id: ProjectDep, task_id: str) -> dict[
     svc.store.get_task(project_id, task_id)
     return {
         "events": [
-            {"at": timeutil.rfc3339(e.at), "kind": e.kind, "detail": e.detail}
+            {"at": timeutil.rfc3339(e.at), "kind": e.kind, "detail": e.detail, "container_id": e.container_id}
             for e in svc.store.list_events(task_id)
         ]
     }
@@ -156,20 +183,34 @@ def task_log(
     return Response(svc.store.read_log(task_id), media_type="text/plain; charset=utf-8")
 
 
-async def _follow(svc: Any, project_id: str, task_id: str) -> AsyncIterator[bytes]:
+async def _follow(svc: Services, project_id: str, task_id: str) -> AsyncIterator[bytes]:
+    """The log as it grows, until the task ends, or until the server begins to stop: then a
+    last line says so, and the stream ends cleanly instead of being cut."""
     offset = 0
+    ends_line = True
     while True:
         task = await anyio.to_thread.run_sync(svc.store.get_task, project_id, task_id)
         data = await anyio.to_thread.run_sync(svc.store.read_log, task_id, offset)
         if data:
             offset += len(data)
+            ends_line = data.endswith(b"\n")
             yield data
         if task.status.is_terminal:
             rest = await anyio.to_thread.run_sync(svc.store.read_log, task_id, offset)
             if rest:
                 yield rest
             return
+        if svc.stopping.is_set():
+            yield (b"" if ends_line else b"\n") + stopping_line(task_id, task.status.value)
+            return
         await anyio.sleep(FOLLOW_POLL_S)
+
+
+def stopping_line(task_id: str, status: str) -> bytes:
+    return (
+        f"[dockworker] the server is stopping: this log stream ends here, with task {task_id} "
+        f"still {status}\n"
+    ).encode()
 
 
 @router.post("/2/projects/{project_id}/tasks/{task_id}/cancel")

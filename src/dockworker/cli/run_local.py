@@ -10,7 +10,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -22,8 +22,10 @@ from ..errors import ClientError, TaskSetupError
 from ..models import CodeSpec, TaskOutcome
 from ..settings import Settings, load_settings
 from ..states import TaskStatus
-from .client import zip_directory
-from .common import err, parse_env, read_arg
+from . import output
+from .bundle import zip_directory
+from .common import CommandOpt, EnvOpt, FileNameOpt, ImageOpt, RuntimeOpt, StackOpt, parse_env, read_arg
+from .follow import describe as describe_task
 
 RUNNER_ID = "run-local"
 # Containers of run-local carry this installation label: no service's reaper touches them.
@@ -43,23 +45,28 @@ class LocalRun:
 
 def run_local(
     directory: Annotated[Path, typer.Argument(help="The worker's directory (run as an upload of it would)")],
-    stack: Annotated[str | None, typer.Option(help="Stack to run in (see 'dockworker stacks list')")] = None,
-    image: Annotated[str | None, typer.Option(help="Docker image to run in instead of a stack")] = None,
-    runtime: Annotated[
-        str | None, typer.Option(help="Legacy IronWorker runtime (python, node, ...), with --file-name")
+    stack: StackOpt = None,
+    image: ImageOpt = None,
+    runtime: RuntimeOpt = None,
+    file_name: FileNameOpt = None,
+    command: CommandOpt = None,
+    payload: Annotated[
+        str | None, typer.Option(help="Payload string (usually JSON), @file, or - for standard input")
     ] = None,
-    file_name: Annotated[str | None, typer.Option(help="Legacy: the file the runtime runs")] = None,
-    command: Annotated[str | None, typer.Option(help="Command to run, e.g. 'python3 hello.py'")] = None,
-    payload: Annotated[str | None, typer.Option(help="Payload string (usually JSON), or @file")] = None,
     config: Annotated[
-        str | None, typer.Option("--config", help="The worker's config string, or @file")
+        str | None,
+        typer.Option("--config", help="The worker's config string, @file, or @- for standard input"),
     ] = None,
-    env: Annotated[list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE (repeatable)")] = None,
+    env: EnvOpt = None,
     memory_mb: Annotated[int | None, typer.Option(help="Memory limit, MB (default: the service's)")] = None,
-    timeout: Annotated[int | None, typer.Option(help="Seconds (default: the service's)")] = None,
+    timeout: Annotated[int | None, typer.Option(min=1, help="Seconds (default: the service's)")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="The log to stderr, and the outcome as JSON on stdout")
+    ] = False,
 ) -> None:
-    """Run a worker directory once, locally, exactly as the service would; print its log, then
-    its status. Exit status 0 if the task completes, 1 otherwise."""
+    """Run a worker directory once, locally, exactly as the service would.
+
+    Prints its log, then its status. Exit status 0 if the task completes, 1 otherwise."""
     settings = load_settings()
     spec = CodeSpec(
         name=directory.resolve().name or "worker",
@@ -68,7 +75,7 @@ def run_local(
         command=command,
         runtime=runtime,
         file_name=file_name,
-        config=read_arg(config),
+        config=read_arg(config, "--config"),
         env_vars=parse_env(env),
         memory_mb=memory_mb,
     )
@@ -76,11 +83,20 @@ def run_local(
     run = LocalRun(
         directory=directory,
         spec=spec,
-        payload=read_arg(payload) or "",
+        payload=read_arg(payload, "--payload", dash_is_stdin=True) or "",
         timeout_s=timeout or settings.limits.timeout_s,
     )
-    task_id, outcome = execute(run, settings)
-    err.print(describe(task_id, outcome), highlight=False, soft_wrap=True)
+    task_id, outcome = execute(run, settings, write_output_to_stderr if as_json else write_output)
+    output.note(describe(task_id, outcome))
+    if as_json:
+        output.print_json(
+            {
+                "id": task_id,
+                "status": outcome.status.value,
+                "msg": outcome.msg,
+                "exit_code": outcome.exit_code,
+            }
+        )
     raise typer.Exit(0 if outcome.status is TaskStatus.COMPLETE else EXIT_FAILED)
 
 
@@ -102,12 +118,14 @@ def check_spec(spec: CodeSpec, directory: Path) -> None:
         raise ClientError(f"--file-name {spec.file_name!r} is not a file in {directory}")
 
 
-def execute(run: LocalRun, settings: Settings) -> tuple[str, TaskOutcome]:
+def execute(
+    run: LocalRun, settings: Settings, sink: Callable[[bytes, int], None] | None = None
+) -> tuple[str, TaskOutcome]:
     """Run the worker to its end: its output goes to stdout as it comes. Returns the task id
     and the outcome; a task that cannot start (image missing...) is an error outcome, as in
     the service."""
     from ..engine import DockerEngine
-    from ..engine.adapter import ImageMissing
+    from ..errors import ImageMissing
     from ..ids import new_id
     from ..runner.container_run import run_container
     from ..runner.contract import (
@@ -143,7 +161,12 @@ def execute(run: LocalRun, settings: Settings) -> tuple[str, TaskOutcome]:
                 )
                 with stop_on_interrupt(stop):
                     result = run_container(
-                        engine, container, sink=write_output, timeout_s=run.timeout_s, stop=stop, name=task_id
+                        engine,
+                        container,
+                        sink=sink or write_output,
+                        timeout_s=run.timeout_s,
+                        stop=stop,
+                        name=task_id,
                     )
             except ImageMissing as exc:
                 return task_id, TaskOutcome(
@@ -195,9 +218,11 @@ def write_output(data: bytes, _consumed: int) -> None:
     sys.stdout.buffer.flush()
 
 
+def write_output_to_stderr(data: bytes, _consumed: int) -> None:
+    sys.stderr.buffer.write(data)
+    sys.stderr.buffer.flush()
+
+
 def describe(task_id: str, outcome: TaskOutcome) -> str:
-    """The status line, as `dockworker queue --wait` prints it (the msg names any exit code)."""
-    if outcome.msg:
-        return f"Task {task_id} {outcome.status.value}: {outcome.msg}"
-    exit_code = f" (exit code {outcome.exit_code})" if outcome.exit_code is not None else ""
-    return f"Task {task_id} {outcome.status.value}{exit_code}"
+    """The status line, as `dockworker queue --wait` prints it."""
+    return describe_task(task_id, outcome.status.value, outcome.msg, outcome.exit_code)

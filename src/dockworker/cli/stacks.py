@@ -4,22 +4,31 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Column, Table
 
-from ..errors import ClientError, TaskSetupError
+from ..errors import ClientError, DockworkerError, TaskSetupError
 from ..settings import load_settings
-from .common import DataDir, JsonOpt, err, out
+from . import output
+from .common import DataDir, JsonOpt, command_group
+from .output import Col
 
-stacks_app = typer.Typer(help="Build and list stack images.", no_args_is_help=True)
+if TYPE_CHECKING:
+    from ..engine import DockerEngine
+    from ..stacks import Stack
+
+stacks_app = command_group("Build and list stack images.", no_args_is_help=True)
 
 
 @stacks_app.command("list")
 def stacks_list(as_json: JsonOpt = False) -> None:
-    """The stacks dockworker knows, and which are built on this engine."""
+    """The stacks dockworker knows, and which are built on this engine.
+
+    Not at a terminal: one stack a line, tab-separated.
+    Fields: name, version, status, size MB, runtimes, image, description."""
     from ..engine import DockerEngine
     from ..stacks import STACKS, stack_status
 
@@ -36,25 +45,19 @@ def stacks_list(as_json: JsonOpt = False) -> None:
         }
         for s in STACKS.values()
     ]
-    if as_json:
-        out.print_json(data=rows)
-        return
-    table = Table(
-        Column("name", no_wrap=True),
-        Column("version", no_wrap=True),
-        Column("image", no_wrap=True),
-        Column("status", no_wrap=True),
-        Column("size MB", justify="right", no_wrap=True),
-        "runtimes",
-        "description",
+    output.table(
+        [
+            Col("name", lambda r: r["name"]),
+            Col("version", lambda r: r["version"]),
+            Col("status", lambda r: r["status"]),
+            Col("size MB", lambda r: r["size_mb"], right=True),
+            Col("runtimes", lambda r: r["runtimes"], drop=2),
+            Col("image", lambda r: r["image"], drop=1),
+            Col("description", lambda r: r["description"], flex=True, min_width=16),
+        ],
+        rows,
+        as_json=as_json,
     )
-    for row in rows:
-        table.add_row(
-            *(str(row[k]) for k in ("name", "version", "image", "status", "size_mb")),
-            ", ".join(row["runtimes"]),
-            str(row["description"]),
-        )
-    out.print(table)
 
 
 @stacks_app.command("build")
@@ -63,10 +66,14 @@ def stacks_build(
     all_stacks: Annotated[bool, typer.Option("--all", help="Build every stack")] = False,
     force: Annotated[bool, typer.Option(help="Rebuild even when up to date")] = False,
     data_dir: DataDir = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Build stack images offline from Debian packages (busybox from the host's busybox-static)."""
+    """Build stack images offline from Debian packages (busybox from the host's busybox-static).
+
+    The tools' whole output goes to DATA_DIR/stack-cache/logs/NAME.log.
+    A terminal shows a progress bar per stack; other output gets one line per step."""
     from ..engine import DockerEngine
-    from ..stacks import STACKS, build_stack, get_stack
+    from ..stacks import STACKS, get_stack
 
     if all_stacks:
         selected = list(STACKS.values())
@@ -75,29 +82,94 @@ def stacks_build(
     else:
         raise ClientError("name the stacks to build, or pass --all")
     settings = load_settings(data_dir=data_dir)
+    cache_dir = settings.data_dir / "stack-cache"
     engine = DockerEngine()
+    build = _build_with_bars if sys.stderr.isatty() else _build_with_lines
+    results = build(selected, engine, cache_dir, force)
+    if as_json:
+        output.print_json(results)
+
+
+def _build_one(
+    stack: Stack,
+    engine: DockerEngine,
+    cache_dir: Path,
+    force: bool,
+    report: Callable[[str, float | None], None],
+) -> dict[str, Any]:
+    """Build one stack with its tools' output in its log file; the result as --json shows it."""
+    from ..stacks import build_stack
+    from ..stacks.commands import build_log, log_step
+
+    def step(message: str, fraction: float | None) -> None:
+        log_step(message)
+        report(message, fraction)
+
+    log = cache_dir / "logs" / f"{stack.name}.log"
+    started = time.monotonic()
+    try:
+        with build_log(log):
+            built = build_stack(stack, engine, cache_dir=cache_dir, force=force, on_progress=step)
+    except DockworkerError as exc:  # same family, with the log's place
+        raise type(exc)(
+            f"building the {stack.name} stack failed: {exc.message}\nThe whole build log: {log}"
+        ) from exc
+    return {
+        "name": stack.name,
+        "image": stack.image,
+        "built": built,
+        "seconds": round(time.monotonic() - started, 1),
+        "log": str(log),
+    }
+
+
+def _build_with_lines(
+    selected: list[Stack], engine: DockerEngine, cache_dir: Path, force: bool
+) -> list[dict[str, Any]]:
+    from ..stacks.progress import is_step
+
+    results = []
+    for stack in selected:
+
+        def report(message: str, fraction: float | None, name: str = stack.name) -> None:
+            if is_step(message):
+                output.note(f"{name}: {message}")
+
+        results.append(_build_one(stack, engine, cache_dir, force, report))
+    return results
+
+
+def _build_with_bars(
+    selected: list[Stack], engine: DockerEngine, cache_dir: Path, force: bool
+) -> list[dict[str, Any]]:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    width = max(len(stack.name) for stack in selected)
     columns = (
-        TextColumn("{task.fields[stack]:<10}"),
-        BarColumn(),
+        TextColumn(f"{{task.fields[stack]:<{width}}}"),
+        BarColumn(bar_width=20),
         TextColumn("{task.percentage:>3.0f}%"),
         TimeElapsedColumn(),
         TextColumn("{task.description}"),
     )
-    with Progress(*columns, console=err, transient=False) as progress:
+    results = []
+    with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
         for stack in selected:
             bar = progress.add_task("starting", total=1.0, stack=stack.name)
 
-            def report(message: str, fraction: float | None, bar: Any = bar, name: str = stack.name) -> None:
-                progress.update(bar, description=message[:70], completed=fraction)
-                if not sys.stderr.isatty():
-                    err.print(f"{name}: {message}" + (f" ({fraction:.0%})" if fraction is not None else ""))
+            def report(message: str, fraction: float | None, bar: Any = bar) -> None:
+                progress.update(bar, description=output.flat(message), completed=fraction)
 
-            started = time.monotonic()
-            built = build_stack(
-                stack, engine, cache_dir=settings.data_dir / "stack-cache", force=force, on_progress=report
-            )
-            verdict = f"built in {time.monotonic() - started:.0f} s" if built else "up to date"
+            try:
+                result = _build_one(stack, engine, cache_dir, force, report)
+            except DockworkerError:
+                progress.update(bar, description="failed")
+                raise
+            verdict = f"built in {result['seconds']:.0f} s" if result["built"] else "up to date"
             progress.update(bar, completed=1.0, description=verdict)
+            results.append(result)
+    return results
 
 
 @stacks_app.command("rm")
@@ -106,6 +178,7 @@ def stacks_rm(
     force: Annotated[
         bool, typer.Option(help="Remove even if stopped containers still use the image")
     ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Remove stack images from this engine (build them again with 'dockworker stacks build')."""
     from ..engine import DockerEngine
@@ -113,13 +186,20 @@ def stacks_rm(
 
     stacks = [get_stack(name) for name in names]
     engine = DockerEngine()
+    results = []
     for stack in stacks:
         if engine.image_id(stack.image) is None:
-            out.print(f"{stack.image} is not built")
+            results.append({"name": stack.name, "image": stack.image, "removed": False})
+            if not as_json:
+                output.line(f"{stack.image} is not built")
             continue
         try:
             engine.remove_image(stack.image, force=force)
         except TaskSetupError as exc:
             hint = "" if force else " (--force removes it anyway)"
             raise ClientError(f"cannot remove {stack.image}: {exc.message}{hint}") from exc
-        out.print(f"removed {stack.image}")
+        results.append({"name": stack.name, "image": stack.image, "removed": True})
+        if not as_json:
+            output.line(f"removed {stack.image}")
+    if as_json:
+        output.print_json(results)

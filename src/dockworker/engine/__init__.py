@@ -1,7 +1,10 @@
-"""The Docker adapter: the only module that talks to the engine."""
+"""The container runtime: the engine contract (``base.Engine``) and its value types, and the
+Docker adapter, the only module that talks to Docker."""
 
 from __future__ import annotations
 
-from .adapter import Bind, ContainerInfo, ContainerSpec, DockerEngine, ExitInfo
+from .adapter import DockerEngine
+from .base import Engine
+from .types import Bind, ContainerInfo, ContainerSpec, ExitInfo
 
-__all__ = ["Bind", "ContainerInfo", "ContainerSpec", "DockerEngine", "ExitInfo"]
+__all__ = ["Bind", "ContainerInfo", "ContainerSpec", "DockerEngine", "Engine", "ExitInfo"]

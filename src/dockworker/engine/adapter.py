@@ -7,7 +7,6 @@ import contextlib
 import socket
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO, Any, NoReturn
 
@@ -16,12 +15,10 @@ import docker.constants
 import docker.errors
 import requests
 
-from ..errors import EngineUnavailable, InfrastructureError, TaskSetupError
+from ..errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError, TaskSetupError
+from ..names import TASK_LABEL
+from .types import ContainerInfo, ContainerSpec, ExitInfo
 
-LABEL_PREFIX = "dockworker."
-TASK_LABEL = LABEL_PREFIX + "task"
-RUNNER_LABEL = LABEL_PREFIX + "runner"
-INSTALLATION_LABEL = LABEL_PREFIX + "installation"
 SIGKILL_EXIT = 128 + 9
 OOM_RECHECKS = 5
 OOM_RECHECK_INTERVAL_S = 0.1
@@ -29,7 +26,7 @@ OOM_RECHECK_INTERVAL_S = 0.1
 # Messages with which the engine reports that the user's command or image cannot run,
 # whatever HTTP status it chose for them (dockerd 20.10 answers 400 or 500 for these).
 START_ACTION = "start container"
-_USER_FAULT_MARKERS = (
+USER_FAULT_MARKERS = (
     "executable file not found",
     "no such file or directory",
     "permission denied",
@@ -39,53 +36,6 @@ _USER_FAULT_MARKERS = (
     "no matching entries in passwd",
     "invalid reference format",
 )
-
-
-class ContainerGone(InfrastructureError):
-    """The container no longer exists."""
-
-
-class ImageMissing(TaskSetupError):
-    """The image is not on the engine (and dockworker never pulls)."""
-
-
-@dataclass(frozen=True, kw_only=True)
-class Bind:
-    source: str
-    target: str
-    read_only: bool = True
-
-
-@dataclass(frozen=True, kw_only=True)
-class ContainerSpec:
-    image: str
-    command: list[str]
-    env: dict[str, str] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)
-    binds: tuple[Bind, ...] = ()
-    working_dir: str | None = None
-    user: str = "1000:1000"
-    memory_bytes: int = 512 * 1024 * 1024
-    cpus: float = 1.0
-    pids: int = 256
-    tmpfs: dict[str, str] = field(default_factory=dict)
-    log_max_bytes: int = 8 * 1024 * 1024
-    network_disabled: bool = True
-    read_only_root: bool = True
-
-
-@dataclass(frozen=True, kw_only=True)
-class ExitInfo:
-    exit_code: int
-    oom_killed: bool
-    error: str = ""
-
-
-@dataclass(frozen=True, kw_only=True)
-class ContainerInfo:
-    id: str
-    labels: dict[str, str]
-    running: bool
 
 
 def _explanation(exc: docker.errors.APIError) -> str:
@@ -105,7 +55,7 @@ def _raise_classified(exc: Exception, action: str) -> NoReturn:
         lowered = text.lower()
         # Only the start of the user's command can fail for the user's reasons with a 5xx; a 5xx
         # elsewhere (e.g. create while the engine shuts down) is the engine's problem.
-        if action == START_ACTION and any(marker in lowered for marker in _USER_FAULT_MARKERS):
+        if action == START_ACTION and any(marker in lowered for marker in USER_FAULT_MARKERS):
             raise TaskSetupError(f"{action}: {text}") from exc
         if exc.is_client_error():
             raise TaskSetupError(f"{action}: {text}") from exc
@@ -163,7 +113,8 @@ def _check_unix_socket(base_url: str) -> None:
 
 
 class DockerEngine:
-    """One engine connection. Thread-safe: the runner's task threads share it."""
+    """One engine connection, implementing :class:`~dockworker.engine.base.Engine` (plus the
+    image building the stack builders need). Thread-safe: the runner's task threads share it."""
 
     def __init__(self, base_url: str | None = None, *, pool_size: int = 32, timeout: float = 60) -> None:
         self._base_url = base_url or docker.constants.DEFAULT_UNIX_SOCKET
@@ -264,6 +215,18 @@ class DockerEngine:
             for event in events:
                 if isinstance(event, dict) and event.get("error"):
                     raise TaskSetupError(f"build image {tag}: {str(event['error']).strip()}")
+
+    def export_image(self, ref: str) -> Iterator[bytes]:
+        """The image as ``docker save`` writes it (a tar of its layers, config and manifest),
+        streamed; iteration errors are classified too."""
+        with _classified("export image"):
+            stream = self._streams.get_image(ref)
+        return self._classified_stream(stream)
+
+    def engine_version(self) -> str:
+        """The engine's own version (e.g. ``20.10.24+dfsg1``)."""
+        with _classified("engine version"):
+            return str(self._api.version(api_version=False)["Version"])
 
     def remove_image(self, ref: str, *, force: bool = True) -> None:
         """Remove the image (force: even when stopped containers use it, or it has other tags)."""
@@ -384,7 +347,4 @@ class DockerEngine:
     def list_labelled(self, label: str = TASK_LABEL) -> list[ContainerInfo]:
         with _classified("list containers"):
             found = self._api.containers(all=True, filters={"label": label})
-        return [
-            ContainerInfo(id=c["Id"], labels=dict(c.get("Labels") or {}), running=c.get("State") == "running")
-            for c in found
-        ]
+        return [ContainerInfo(id=c["Id"], labels=dict(c.get("Labels") or {})) for c in found]

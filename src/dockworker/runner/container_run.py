@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import timeutil
-from ..engine import ContainerSpec, DockerEngine, ExitInfo
+from ..engine import ContainerSpec, Engine, ExitInfo
 from ..errors import InfrastructureError
 from ..models import TaskOutcome
 from ..settings import MB
@@ -75,7 +75,7 @@ class RunResult:
 
 
 def run_container(
-    engine: DockerEngine,
+    engine: Engine,
     spec: ContainerSpec,
     *,
     sink: LogSink,
@@ -83,15 +83,19 @@ def run_container(
     stop: threading.Event,
     hooks: RunHooks | None = None,
     name: str = "task",
+    already_kept: int = 0,
 ) -> RunResult:
     """Run spec to its end and return how it ended. The container is removed before this
     returns or raises, whatever happened. Engine failures raise InfrastructureError or
-    TaskSetupError (image missing...)."""
+    TaskSetupError (image missing...). ``already_kept``: bytes of this task's log written by
+    earlier attempts; the log cap (``spec.log_max_bytes``) counts them too."""
     hooks = hooks or RunHooks()
     container_id = engine.create(spec)
     try:
         hooks.on_created(container_id)
-        pump = LogPump(engine.attach(container_id), sink, spec.log_max_bytes, name=name)
+        pump = LogPump(
+            engine.attach(container_id), sink, spec.log_max_bytes, name=name, already_kept=already_kept
+        )
         pump.start()
         engine.start(container_id)
         deadline = time.monotonic() + timeout_s
@@ -104,7 +108,7 @@ def run_container(
 
 
 def follow_container(
-    engine: DockerEngine,
+    engine: Engine,
     container_id: str,
     *,
     sink: LogSink,
@@ -132,7 +136,7 @@ def follow_container(
 
 
 def _supervise(
-    engine: DockerEngine,
+    engine: Engine,
     container_id: str,
     memory_mb: int,
     pump: LogPump,
@@ -170,14 +174,18 @@ def _cancelled() -> TaskOutcome:
     return TaskOutcome(status=TaskStatus.CANCELLED, msg=CANCELLED_MSG, exit_code=None)
 
 
-def _kill_and_drain(engine: DockerEngine, container_id: str, pump: LogPump) -> None:
+def _kill_and_drain(engine: Engine, container_id: str, pump: LogPump) -> None:
     engine.kill(container_id)
     pump.join(PUMP_DRAIN_S)
     pump.flush(force=True)
 
 
-def _remove(engine: DockerEngine, container_id: str, name: str) -> None:
+def _remove(engine: Engine, container_id: str, name: str) -> None:
     try:
         engine.remove(container_id)
-    except InfrastructureError:
-        log.warning("container.remove_failed", extra={"task_id": name, "container_id": container_id[:12]})
+    except InfrastructureError as exc:
+        # The reaper removes it later: it belongs to no active task any more.
+        log.warning(
+            "container.remove_failed",
+            extra={"task_id": name, "container_id": container_id[:12], "error": exc.message},
+        )

@@ -10,16 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine import Bind, ContainerSpec
-from ..engine.adapter import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from ..errors import ClientError, TaskSetupError
 from ..models import CodeSpec
+from ..names import (
+    CODE_DIR,
+    CONFIG_NAME,
+    INSTALLATION_LABEL,
+    PAYLOAD_NAME,
+    RUNNER_LABEL,
+    TASK_DIR,
+    TASK_LABEL,
+)
 from ..settings import MB, Settings
 from ..stacks.catalog import get_stack, legacy_command, stack_for_runtime
 
-CODE_DIR = "/mnt/code"
-TASK_DIR = "/mnt/task"
-PAYLOAD_NAME = "payload.json"
-CONFIG_NAME = "config.json"
 HOSTS_FILE = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
@@ -59,6 +63,11 @@ def check_launch(
         raise ClientError(
             f"{option('stack')} needs {option('command')} (or {option('runtime')} and {option('file_name')})"
         )
+    if command is not None:
+        try:
+            shlex.split(command)
+        except ValueError as exc:  # else every task of the package would fail the same way
+            raise ClientError(f"{option('command')} {command!r} cannot be split into words: {exc}") from exc
 
 
 def resolve_image(spec: CodeSpec) -> str:

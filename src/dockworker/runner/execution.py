@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ..engine import DockerEngine
-from ..engine.adapter import ImageMissing
-from ..errors import ClientError, EngineUnavailable, InfrastructureError, NotFound, TaskSetupError
+from ..engine import Engine
+from ..errors import (
+    ClientError,
+    EngineUnavailable,
+    HostStorageFull,
+    ImageMissing,
+    InfrastructureError,
+    NotFound,
+    TaskSetupError,
+)
+from ..logsetup import Throttled
 from ..models import CodeSpec, Task, TaskOutcome
 from ..settings import Settings
-from ..states import CANCELLED_MSG, TaskStatus
+from ..states import CANCELLED_MSG, EventKind, TaskStatus
 from ..store import Store
 from .codecache import CodeCache
 from .container_run import RunHooks, follow_container, run_container
@@ -29,17 +38,28 @@ from .contract import (
 
 log = logging.getLogger("dockworker.runner")
 
+REPORT_RETRY_FIRST_S = 0.1
+REPORT_RETRY_MAX_S = 5.0
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
 
 @dataclass(frozen=True, kw_only=True)
 class RunnerContext:
     settings: Settings
     store: Store
-    engine: DockerEngine
+    engine: Engine
     code_cache: CodeCache
     runner_id: str
     installation_id: str
     # Cleared when the engine stops answering: the runner claims nothing until it answers again.
     engine_ok: threading.Event = field(default_factory=threading.Event)
+    # Cleared when this host cannot unpack code or write task files (disk full): the same.
+    host_ok: threading.Event = field(default_factory=threading.Event)
+    # Set when the runner stops for good: reports still failing are given up.
+    abandon: threading.Event = field(default_factory=threading.Event)
+    # Held by a claim and by clearing engine_ok/host_ok: a claim under way when a task is
+    # handed back because of them cannot take that task again.
+    claim_gate: threading.Lock = field(default_factory=threading.Lock)
 
 
 class TaskExecution:
@@ -54,7 +74,13 @@ class TaskExecution:
         self._cancel = threading.Event()
         self._interrupt_reason: str | None = None
         self.engine_unreachable = False
+        self.host_storage_full = False
         self._task_dir = context.settings.task_dirs / task.id
+        self._report_log = Throttled(log, interval_s=30.0)
+
+    @property
+    def _ids(self) -> dict[str, str]:
+        return {"task_id": self.task.id}
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -67,7 +93,6 @@ class TaskExecution:
     # The whole lifecycle; never raises. The container is removed (by run_container) before the
     # outcome is reported, so no container outlives its task's terminal state.
     def run(self) -> None:
-        ctx = self._ctx
         outcome: TaskOutcome | None = None
         infra_reason: str | None = None
         try:
@@ -77,41 +102,80 @@ class TaskExecution:
         except EngineUnavailable as exc:
             self.engine_unreachable = True
             infra_reason = exc.message
+        except HostStorageFull as exc:
+            self.host_storage_full = True
+            infra_reason = exc.message
         except InfrastructureError as exc:
             infra_reason = exc.message
         except Exception as exc:  # a bug of ours: retry the task on the infrastructure budget
-            log.exception("task.crashed", extra={"task_id": self.task.id})
+            log.exception("task.crashed", extra=self._ids)
             infra_reason = f"runner failure: {type(exc).__name__}: {exc}"
         finally:
             self._cleanup()
-        try:
-            if outcome is not None:
-                ctx.store.finish(self.task.id, ctx.runner_id, outcome)
-            elif self.engine_unreachable and infra_reason is not None:
-                ctx.engine_ok.clear()  # before the release, so this runner does not claim it again
-                # Not the task's fault, nor a reason to spend its budget: another runner (or
-                # this one, once its engine answers again) takes it from its old place.
-                ctx.store.release(
-                    self.task.id, ctx.runner_id, f"the Docker engine became unreachable ({infra_reason})"
-                )
-            elif infra_reason is not None:
-                self._infra_failure(infra_reason)
-        except Exception:  # the store is down: the lease expires and the task is reclaimed
-            log.exception("task.report_failed", extra={"task_id": self.task.id})
+        if outcome is not None:
+            self._report("finish", lambda: self._ctx.store.finish(self.task.id, self._ctx.runner_id, outcome))
+        elif infra_reason is not None:
+            self._hand_back(infra_reason)
 
-    def _infra_failure(self, reason: str) -> None:
+    def _hand_back(self, reason: str) -> None:
         ctx = self._ctx
-        try:
-            ctx.store.requeue_after_infra_failure(
+        held: threading.Event | None = None
+        why = ""
+        if self.engine_unreachable:
+            held, why = ctx.engine_ok, f"the Docker engine became unreachable ({reason})"
+        elif self.host_storage_full:
+            held, why = ctx.host_ok, f"the runner's host has no space left ({reason})"
+        if held is not None:
+            with ctx.claim_gate:
+                held.clear()  # before the release, so this runner does not claim it again
+            # Not the task's fault, nor a reason to spend its budget: another runner (or this
+            # one, once the engine answers or space is back) takes it from its old place.
+            log.warning("task.released", extra={**self._ids, "reason": why})
+            self._report("release", lambda: ctx.store.release(self.task.id, ctx.runner_id, why))
+            return
+        log.warning("task.infra_failure", extra={**self._ids, "reason": reason})
+        self._report(
+            "requeue",
+            lambda: ctx.store.requeue_after_infra_failure(
                 self.task.id,
                 ctx.runner_id,
                 reason,
                 ctx.settings.infra_retry_budget,
                 ctx.settings.infra_retry_base_delay_s,
                 ctx.settings.infra_retry_max_delay_s,
-            )
-        except Exception:  # the store itself is down: the lease will expire and be reclaimed
-            log.exception("task.report_failed", extra={"task_id": self.task.id})
+            ),
+        )
+
+    def _report(self, what: str, write: Callable[[], object]) -> None:
+        """Write the task's final report, retrying while the store fails: every report is
+        conditional on this runner's lease, so repeating one is harmless, and the runner keeps
+        renewing the lease meanwhile. Giving up would leave the task to expire and run again."""
+        delay = REPORT_RETRY_FIRST_S
+        attempt = 1
+        while True:
+            try:
+                write()
+            except Exception as exc:
+                self._report_log(
+                    logging.WARNING,
+                    "task.report_failed",
+                    {
+                        **self._ids,
+                        "report": what,
+                        "attempt": attempt,
+                        "error": f"{type(exc).__name__}: {exc}",
+                    },
+                    exc_info=True,
+                )
+            else:
+                if attempt > 1:
+                    log.info("task.reported", extra={**self._ids, "report": what, "attempts": attempt})
+                return
+            if self._ctx.abandon.wait(delay):
+                log.error("task.report_abandoned", extra={**self._ids, "report": what})
+                return
+            delay = min(delay * 2, REPORT_RETRY_MAX_S)
+            attempt += 1
 
     def _load_spec(self) -> tuple[CodeSpec, TaskFiles]:
         ctx = self._ctx
@@ -121,14 +185,16 @@ class TaskExecution:
             raise TaskSetupError(exc.message) from exc
         try:
             code_dir = ctx.code_cache.directory_for(revision)
+            uid, gid = parse_user(ctx.settings.task_user)
+            write_task_files(self._task_dir, self.task.payload, revision.spec.config, uid, gid)
+            hosts_file = ensure_hosts_file(ctx.settings.data_dir)
         except (ClientError, NotFound) as exc:
             raise TaskSetupError(f"cannot unpack the code package: {exc}") from exc
-        uid, gid = parse_user(ctx.settings.task_user)
-        write_task_files(self._task_dir, self.task.payload, revision.spec.config, uid, gid)
-        files = TaskFiles(
-            task_dir=self._task_dir, code_dir=code_dir, hosts_file=ensure_hosts_file(ctx.settings.data_dir)
-        )
-        return revision.spec, files
+        except OSError as exc:
+            if exc.errno in _NO_SPACE:
+                raise HostStorageFull(f"cannot prepare the task's files: {exc.strerror}") from exc
+            raise
+        return revision.spec, TaskFiles(task_dir=self._task_dir, code_dir=code_dir, hosts_file=hosts_file)
 
     def _execute(self) -> TaskOutcome:
         if self._adopt is not None:
@@ -148,15 +214,17 @@ class TaskExecution:
             if self._interrupt_reason is not None:
                 raise InfrastructureError(self._interrupt_reason)
             return TaskOutcome(status=TaskStatus.CANCELLED, msg=CANCELLED_MSG)
-        if self.task.log_size:
+        already_kept = self.task.log_size
+        if already_kept:
             note = f"\n[dockworker: attempt {self.task.attempts + 1}, after an infrastructure failure]\n"
             ctx.store.append_log(task_id, note.encode())
+            already_kept += len(note.encode())
 
         created: list[str] = []
 
         def on_created(container_id: str) -> None:
             created.append(container_id)
-            ctx.store.add_event(task_id, "container_created", container_id[:12])
+            ctx.store.add_event(task_id, EventKind.CONTAINER_CREATED, container_id[:12], container_id)
 
         def on_started(started_at: float) -> bool:
             if ctx.store.mark_running(task_id, ctx.runner_id, started_at, created[-1]):
@@ -174,6 +242,7 @@ class TaskExecution:
                 stop=self._cancel,
                 hooks=RunHooks(on_created=on_created, on_started=on_started),
                 name=task_id,
+                already_kept=already_kept,
             )
         except ImageMissing as exc:
             raise TaskSetupError(with_build_hint(spec, exc.message)) from exc
@@ -185,7 +254,10 @@ class TaskExecution:
         ctx = self._ctx
         task = self.task
         ctx.store.add_event(
-            task.id, "readopted", f"runner {ctx.runner_id} follows container {container_id[:12]}"
+            task.id,
+            EventKind.READOPTED,
+            f"runner {ctx.runner_id} follows container {container_id[:12]}",
+            container_id,
         )
         result = follow_container(
             ctx.engine,
@@ -205,7 +277,3 @@ class TaskExecution:
 
     def _cleanup(self) -> None:
         shutil.rmtree(self._task_dir, ignore_errors=True)
-
-
-def remove_task_dir(task_dirs: Path, task_id: str) -> None:
-    shutil.rmtree(task_dirs / task_id, ignore_errors=True)

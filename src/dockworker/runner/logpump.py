@@ -110,7 +110,3 @@ class LogPump:
             lines = [line.strip() for line in self._tail.decode(errors="replace").splitlines()]
         found = next((line for line in reversed(lines) if line), "")
         return found if len(found) <= limit else found[: limit - 1] + "…"
-
-    @property
-    def dropped_bytes(self) -> int:
-        return self._dropped

@@ -3,21 +3,25 @@ removes containers that no task owns any more."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
+import os
 import socket
 import threading
 import time
 from pathlib import Path
 
 from .. import __version__
-from ..engine import DockerEngine
-from ..engine.adapter import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
+from ..engine import Engine
 from ..errors import InfrastructureError
+from ..logsetup import Throttled
 from ..models import Task
+from ..names import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from ..settings import Settings
 from ..states import TaskStatus
 from ..store import Store
+from ..store.identity import RunnerIdentity
 from .codecache import CodeCache
 from .execution import RunnerContext, TaskExecution
 
@@ -25,7 +29,12 @@ log = logging.getLogger("dockworker.runner")
 
 CANCEL_POLL_S = 0.2
 ENGINE_PING_INTERVAL_S = 1.0
+HOST_PROBE_INTERVAL_S = 1.0
+HOST_PROBE_BYTES = 64 * 1024
+IDENTITY_WAIT_S = 0.5
 REAP_INTERVAL_S = 30.0
+# How long a stopping runner waits for its task threads after handing their tasks back.
+THREAD_JOIN_S = 15.0
 
 
 def default_runner_id(data_dir: Path) -> str:
@@ -35,16 +44,31 @@ def default_runner_id(data_dir: Path) -> str:
     return f"{socket.gethostname()}-{digest}"
 
 
+def resolve_runner_id(settings: Settings) -> str:
+    return settings.runner_id or default_runner_id(settings.data_dir)
+
+
 class Runner:
     def __init__(
-        self, settings: Settings, store: Store, engine: DockerEngine, runner_id: str | None = None
+        self,
+        settings: Settings,
+        store: Store,
+        engine: Engine,
+        runner_id: str | None = None,
+        *,
+        identity: RunnerIdentity | None = None,
     ) -> None:
+        """``identity``: the runner id already held by the caller (see
+        ``Store.hold_runner_identity``); otherwise :meth:`run` takes it first."""
         self.settings = settings
         self.store = store
         self.engine = engine
-        self.runner_id = runner_id or settings.runner_id or default_runner_id(settings.data_dir)
+        self.runner_id = identity.runner_id if identity else runner_id or resolve_runner_id(settings)
+        self._identity = identity
         self._engine_ok = threading.Event()
         self._engine_ok.set()
+        self._host_ok = threading.Event()
+        self._host_ok.set()
         self._context = RunnerContext(
             settings=settings,
             store=store,
@@ -53,14 +77,16 @@ class Runner:
             runner_id=self.runner_id,
             installation_id=store.installation_id(),
             engine_ok=self._engine_ok,
+            host_ok=self._host_ok,
         )
         self._executions: dict[str, TaskExecution] = {}
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._slot_freed = threading.Event()
-        self._stop_claiming = threading.Event()
         self._stopped = threading.Event()
         self._force = threading.Event()
+        self._throttled = Throttled(log)
+        self._ids = {"runner_id": self.runner_id}
 
     # --- public ---------------------------------------------------------------------------------
 
@@ -77,9 +103,23 @@ class Runner:
         with self._lock:
             return set(self._executions)
 
+    def hold_identity(self) -> RunnerIdentity:
+        """Take this runner's id for this process (AlreadyRunning when another live process
+        has it). Nothing is touched before."""
+        if self._identity is None:
+            self._identity = self.store.hold_runner_identity(self.runner_id)
+        return self._identity
+
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set; then stop claiming, let running tasks finish within the
         grace period, and hand the rest back to the queue."""
+        identity = self.hold_identity()
+        try:
+            self._run(stop)
+        finally:
+            identity.release()
+
+    def _run(self, stop: threading.Event) -> None:
         self.settings.task_dirs.mkdir(parents=True, exist_ok=True)
         self.store.register_runner(
             self.runner_id, socket.gethostname(), self.settings.clusters, self.settings.slots, __version__
@@ -91,10 +131,14 @@ class Runner:
         try:
             self._claim_loop(stop)
         finally:
-            self._shutdown()
+            deadline = self._shutdown()
             self._stopped.set()
-            watcher.join(5)
-            self.store.unregister_runner(self.runner_id)
+            watcher.join(max(0.0, deadline - time.monotonic()))
+            try:
+                self.store.unregister_runner(self.runner_id)
+            except Exception as exc:
+                log.warning("runner.unregister_failed", extra={**self._ids, "error": str(exc)})
+            log.info("runner.stopped", extra=self._ids)
 
     # --- claiming -------------------------------------------------------------------------------
 
@@ -112,23 +156,38 @@ class Runner:
                 self._slot_freed.wait(self.settings.poll_interval_s)
                 self._slot_freed.clear()
                 continue
-            if not self._engine_answers(stop):
+            if not (self._identity_held(stop) and self._engine_answers(stop) and self._host_writable(stop)):
                 continue
             try:
-                task = self.store.claim(
-                    self.runner_id,
-                    self.settings.clusters,
-                    self.settings.lease_ttl_s,
-                    starvation_s=self.settings.starvation_bound_s,
+                with self._context.claim_gate:
+                    if not (self._engine_ok.is_set() and self._host_ok.is_set()):
+                        continue  # a task was just handed back because of them
+                    task = self.store.claim(
+                        self.runner_id,
+                        self.settings.clusters,
+                        self.settings.lease_ttl_s,
+                        starvation_s=self.settings.starvation_bound_s,
+                    )
+            except Exception as exc:
+                self._throttled(
+                    logging.ERROR, "runner.claim_failed", {**self._ids, "error": str(exc)}, exc_info=True
                 )
-            except Exception:
-                log.exception("runner.claim_failed")
                 stop.wait(self.settings.poll_interval_s)
                 continue
+            self._throttled.reset("runner.claim_failed")
             if task is None:
                 self.store.wait_for_work(self.settings.poll_interval_s)
                 continue
             self._start(TaskExecution(task, self._context))
+
+    def _identity_held(self, stop: threading.Event) -> bool:
+        """Claim nothing while the store does not confirm that this process holds the runner id
+        (PostgreSQL: its lock's connection dropped): another process may be taking it over."""
+        if self._identity is None or self._identity.held():
+            return True
+        self._throttled(logging.WARNING, "runner.identity_not_held: not claiming", self._ids)
+        stop.wait(IDENTITY_WAIT_S)
+        return False
 
     def _engine_answers(self, stop: threading.Event) -> bool:
         """Claim nothing while the engine is known to be unreachable (a task claimed then would
@@ -140,8 +199,34 @@ class Runner:
         except InfrastructureError:
             stop.wait(ENGINE_PING_INTERVAL_S)
             return False
-        log.info("runner.engine_back: claiming again")
+        log.info("runner.engine_back: claiming again", extra=self._ids)
         self._engine_ok.set()
+        # Containers whose removal failed while it was away go now, not at the next reap.
+        try:
+            self.reap_orphans()
+        except Exception as exc:
+            log.warning("runner.reap_failed", extra={**self._ids, "error": str(exc)})
+        return True
+
+    def _host_writable(self, stop: threading.Event) -> bool:
+        """Claim nothing while this host's disk is full (a task claimed then would only be
+        handed back): try to write where code is unpacked and task files go, once a second."""
+        if self._host_ok.is_set():
+            return True
+        try:
+            for directory in (self.settings.code_cache_dir, self.settings.task_dirs):
+                _probe_write(directory)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self._throttled(
+                logging.WARNING, "runner.host_full: not claiming", {**self._ids, "error": exc.strerror}
+            )
+            stop.wait(HOST_PROBE_INTERVAL_S)
+            return False
+        log.info("runner.host_space_back: claiming again", extra=self._ids)
+        self._throttled.reset("runner.host_full: not claiming")
+        self._host_ok.set()
         return True
 
     def _start(self, execution: TaskExecution) -> None:
@@ -159,7 +244,15 @@ class Runner:
             execution.run()
         finally:
             if execution.engine_unreachable:
-                log.warning("runner.engine_unreachable: claiming stops until it answers")
+                log.warning(
+                    "runner.engine_unreachable: claiming stops until it answers",
+                    extra={**self._ids, "task_id": execution.task.id},
+                )
+            if execution.host_storage_full:
+                log.warning(
+                    "runner.host_full: claiming stops until space is back",
+                    extra={**self._ids, "task_id": execution.task.id},
+                )
             with self._lock:
                 self._executions.pop(execution.task.id, None)
                 self._threads.pop(execution.task.id, None)
@@ -182,8 +275,12 @@ class Runner:
                 if now - last_reap >= REAP_INTERVAL_S:
                     self.reap_orphans()
                     last_reap = now
-            except Exception:
-                log.exception("runner.watch_failed")
+            except Exception as exc:
+                self._throttled(
+                    logging.ERROR, "runner.watch_failed", {**self._ids, "error": str(exc)}, exc_info=True
+                )
+            else:
+                self._throttled.reset("runner.watch_failed")
 
     def _relay_cancels(self) -> None:
         with self._lock:
@@ -204,7 +301,7 @@ class Runner:
             with self._lock:
                 execution = self._executions.get(task_id)
             if execution is not None:
-                log.warning("runner.lease_lost", extra={"task_id": task_id})
+                log.warning("runner.lease_lost", extra={**self._ids, "task_id": task_id})
                 execution.cancel()
 
     def _reconcile(self) -> None:
@@ -216,7 +313,8 @@ class Runner:
         adopted: set[str] = set()
         try:
             containers = self.engine.list_labelled(f"{INSTALLATION_LABEL}={self._context.installation_id}")
-        except InfrastructureError:
+        except InfrastructureError as exc:
+            log.warning("runner.reconcile_list_failed", extra={**self._ids, "error": exc.message})
             containers = []
         for container in containers:
             task_id = container.labels.get(TASK_LABEL, "")
@@ -226,10 +324,14 @@ class Runner:
             if task.status is TaskStatus.PREPARING:
                 task = self._record_unreported_start(task, container.id)
             if task.status is TaskStatus.RUNNING and self._free_slots() > 0:
-                log.info("runner.readopt task=%s container=%s", task_id, container.id[:12])
+                log.info(
+                    "runner.readopt",
+                    extra={**self._ids, "task_id": task_id, "container_id": container.id[:12]},
+                )
                 self._start(TaskExecution(task, self._context, adopt=container.id))
                 adopted.add(task_id)
         for task_id in leased - adopted:
+            log.warning("runner.requeue_unadopted", extra={**self._ids, "task_id": task_id})
             self.store.requeue_after_infra_failure(
                 task_id,
                 self.runner_id,
@@ -255,8 +357,8 @@ class Runner:
         running, and containers of this runner that no current execution owns."""
         try:
             containers = self.engine.list_labelled(f"{INSTALLATION_LABEL}={self._context.installation_id}")
-        except InfrastructureError:
-            log.warning("runner.reap_skipped: engine unavailable")
+        except InfrastructureError as exc:
+            self._throttled(logging.WARNING, "runner.reap_skipped", {**self._ids, "error": exc.message})
             return 0
         active = self.store.active_task_ids()
         mine = self.running_task_ids()
@@ -272,20 +374,53 @@ class Runner:
                     self.store.record_unreported_start(task_id, container.id, owner or "unknown")
                 self.engine.remove(container.id)
                 removed += 1
-            except InfrastructureError:
-                log.warning("runner.reap_failed", extra={"container": container.id})
+                log.info(
+                    "runner.reaped",
+                    extra={**self._ids, "task_id": task_id, "container_id": container.id[:12]},
+                )
+            except InfrastructureError as exc:
+                log.warning(
+                    "runner.reap_failed",
+                    extra={
+                        **self._ids,
+                        "task_id": task_id,
+                        "container_id": container.id[:12],
+                        "error": exc.message,
+                    },
+                )
         return removed
 
     # --- shutdown -------------------------------------------------------------------------------
 
-    def _shutdown(self) -> None:
-        deadline = time.monotonic() + self.settings.shutdown_grace_s
-        while self.running_task_ids() and time.monotonic() < deadline and not self._force.is_set():
+    def _shutdown(self) -> float:
+        """Let running tasks finish within the grace period, then hand the rest back; returns
+        the deadline by which every thread of this runner is to have ended."""
+        grace_end = time.monotonic() + self.settings.shutdown_grace_s
+        while self.running_task_ids() and time.monotonic() < grace_end and not self._force.is_set():
             self._force.wait(0.1)
         with self._lock:
             remaining = list(self._executions.values())
             threads = list(self._threads.values())
         for execution in remaining:
             execution.interrupt("the runner shut down before the task finished")
+        deadline = time.monotonic() + THREAD_JOIN_S
         for thread in threads:
-            thread.join(15)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in threads):
+            # Their reports keep failing: give up (the leases expire and the tasks run again).
+            self._context.abandon.set()
+            for thread in threads:
+                thread.join(max(0.0, deadline + 1.0 - time.monotonic()))
+        return deadline
+
+
+def _probe_write(directory: Path) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe = directory / f".space-probe-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with probe.open("wb") as handle:
+            handle.write(b"\0" * HOST_PROBE_BYTES)
+            handle.flush()
+            os.fsync(handle.fileno())
+    finally:
+        probe.unlink(missing_ok=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from ..logsetup import Throttled
 from ..settings import Settings
 from ..store import Store
 
@@ -17,6 +18,7 @@ class Housekeeper:
         self.settings = settings
         self.store = store
         self.interval_s = interval_s
+        self._throttled = Throttled(log)
 
     def tick(self) -> int:
         expired = self.store.expire_leases(
@@ -25,12 +27,18 @@ class Housekeeper:
             self.settings.infra_retry_max_delay_s,
         )
         for task in expired:
-            log.warning("lease.expired task=%s now=%s", task.id, task.status)
+            log.warning(
+                "lease.expired",
+                extra={"task_id": task.id, "status": str(task.status), "reason": task.msg or ""},
+            )
         return len(expired)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(self.interval_s):
             try:
                 self.tick()
-            except Exception:
-                log.exception("housekeeping.failed")
+            except Exception as exc:
+                # A store that keeps failing (disk full...) is said once per interval, not per tick.
+                self._throttled(logging.ERROR, "housekeeping.failed", {"error": str(exc)}, exc_info=True)
+            else:
+                self._throttled.reset("housekeeping.failed")

@@ -8,8 +8,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from ..logsetup import Throttled
 from ..settings import Settings
 from ..store import Store
+from .timing import cadence_of
 
 log = logging.getLogger("dockworker.scheduler")
 
@@ -27,15 +29,18 @@ class Scheduler:
         self.store = store
         self.clock = clock
         self.on_fire = on_fire or (lambda: None)
+        self._throttled = Throttled(log)
 
     def tick(self) -> list[str]:
         """Fire every schedule due now; returns the ids of the tasks queued."""
         now = self.clock()
         queued = []
         for schedule_id in self.store.due_schedule_ids(now):
-            task_id = self.store.fire_schedule(schedule_id, now, self.settings.limits.max_timeout_s)
+            task_id = self.store.fire_schedule(
+                schedule_id, now, self.settings.limits.max_timeout_s, cadence_of
+            )
             if task_id is not None:
-                log.info("schedule.fired schedule=%s task=%s", schedule_id, task_id)
+                log.info("schedule.fired", extra={"schedule_id": schedule_id, "task_id": task_id})
                 queued.append(task_id)
         if queued:
             self.on_fire()
@@ -45,5 +50,7 @@ class Scheduler:
         while not stop.wait(self.settings.scheduler_interval_s):
             try:
                 self.tick()
-            except Exception:
-                log.exception("scheduler.tick_failed")
+            except Exception as exc:
+                self._throttled(logging.ERROR, "scheduler.tick_failed", {"error": str(exc)}, exc_info=True)
+            else:
+                self._throttled.reset("scheduler.tick_failed")

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from ..errors import ClientError
+from ..models import Schedule, ScheduleSpec
 
 
 def zone(name: str) -> ZoneInfo:
@@ -96,6 +97,17 @@ class Cadence:
         if self.run_every is None:
             return "once"
         return f"every {_duration(self.run_every)}"
+
+
+def cadence_of(schedule: Schedule | ScheduleSpec, start_at: float) -> Cadence:
+    return Cadence(
+        start_at=start_at,
+        run_every=schedule.run_every,
+        cron=schedule.cron,
+        timezone=schedule.timezone,
+        run_times=schedule.run_times,
+        end_at=schedule.end_at,
+    )
 
 
 def _duration(seconds: int) -> str:

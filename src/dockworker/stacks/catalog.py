@@ -11,15 +11,16 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 from ..errors import ClientError
+from ..names import TASK_DIR
 
 # Bump when the way images are built changes, so that every stack is rebuilt.
 BUILDER_VERSION = 1
 DEBIAN_SUITE = "bookworm"
 DEBIAN_VARIANT = "minbase"
 IMAGE_REPOSITORY_PREFIX = "dockworker/stack-"
-# The task's scratch directory (bind-mounted, writable, and unlike the /tmp tmpfs not noexec):
-# toolchains that build and then run a program keep their output there.
-TASK_SCRATCH = "/mnt/task"
+# The task's scratch directory (writable, and unlike the /tmp tmpfs not noexec): toolchains
+# that build and then run a program keep their output there.
+TASK_SCRATCH = TASK_DIR
 
 BaseKind = Literal["busybox", "debian"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from ..errors import InfrastructureError
 from .catalog import BUILDER_VERSION, DEBIAN_SUITE, DEBIAN_VARIANT, Stack
 from .commands import run_command
-from .progress import ProgressCallback, scaled
+from .progress import Detail, ProgressCallback, scaled
 from .rootfs import (
     add_worker_account,
     create_mount_points,
@@ -170,7 +170,7 @@ class DebootstrapProgress:
             phase = "Retrieving"
         if phase in self._PHASES and len(words) >= 2 and words[1] not in ("required", "base", "the"):
             self._fraction = max(self._fraction, self._advance(phase, words[1]))
-        self._on_progress(f"debootstrap: {message}", self._fraction)
+        self._on_progress(Detail(f"debootstrap: {message}"), self._fraction)
 
     def _advance(self, phase: str, package: str) -> float:
         start, end = self._PHASES[phase]
@@ -317,7 +317,7 @@ class AptProgress:
         start, end = self._PHASES[phase]
         total = max(self._total, self._counts[phase])
         self._fraction = max(self._fraction, start + (end - start) * self._counts[phase] / total)
-        self._on_progress(f"apt: {line.strip()[:100]}", self._fraction)
+        self._on_progress(Detail(f"apt: {line.strip()[:100]}"), self._fraction)
 
 
 # --- trimming ------------------------------------------------------------------------------

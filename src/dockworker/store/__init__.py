@@ -3,6 +3,7 @@ that differ (the claim statement, connection setup, wake-ups)."""
 
 from __future__ import annotations
 
-from .base import Store, open_store
+from .base import Cadence, CadenceOf, Store, open_store
+from .errors import StorageFull, StoreUnavailable
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Cadence", "CadenceOf", "StorageFull", "Store", "StoreUnavailable", "open_store"]

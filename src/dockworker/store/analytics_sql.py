@@ -4,7 +4,7 @@ sessions (both in ``meta``), schedules by status, and a package's config edited 
 that reuses the archive.
 
 Counts and series read through indexes: active tasks by ``ix_tasks_code_status``, a project's
-recent tasks by ``ix_tasks_project_created``; /metrics counts outcomes over
+recent tasks by ``ix_tasks_project_listing``; /metrics counts outcomes over
 ``ix_tasks_code_status``, and each scrape's events are a range of ``task_events``' primary key."""
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ class AnalyticsQueries(Transactional):
             ).all()
             # coalesce() of NOT NULL columns changes no value; it keeps SQLite's planner from
             # reading the whole (code_id, status) index for this GROUP BY: the creation-time
-            # range of ix_tasks_project_created is the narrow one.
+            # range of ix_tasks_project_listing is the narrow one.
             code_id, status = sa.func.coalesce(tasks.c.code_id, ""), sa.func.coalesce(tasks.c.status, "")
             ended = conn.execute(
                 sa.select(code_id, status, sa.func.count())

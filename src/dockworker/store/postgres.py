@@ -15,10 +15,15 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from .. import ids
+from .. import ids, timeutil
 from ..errors import ClientError
-from .schema import meta
+from ..states import EventKind, TaskStatus, sources_of
+from .claim_sql import ACTIVE, CLAIMABLE, packages_cte
+from .codes_sql import cancelled_events, cancelled_values, queued_of
+from .identity import RunnerIdentity, hold_advisory_identity
+from .schema import PRIORITIES, meta, status_sql, tasks
 from .sql import SqlStore
+from .transitions import enterable
 from .wakeup import WorkSignal
 
 log = logging.getLogger("dockworker.store")
@@ -28,51 +33,67 @@ LISTENER_APPLICATION_NAME = "dockworker-listener"
 # Any fixed number: the migration lock's key among this database's advisory locks.
 MIGRATION_LOCK_KEY = 1685547891
 
-# The claim's candidate: queued, runnable, in one of the runner's clusters, its package not
-# paused and with room under max_concurrency (counted by dockworker_package_has_room, which
-# also serialises claims of one package; see migration 0004). CASE makes sure the function is
-# only called for packages that have a limit.
-_CANDIDATE = """
-    SELECT t.id
+_PRIORITIES = ", ".join(f"({priority})" for priority in PRIORITIES)
+_LANE_HEAD = f"""
+    SELECT t.id, t.run_at
       FROM tasks AS t
-      LEFT JOIN codes AS c ON c.id = t.code_id
-     WHERE t.status = 'queued'
-       AND t.run_at <= {horizon}
-       AND t.cluster = ANY(:clusters)
-       AND c.paused IS NOT TRUE
-       AND CASE WHEN coalesce(c.max_concurrency, 0) <= 0 THEN true
-                ELSE dockworker_package_has_room(t.code_id, c.max_concurrency) END
-     ORDER BY {order}
+     WHERE {CLAIMABLE} AND t.code_id = {{lane}}.code_id AND t.cluster = {{lane}}.cluster
+       AND t.priority = {{lane}}.priority AND t.run_at <= :now
+     ORDER BY t.run_at, t.id
      LIMIT 1
-       FOR UPDATE OF t SKIP LOCKED
 """
 
-# The same choice as SQLite's claim (starved tasks first, oldest first; then priority 2 first,
-# then the oldest), written as two candidates so that each one reads its own partial index in
-# order and stops at the first match: the cost does not grow with the queue. CTEs are read
-# lazily, so the second candidate is only looked for when there is no starved task.
+# The same choice as SQLite's claim, in the same steps (packages with queued tasks, one probe
+# each; their open lanes; the head of each lane, one probe each), so that its cost does not
+# depend on the length of any queue and every step reads ix_tasks_queue_lane in its order (the
+# claim's transaction forbids other sorts: see _plan_claim). Then, with several claimers at once:
+# - the heads are tried in the claim's order, each by locking the first task of its lane that no
+#   other claim holds (FOR UPDATE SKIP LOCKED): concurrent claims take the next tasks instead of
+#   waiting for each other;
+# - a package with a max_concurrency goes through dockworker_package_has_room (migration 0004),
+#   which serialises the claims of one package and counts its active tasks after the lock; a
+#   claim that finds a package's lock taken skips the package.
 # The claimed task and its "claimed" event are written by the same statement.
 CLAIM = sa.text(
     f"""
-    WITH starved AS ({_CANDIDATE.format(horizon=":starved_before", order="t.run_at, t.id")}),
-    by_priority AS ({_CANDIDATE.format(horizon=":now", order="t.priority DESC, t.run_at, t.id")}),
+    WITH RECURSIVE{packages_cte("tasks AS t")},
+    lanes AS (
+        SELECT p.code_id, k.cluster, r.priority, c.max_concurrency
+          FROM packages AS p
+          LEFT JOIN codes AS c ON c.id = p.code_id
+         CROSS JOIN unnest(CAST(:clusters AS varchar[])) AS k(cluster)
+         CROSS JOIN (VALUES {_PRIORITIES}) AS r(priority)
+         WHERE p.code_id IS NOT NULL
+           AND c.paused IS NOT TRUE
+           AND (coalesce(c.max_concurrency, 0) <= 0
+                OR (SELECT count(*) FROM tasks AS t WHERE t.code_id = p.code_id AND {ACTIVE})
+                   < c.max_concurrency)
+    ),
+    heads AS MATERIALIZED (
+        SELECT l.code_id, l.cluster, l.priority, l.max_concurrency, h.run_at, h.id
+          FROM lanes AS l
+         CROSS JOIN LATERAL ({_LANE_HEAD.format(lane="l")}) AS h
+         ORDER BY CASE WHEN h.run_at <= :starved_before THEN 3 ELSE l.priority END DESC, h.run_at, h.id
+    ),
     chosen AS (
-        SELECT id FROM starved
-        UNION ALL
-        SELECT id FROM by_priority
-        LIMIT 1
+        SELECT pick.id
+          FROM heads AS l
+         CROSS JOIN LATERAL ({_LANE_HEAD.format(lane="l")} FOR UPDATE OF t SKIP LOCKED) AS pick
+         WHERE coalesce(l.max_concurrency, 0) <= 0
+            OR dockworker_package_has_room(l.code_id, l.max_concurrency)
+         LIMIT 1
     ),
     claimed AS (
         UPDATE tasks
-           SET status = 'preparing', runner_id = :runner_id, lease_expires_at = :lease_expires_at,
-               updated_at = :now
+           SET status = '{TaskStatus.PREPARING.value}', runner_id = :runner_id,
+               lease_expires_at = :lease_expires_at, updated_at = :now
           FROM chosen
-         WHERE tasks.id = chosen.id
+         WHERE tasks.id = chosen.id AND {status_sql(sources_of(TaskStatus.PREPARING), "tasks.status")}
         RETURNING tasks.*
     ),
     logged AS (
         INSERT INTO task_events (task_id, at, kind, detail)
-        SELECT id, :now, 'claimed', 'runner ' || :runner_id FROM claimed
+        SELECT id, :now, '{EventKind.CLAIMED.value}', 'runner ' || :runner_id FROM claimed
     )
     SELECT * FROM claimed
     """
@@ -143,6 +164,43 @@ class PostgresStore(SqlStore):
 
     def _record_claim(self, conn: sa.Connection, task_id: str, runner_id: str) -> None:
         """The claim statement writes its event itself."""
+
+    def hold_runner_identity(self, runner_id: str) -> RunnerIdentity:
+        return hold_advisory_identity(runner_id, self.engine)
+
+    def _claim_clusters(self, clusters: list[str]) -> object:
+        return clusters
+
+    def _plan_claim(self, conn: sa.Connection) -> None:
+        """Keep the claim on the lane index whatever the statistics say. With statistics
+        missing or stale (autovacuum may be off), reading a package's whole queue through
+        ix_tasks_code_status and sorting it looks as cheap as a lane's first entry; without
+        sorts (but the few heads', which have no other plan) only the lane index remains. The
+        costs of disabled plans would also make the server compile the statement: no JIT."""
+        conn.exec_driver_sql("SET LOCAL enable_sort = off; SET LOCAL jit = off")
+
+    def _plan_listing(self, conn: sa.Connection) -> None:
+        """Walk the listing index in its order. With statistics missing or stale (autovacuum
+        may be off), the planner takes a project's tasks for a handful and gathers them all
+        (a bitmap scan) to sort them: a full read of a deep queue for one page. (The costs of
+        disabled plans would also make it compile the query: no JIT.)"""
+        conn.exec_driver_sql(
+            "SET LOCAL enable_bitmapscan = off; SET LOCAL enable_sort = off; SET LOCAL jit = off"
+        )
+
+    def _cancel_queued(self, conn: sa.Connection, code_id: str, msg: str, detail: str) -> int:
+        """One statement: the tasks cancelled and their events, whatever claims run meanwhile."""
+        now = timeutil.now()
+        cancelled = (
+            tasks.update()
+            .where(queued_of(code_id), enterable(TaskStatus.CANCELLED))
+            .values(status=TaskStatus.CANCELLED.value, **cancelled_values(msg, now))
+            .returning(tasks.c.id)
+            .cte("cancelled")
+        )
+        logged = cancelled_events(cancelled, now, detail)
+        count = sa.select(sa.func.count()).select_from(cancelled).add_cte(logged.cte("logged"))
+        return int(conn.execute(count).scalar_one())
 
     # --- wake-ups -------------------------------------------------------------------------------
 

@@ -12,9 +12,10 @@ from sqlalchemy.exc import IntegrityError
 from .. import ids, timeutil
 from ..errors import ClientError, NotFound
 from ..models import NewTask, Schedule, ScheduleSpec
-from ..scheduler.timing import Cadence
 from ..states import CANCELLED_MSG
+from .base import CadenceOf
 from .schema import codes, schedule_fires, schedules
+from .task_rows import insert_tasks
 from .transactions import Transactional
 
 SCHEDULED, COMPLETE, CANCELLED = "scheduled", "complete", "cancelled"
@@ -24,30 +25,13 @@ class _LostRace(Exception):
     """Another scheduler fired this slot first."""
 
 
-def cadence_of(schedule: Schedule | ScheduleSpec, start_at: float) -> Cadence:
-    return Cadence(
-        start_at=start_at,
-        run_every=schedule.run_every,
-        cron=schedule.cron,
-        timezone=schedule.timezone,
-        run_times=schedule.run_times,
-        end_at=schedule.end_at,
-    )
-
-
-def _first_slot(spec: ScheduleSpec, start_at: float) -> float | None:
-    return cadence_of(spec, start_at).next_slot(start_at - 0.001, 0)
-
-
 class ScheduleQueries(Transactional):
-    def _insert_tasks(
-        self, conn: Connection, project_id: str, new_tasks: Sequence[NewTask], max_timeout: int
-    ) -> list[str]:
-        raise NotImplementedError
+    """When a schedule's slots fall is the scheduler's knowledge (``scheduler.timing``): the
+    methods that compute a slot take its ``cadence_of``."""
 
-    def _schedule_values(self, spec: ScheduleSpec, now: float) -> dict[str, Any]:
+    def _schedule_values(self, spec: ScheduleSpec, now: float, cadence_of: CadenceOf) -> dict[str, Any]:
         start_at = spec.start_at if spec.start_at is not None else now
-        next_start = _first_slot(spec, start_at)
+        next_start = cadence_of(spec, start_at).next_slot(start_at - 0.001, 0)
         return dict(
             code_name=spec.code_name,
             payload=spec.payload,
@@ -75,7 +59,9 @@ class ScheduleQueries(Transactional):
         if found is None:
             raise NotFound(f"{where}: code package {code_name!r} not found")
 
-    def create_schedules(self, project_id: str, specs: Sequence[ScheduleSpec]) -> list[Schedule]:
+    def create_schedules(
+        self, project_id: str, specs: Sequence[ScheduleSpec], cadence_of: CadenceOf
+    ) -> list[Schedule]:
         now = timeutil.now()
         new_ids: list[str] = []
         with self._write() as conn:
@@ -89,7 +75,7 @@ class ScheduleQueries(Transactional):
                         project_id=project_id,
                         run_count=0,
                         created_at=now,
-                        **self._schedule_values(spec, now),
+                        **self._schedule_values(spec, now, cadence_of),
                     )
                 )
                 new_ids.append(schedule_id)
@@ -118,7 +104,9 @@ class ScheduleQueries(Transactional):
             ).all()
         return [Schedule.from_row(r) for r in rows]
 
-    def update_schedule(self, project_id: str, schedule_id: str, spec: ScheduleSpec) -> Schedule:
+    def update_schedule(
+        self, project_id: str, schedule_id: str, spec: ScheduleSpec, cadence_of: CadenceOf
+    ) -> Schedule:
         """Replace a schedule's spec; its run count is kept, its next slot recomputed."""
         now = timeutil.now()
         with self._write() as conn:
@@ -126,7 +114,7 @@ class ScheduleQueries(Transactional):
             if current.status == CANCELLED:
                 raise ClientError("the schedule is cancelled")
             self._require_code(conn, project_id, spec.code_name, "schedule")
-            values = self._schedule_values(spec, now)
+            values = self._schedule_values(spec, now, cadence_of)
             cadence = cadence_of(spec, values["start_at"])
             values["next_start"] = cadence.next_slot(max(now, values["start_at"]) - 0.001, current.run_count)
             if values["next_start"] is None:
@@ -157,16 +145,20 @@ class ScheduleQueries(Transactional):
             ).all()
         return [r.id for r in rows]
 
-    def fire_schedule(self, schedule_id: str, now: float, max_timeout: int) -> str | None:
+    def fire_schedule(
+        self, schedule_id: str, now: float, max_timeout: int, cadence_of: CadenceOf
+    ) -> str | None:
         """Queue the task of a due schedule's slot. After downtime, the missed slots fire once.
         Returns the task id, or None when there was nothing to do or another scheduler won."""
         try:
             with self._write() as conn:
-                return self._fire(conn, schedule_id, now, max_timeout)
+                return self._fire(conn, schedule_id, now, max_timeout, cadence_of)
         except (_LostRace, IntegrityError):
             return None
 
-    def _fire(self, conn: Connection, schedule_id: str, now: float, max_timeout: int) -> str | None:
+    def _fire(
+        self, conn: Connection, schedule_id: str, now: float, max_timeout: int, cadence_of: CadenceOf
+    ) -> str | None:
         row = conn.execute(schedules.select().where(schedules.c.id == schedule_id)).first()
         if row is None:
             return None
@@ -190,7 +182,8 @@ class ScheduleQueries(Transactional):
                 cluster=schedule.cluster,
                 schedule_id=schedule.id,
             )
-            (task_id,) = self._insert_tasks(conn, schedule.project_id, [new], max_timeout)
+            (task,) = insert_tasks(conn, schedule.project_id, [new], max_timeout)
+            task_id = task.id
             conn.execute(
                 schedule_fires.insert().values(
                     schedule_id=schedule.id, slot=slot, task_id=task_id, fired_at=now

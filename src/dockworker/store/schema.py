@@ -3,7 +3,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import sqlalchemy as sa
+
+from ..states import ACTIVE, TaskStatus, in_order
+
+# Task priorities, highest first (the claim looks at each one).
+PRIORITIES = (2, 1, 0)
+
+
+def status_sql(states: Iterable[TaskStatus], column: str = "status") -> str:
+    """``status = 'queued'`` or ``status IN ('preparing', 'running')``, for SQL text. States are
+    written as literals, never bound: SQLite matches a query's condition to a partial index's
+    only when both are the same literal text."""
+    values = [f"'{status.value}'" for status in in_order(states)]
+    if len(values) == 1:
+        return f"{column} = {values[0]}"
+    return f"{column} IN ({', '.join(values)})"
+
 
 metadata = sa.MetaData(
     naming_convention={
@@ -111,25 +129,38 @@ tasks = sa.Table(
         "status IN ('queued','preparing','running','complete','error','cancelled','killed','timeout')",
         name="status_known",
     ),
-    sa.CheckConstraint("priority BETWEEN 0 AND 2", name="priority_range"),
-    sa.Index("ix_tasks_claim", "status", "cluster", "priority", "run_at"),
-    sa.Index("ix_tasks_project_created", "project_id", "created_at"),
+    sa.CheckConstraint(f"priority BETWEEN {min(PRIORITIES)} AND {max(PRIORITIES)}", name="priority_range"),
+    # Counts by package and status (the HUD, /metrics). The claims never read it (see below).
     sa.Index("ix_tasks_code_status", "code_id", "status"),
-    sa.Index("ix_tasks_runner_status", "runner_id", "status"),
 )
 
-# The claim's two orders, over queued tasks only: starved tasks oldest first, then the others
-# by priority and age. They keep the claim's cost independent of the queue's length.
-_QUEUED = sa.text("status = 'queued'")
+# The claim's index, over queued tasks only: one "lane" per package, cluster and priority, each
+# in the claim's order (oldest first). The claim finds the packages with queued work by skipping
+# through it (one probe per package), then reads the head of each open lane: its cost depends on
+# the number of packages, not on the length of any queue, paused and saturated ones included.
+QUEUED_ONLY = sa.text(status_sql([TaskStatus.QUEUED]))
 sa.Index(
-    "ix_tasks_queue_priority",
-    tasks.c.priority.desc(),
+    "ix_tasks_queue_lane",
+    tasks.c.code_id,
+    tasks.c.cluster,
+    tasks.c.priority,
     tasks.c.run_at,
     tasks.c.id,
-    postgresql_where=_QUEUED,
-    sqlite_where=_QUEUED,
+    postgresql_where=QUEUED_ONLY,
+    sqlite_where=QUEUED_ONLY,
 )
-sa.Index("ix_tasks_queue_age", tasks.c.run_at, tasks.c.id, postgresql_where=_QUEUED, sqlite_where=_QUEUED)
+# Leased tasks (a handful), which queued and finished tasks never enter (an enqueue, a claim or
+# a cancel_all does not write them): a package's count under max_concurrency, lease expiry.
+ACTIVE_ONLY = sa.text(status_sql(ACTIVE))
+sa.Index("ix_tasks_active", tasks.c.code_id, postgresql_where=ACTIVE_ONLY, sqlite_where=ACTIVE_ONLY)
+# A runner's leased tasks (its heartbeat, cancels, restarts).
+sa.Index("ix_tasks_leased", tasks.c.runner_id, postgresql_where=ACTIVE_ONLY, sqlite_where=ACTIVE_ONLY)
+# The claim statements read ix_tasks_queue_lane whatever the statistics say (SQLite: INDEXED
+# BY; PostgreSQL: no sort but the heads'): with statistics missing or stale (autovacuum off, no
+# ANALYZE yet), ix_tasks_code_status looks as good for a lane, and reading a package's whole
+# queue through it to sort it costs as much as the queue is long.
+# Listings, newest first: a page's ids come from this index alone (an index-only walk).
+sa.Index("ix_tasks_project_listing", tasks.c.project_id, tasks.c.created_at, tasks.c.id)
 
 task_log_chunks = sa.Table(
     "task_log_chunks",
@@ -148,6 +179,7 @@ task_events = sa.Table(
     sa.Column("at", Time, nullable=False),
     sa.Column("kind", sa.String(40), nullable=False),
     sa.Column("detail", sa.Text, nullable=False, server_default=""),
+    sa.Column("container_id", sa.String(64), nullable=True),
     sa.Index("ix_task_events_task", "task_id", "id"),
 )
 

@@ -3,13 +3,66 @@
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from collections.abc import Iterator
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from .. import timeutil
+from ..errors import InfrastructureError
+from ..states import EventKind
+from .errors import StorageFull, StoreUnavailable
 from .schema import task_events
+
+# PostgreSQL SQLSTATEs: disk_full; the classes of connection failures and of a server going down
+# or refusing connections (too_many_connections sits in the "insufficient resources" class).
+_PG_DISK_FULL = "53100"
+_PG_UNAVAILABLE_CLASSES = ("08", "57P")
+_PG_UNAVAILABLE = frozenset({"53300"})
+# SQLite primary result codes.
+_SQLITE_FULL = sqlite3.SQLITE_FULL
+_SQLITE_UNAVAILABLE = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_CANTOPEN})
+
+
+def classify(exc: sa.exc.DBAPIError) -> InfrastructureError | None:
+    """The infrastructure error ``exc`` stands for, or None when it is about the statement (a
+    bug, or a value the database refuses) rather than the database's state."""
+    orig = exc.orig
+    sqlite_code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(sqlite_code, int):
+        primary = sqlite_code & 0xFF
+        if primary == _SQLITE_FULL:
+            return StorageFull()
+        if primary in _SQLITE_UNAVAILABLE:
+            return StoreUnavailable(f"the database is unavailable: {orig}")
+        return None
+    sqlstate = getattr(orig, "sqlstate", None)
+    if sqlstate == _PG_DISK_FULL:
+        return StorageFull()
+    if (
+        exc.connection_invalidated
+        or (isinstance(sqlstate, str) and sqlstate.startswith(_PG_UNAVAILABLE_CLASSES))
+        or sqlstate in _PG_UNAVAILABLE
+        or (sqlstate is None and isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError))
+    ):
+        return StoreUnavailable("the database cannot be reached")
+    return None
+
+
+@contextlib.contextmanager
+def translated_errors() -> Iterator[None]:
+    """Raise database failures as ``StoreUnavailable`` or ``StorageFull``; anything else as is."""
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        meaning = classify(exc)
+        if meaning is None:
+            raise
+        raise meaning from exc
+    except sa.exc.TimeoutError as exc:  # every connection of the pool is in use
+        raise StoreUnavailable("no database connection became free in time") from exc
 
 
 class Transactional:
@@ -17,18 +70,27 @@ class Transactional:
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        with translated_errors(), self.engine.begin() as conn:
             yield conn
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(**self._read_options()) as conn, conn.begin():
+        with (
+            translated_errors(),
+            self.engine.connect().execution_options(**self._read_options()) as conn,
+            conn.begin(),
+        ):
             yield conn
 
     def _read_options(self) -> dict[str, Any]:
         return {}
 
-    def _event(self, conn: Connection, task_id: str, kind: str, detail: str) -> None:
-        conn.execute(
-            task_events.insert().values(task_id=task_id, at=timeutil.now(), kind=kind, detail=detail)
+
+def record_event(
+    conn: Connection, task_id: str, kind: EventKind, detail: str = "", container_id: str | None = None
+) -> None:
+    conn.execute(
+        task_events.insert().values(
+            task_id=task_id, at=timeutil.now(), kind=kind.value, detail=detail, container_id=container_id
         )
+    )

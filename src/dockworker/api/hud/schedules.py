@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 
 from ... import timeutil
 from ...errors import ClientError, NotFound
-from ...store.schedules_sql import cadence_of
+from ...scheduler.timing import cadence_of
 from .. import schedules as schedules_api
 from ..deps import ServicesDep
 from ..errors import describe_validation_error

@@ -234,12 +234,14 @@ def queue_task(
     code = svc.store.get_code(project.id, code_id)
     values = {name: posted.get(name, "") for name in QUEUE_FIELDS}
     try:
-        answer = tasks_api.queue_tasks(svc, project.id, TasksIn(tasks=[task_from_form(code.name, values)]))
+        queued = tasks_api.enqueue_checked(
+            svc, project.id, TasksIn(tasks=[task_from_form(code.name, values)])
+        )
     except ClientError as exc:
         return _queue_form(
             request, svc, who, project, code_id, values, error=exc.message, status=exc.status_code
         )
-    task_id = answer["tasks"][0]["id"]
+    task_id = queued[0].id
     return redirect(request, _task_url(project.id, task_id), Flash(kind="ok", text=f"Queued task {task_id}."))
 
 

@@ -1,0 +1,64 @@
+"""The engine contract: everything the runner and ``run-local`` ask of a container runtime.
+The Docker adapter implements it; so do the tests' in-memory engine and any later backend.
+
+Failures are raised in dockworker's error families only: :class:`InfrastructureError` (and
+:class:`EngineUnavailable` when the runtime cannot be reached, :class:`ContainerGone` when the
+container no longer exists) or :class:`TaskSetupError` (:class:`ImageMissing`, a command that
+cannot start)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+from ..names import TASK_LABEL
+from .types import ContainerInfo, ContainerSpec, ExitInfo
+
+
+class Engine(Protocol):
+    def ping(self) -> None:
+        """Raise EngineUnavailable unless the runtime answers."""
+        ...
+
+    def close(self) -> None: ...
+
+    def image_exists(self, ref: str) -> bool: ...
+
+    def create(self, spec: ContainerSpec) -> str:
+        """Create (not start) a container; returns its id."""
+        ...
+
+    def attach(self, container_id: str) -> Iterator[bytes]:
+        """The container's output (stdout and stderr interleaved) from its start to its exit.
+        Called before :meth:`start`, so nothing is missed; iteration errors are classified."""
+        ...
+
+    def follow_logs(self, container_id: str) -> Iterator[bytes]:
+        """A started container's output from its beginning, then live until it exits."""
+        ...
+
+    def start(self, container_id: str) -> None: ...
+
+    def wait(self, container_id: str, timeout: float = 30) -> ExitInfo:
+        """Wait for the container to exit (it should already have) and read its outcome."""
+        ...
+
+    def kill(self, container_id: str) -> None:
+        """Stop the container at once; a container already exited or gone is fine."""
+        ...
+
+    def remove(self, container_id: str) -> None:
+        """Remove the container, running or not; a container already gone is fine."""
+        ...
+
+    def list_labelled(self, label: str = TASK_LABEL) -> list[ContainerInfo]:
+        """Containers in any state carrying ``label`` (``key`` or ``key=value``)."""
+        ...
+
+    def started_at(self, container_id: str) -> float | None:
+        """When the container's process was started (epoch seconds), or None if it never was."""
+        ...
+
+    def memory_limit(self, container_id: str) -> int:
+        """The container's memory limit in bytes."""
+        ...

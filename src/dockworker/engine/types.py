@@ -1,0 +1,44 @@
+"""The runtime-neutral values the engine contract speaks in: what to run, how it ended, what
+is there. No backend's own types cross the contract."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bind:
+    source: str
+    target: str
+    read_only: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerSpec:
+    image: str
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+    binds: tuple[Bind, ...] = ()
+    working_dir: str | None = None
+    user: str = "1000:1000"
+    memory_bytes: int = 512 * 1024 * 1024
+    cpus: float = 1.0
+    pids: int = 256
+    tmpfs: dict[str, str] = field(default_factory=dict)
+    log_max_bytes: int = 8 * 1024 * 1024
+    network_disabled: bool = True
+    read_only_root: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExitInfo:
+    exit_code: int
+    oom_killed: bool
+    error: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ContainerInfo:
+    id: str
+    labels: dict[str, str]

@@ -1,0 +1,20 @@
+"""What a database failure means to the store's callers (told apart in ``transactions.py``).
+Both are infrastructure errors: the operation wrote nothing and may succeed if repeated later."""
+
+from __future__ import annotations
+
+from ..errors import InfrastructureError
+
+
+class StoreUnavailable(InfrastructureError):
+    """The database cannot be reached (or is too busy to answer); nothing was written."""
+
+
+class StorageFull(InfrastructureError):
+    """The database's disk is full: nothing was written."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the database's disk is full: nothing was written (reads still work; writes work"
+            " again by themselves once space is freed)"
+        )
