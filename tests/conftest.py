@@ -11,6 +11,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -24,6 +25,16 @@ IN_CI = os.environ.get("CI") == "true"
 DIALECTS = ("sqlite", "postgresql")
 BUSYBOX_IMAGE = "dockworker/stack-busybox:1.35"
 PYTHON_IMAGE = "dockworker/stack-python:3.11"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def require(condition: bool, reason: str) -> None:
@@ -75,6 +86,25 @@ def pg_databases() -> Iterator[Databases]:
     databases.start()
     yield databases
     databases.close()
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright, headless: one per session, because Playwright's
+    sync API keeps its event loop running in this thread until it is stopped, and a second
+    ``sync_playwright()`` would find it."""
+    require(Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install chromium (scripts/setup.sh does)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        require(False, "playwright is not installed (pip install -e '.[test]')")
+    playwright = sync_playwright().start()
+    try:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+    finally:
+        playwright.stop()
 
 
 @pytest.fixture

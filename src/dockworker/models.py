@@ -248,3 +248,52 @@ class RunnerInfo:
     started_at: float
     last_heartbeat: float
     stopped_at: float | None
+
+
+# --- what the HUD and /metrics read (store/analytics_sql.py) ---------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SeriesPoint:
+    """One bucket of one group (a cluster or a code package's name) in a time series."""
+
+    group: str
+    bucket: int  # the bucket's start, epoch seconds
+    tasks: int
+    failed: int
+    duration_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UsageDay:
+    day: int  # the day's start (UTC), epoch seconds
+    cluster: str
+    priority: int
+    tasks_run: int
+    compute_s: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusCount:
+    """How many tasks of one package are in one state (and, for active states, one priority)."""
+
+    project_id: str
+    code_name: str
+    status: str
+    count: int
+    priority: int | None = None
+    oldest_runnable: float | None = None  # queued tasks: the earliest run_at that is due
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskFact:
+    """A task event with what its task says now: what /metrics observes as events happen."""
+
+    event_id: int
+    kind: str
+    project_id: str
+    code_name: str
+    priority: int
+    run_at: float
+    start_time: float | None
+    end_time: float | None

@@ -18,18 +18,7 @@ from typing import Any
 import pytest
 
 from tests.acceptance.support import LOOPBACK, STOP_TIMEOUT_S, Service
-from tests.conftest import require
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 WAIT_MS = 30_000  # the longest any expectation waits for the page
 SCREENSHOTS = Path(
     os.environ.get("DOCKWORKER_SCREENSHOTS", Path(__file__).parents[2] / "build" / "screenshots")
@@ -64,22 +53,6 @@ class Hud:
             return answer
         finally:
             conn.close()
-
-
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    require(Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install chromium (scripts/setup.sh does)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        require(False, "playwright is not installed (pip install -e '.[test]')")
-    playwright = sync_playwright().start()
-    try:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-    finally:
-        playwright.stop()
 
 
 def _admin_token(service: Service) -> str:

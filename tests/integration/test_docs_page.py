@@ -2,40 +2,25 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from dockworker.api import create_app
 from dockworker.settings import Settings
 from dockworker.store import Store
-from tests.conftest import require
 from tests.integration.live_server import serving
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.mark.dialects("sqlite")
-def test_the_docs_page_renders_the_operations(settings: Settings, store: Store, tmp_path: Path) -> None:
-    require(shutil.which(CHROMIUM) is not None, f"no {CHROMIUM} (apt-get install chromium)")
-    try:
-        from playwright import sync_api
-    except ImportError:
-        require(False, "no playwright (pip install -e '.[test]')")
-    with serving(create_app(settings, store)) as port, sync_api.sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+def test_the_docs_page_renders_the_operations(
+    settings: Settings, store: Store, tmp_path: Path, browser: Any
+) -> None:
+    with serving(create_app(settings, store)) as port:
+        context = browser.new_context()
         try:
-            page = browser.new_page()
+            page = context.new_page()
             hosts: set[str] = set()
             page.on("request", lambda request: hosts.add(request.url.split("/")[2]))
             page.goto(f"http://127.0.0.1:{port}/docs")
@@ -45,7 +30,7 @@ def test_the_docs_page_renders_the_operations(settings: Settings, store: Store, 
             text = page.inner_text("body")
             page.screenshot(path=str(tmp_path / "docs.png"))
         finally:
-            browser.close()
+            context.close()
     assert "Unable to render" not in text
     assert {"Queue Tasks", "Upload Code", "Task Log", "Health"} <= set(summaries), summaries
     assert "OAS 3.1" in text

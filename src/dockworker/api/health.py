@@ -45,5 +45,8 @@ def _check(probe: Any) -> str:
     except Exception as exc:
         log.warning("health check: %s", exc)
         text = str(getattr(exc, "message", None) or exc).strip()
+        detail = getattr(exc, "detail", "")
+        if detail:
+            text = f"{text}: {detail}"
         return text.splitlines()[0] if text else type(exc).__name__
     return "ok"

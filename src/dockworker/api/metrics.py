@@ -20,6 +20,7 @@ task id."""
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import threading
 import time
@@ -35,11 +36,10 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from ..errors import Unauthorized
-from ..models import RunnerInfo
+from ..models import RunnerInfo, StatusCount, TaskFact
 from ..settings import Settings
 from ..states import TERMINAL, TaskStatus
-from ..store import Store
-from ..store.analytics_sql import StatusCount, TaskFact
+from ..store import Store, StoreUnavailable
 from .deps import ServicesDep
 from .responses import ERROR_RESPONSES
 from .runners import alive_horizon
@@ -114,10 +114,13 @@ class EventObserver:
         self._seen: set[int] = set()
 
     def start(self) -> None:
-        """Observe from now on (not the history before this process)."""
+        """Observe from now on (not the history before this process). A store that cannot be
+        reached yet does not stop the API from starting: the first scrape that reaches it
+        starts the observation instead."""
         with self._lock:
             if self._highest is None:
-                self._highest = self._floor = self.store.last_event_id()
+                with contextlib.suppress(StoreUnavailable):
+                    self._highest = self._floor = self.store.last_event_id()
 
     def catch_up(self) -> None:
         with self._lock:

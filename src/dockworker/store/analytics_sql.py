@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -19,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import ids, timeutil
 from ..errors import NotFound
-from ..models import Schedule
+from ..models import Schedule, SeriesPoint, StatusCount, TaskFact, UsageDay
 from ..states import ACTIVE, TERMINAL, TaskStatus
 from .schema import code_revisions, codes, meta, schedules, task_events, tasks
 from .transactions import Transactional
@@ -32,52 +31,6 @@ FAILED = frozenset({TaskStatus.ERROR, TaskStatus.TIMEOUT, TaskStatus.KILLED})
 _ACTIVE = sorted(s.value for s in ACTIVE | {TaskStatus.QUEUED})
 _TERMINAL = sorted(s.value for s in TERMINAL)
 _FAILED = sorted(s.value for s in FAILED)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SeriesPoint:
-    """One bucket of one group (a cluster or a code package's name) in a time series."""
-
-    group: str
-    bucket: int  # the bucket's start, epoch seconds
-    tasks: int
-    failed: int
-    duration_s: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class UsageDay:
-    day: int  # the day's start (UTC), epoch seconds
-    cluster: str
-    priority: int
-    tasks_run: int
-    compute_s: float
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StatusCount:
-    """How many tasks of one package are in one state (and, for active states, one priority)."""
-
-    project_id: str
-    code_name: str
-    status: str
-    count: int
-    priority: int | None = None
-    oldest_runnable: float | None = None  # queued tasks: the earliest run_at that is due
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TaskFact:
-    """A task event with what its task says now: what /metrics observes as events happen."""
-
-    event_id: int
-    kind: str
-    project_id: str
-    code_name: str
-    priority: int
-    run_at: float
-    start_time: float | None
-    end_time: float | None
 
 
 def _bucket(column: Any, size: int, dialect: str) -> Any:

@@ -26,14 +26,17 @@ from ..models import (
     RunnerInfo,
     Schedule,
     ScheduleSpec,
+    SeriesPoint,
+    StatusCount,
     Task,
     TaskEvent,
+    TaskFact,
     TaskFilter,
     TaskOutcome,
     TokenInfo,
+    UsageDay,
 )
 from ..states import EventKind
-from .analytics_sql import SeriesPoint, StatusCount, TaskFact, UsageDay
 from .identity import RunnerIdentity
 
 

@@ -7,7 +7,13 @@ from ..errors import InfrastructureError
 
 
 class StoreUnavailable(InfrastructureError):
-    """The database cannot be reached (or is too busy to answer); nothing was written."""
+    """The database cannot be reached (or is too busy to answer); nothing was written.
+    ``detail``: the driver's reason, for operators (``/health``, logs), never for API clients:
+    it names the database's address."""
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class StorageFull(InfrastructureError):

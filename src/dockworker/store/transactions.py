@@ -47,8 +47,14 @@ def classify(exc: sa.exc.DBAPIError) -> InfrastructureError | None:
         or sqlstate in _PG_UNAVAILABLE
         or (sqlstate is None and isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError))
     ):
-        return StoreUnavailable("the database cannot be reached")
+        return StoreUnavailable("the database cannot be reached", detail=_first_line(orig))
     return None
+
+
+def _first_line(error: object) -> str:
+    """The driver's reason on one line (psycopg adds hints on the lines after)."""
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
 
 
 @contextlib.contextmanager
