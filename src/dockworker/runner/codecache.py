@@ -6,12 +6,12 @@ import threading
 from pathlib import Path
 
 from ..models import CodeRevision
-from ..store import Store
 from .archive import extract_archive
+from .link import RunnerLink
 
 
 class CodeCache:
-    def __init__(self, root: Path, store: Store) -> None:
+    def __init__(self, root: Path, store: RunnerLink) -> None:
         self._root = root
         self._store = store
         self._lock = threading.Lock()

@@ -24,7 +24,6 @@ from ..logsetup import Throttled
 from ..models import CodeSpec, Task, TaskOutcome
 from ..settings import Settings
 from ..states import CANCELLED_MSG, EventKind, TaskStatus
-from ..store import Store
 from .codecache import CodeCache
 from .container_run import RunHooks, follow_container, run_container
 from .contract import (
@@ -35,6 +34,7 @@ from .contract import (
     with_build_hint,
     write_task_files,
 )
+from .link import RunnerLink
 
 log = logging.getLogger("dockworker.runner")
 
@@ -46,7 +46,7 @@ _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 @dataclass(frozen=True, kw_only=True)
 class RunnerContext:
     settings: Settings
-    store: Store
+    store: RunnerLink  # the store in process, or the API for a remote runner
     engine: Engine
     code_cache: CodeCache
     runner_id: str

@@ -20,10 +20,10 @@ from ..models import Task
 from ..names import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from ..settings import Settings
 from ..states import TaskStatus
-from ..store import Store
 from ..store.identity import RunnerIdentity
 from .codecache import CodeCache
 from .execution import RunnerContext, TaskExecution
+from .link import RunnerLink
 
 log = logging.getLogger("dockworker.runner")
 
@@ -52,7 +52,7 @@ class Runner:
     def __init__(
         self,
         settings: Settings,
-        store: Store,
+        store: RunnerLink,
         engine: Engine,
         runner_id: str | None = None,
         *,
@@ -360,8 +360,9 @@ class Runner:
         except InfrastructureError as exc:
             self._throttled(logging.WARNING, "runner.reap_skipped", {**self._ids, "error": exc.message})
             return 0
-        active = self.store.active_task_ids()
         mine = self.running_task_ids()
+        labelled = {container.labels.get(TASK_LABEL, "") for container in containers}
+        active = self.store.active_among(labelled - {""}) if containers else set()
         removed = 0
         for container in containers:
             task_id = container.labels.get(TASK_LABEL, "")

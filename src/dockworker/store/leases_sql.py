@@ -245,6 +245,12 @@ class LeaseQueries(Transactional):
             rows = conn.execute(sa.select(tasks.c.id).where(held_by(runner_id))).all()
         return {r.id for r in rows}
 
-    def active_task_ids(self) -> set[str]:
+    def active_among(self, task_ids: Iterable[str]) -> set[str]:
+        wanted = sorted(set(task_ids))
+        found: set[str] = set()
         with self._read() as conn:
-            return {r.id for r in conn.execute(sa.select(tasks.c.id).where(is_active())).all()}
+            for start in range(0, len(wanted), 500):  # a bounded number of bind parameters
+                chunk = wanted[start : start + 500]
+                rows = conn.execute(sa.select(tasks.c.id).where(tasks.c.id.in_(chunk), is_active())).all()
+                found.update(r.id for r in rows)
+        return found
