@@ -16,7 +16,7 @@ import typer
 from .. import __version__
 from ..errors import ClientError, DockworkerError
 from ..settings import load_settings
-from . import admin, code_commands, output, queue_control, task_commands
+from . import admin, cluster_commands, code_commands, output, queue_control, task_commands
 from .common import DataDir, StoreOpt, command_group
 from .images import images_app
 from .run_local import run_local
@@ -188,6 +188,7 @@ code_commands.register(app)  # upload, stats, codes
 task_commands.register(app)  # queue, status, log, tasks, events, cancel, retry
 queue_control.register(app)  # schedule, schedules, unschedule, pause, resume
 admin.register(app)  # projects, token, runners
+cluster_commands.register(app)  # clusters
 app.add_typer(stacks_app, name="stacks")
 app.add_typer(images_app, name="images")
 app.command("run-local")(run_local)

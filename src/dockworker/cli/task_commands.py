@@ -11,6 +11,7 @@ from ..errors import ClientError
 from ..states import TaskStatus
 from . import output
 from .client import Client
+from .cluster_commands import cluster_id_for, encrypt_for
 from .common import ConfigOpt, JsonOpt, Seconds, read_arg
 from .follow import follow_to_end
 from .output import Col
@@ -51,7 +52,12 @@ def queue(
     timeout: Seconds = None,
     delay: Annotated[int | None, typer.Option(min=0, help="Seconds before the task may run")] = None,
     label: Annotated[str | None, typer.Option()] = None,
-    cluster: Annotated[str | None, typer.Option()] = None,
+    cluster: Annotated[
+        str | None, typer.Option(help="The cluster (its id, or the name of one of yours) that runs it")
+    ] = None,
+    encrypt: Annotated[
+        bool, typer.Option("--encrypt", help="Encrypt the payload for the cluster's runners (its public key)")
+    ] = False,
     count: Annotated[int, typer.Option("-n", "--count", min=1, max=1000, help="How many tasks")] = 1,
     wait: Annotated[
         bool,
@@ -67,9 +73,16 @@ def queue(
     """Queue task(s) for a code package. Prints the task id (one a line with -n)."""
     if wait and count != 1:
         raise ClientError("--wait follows one task: drop -n, or drop --wait")
+    text = read_arg(payload, "--payload", dash_is_stdin=True) or ""
+    if cluster is not None:
+        cluster = cluster_id_for(config, cluster)
+    if encrypt:
+        if cluster is None:
+            raise ClientError("--encrypt encrypts for a cluster's runners: give --cluster")
+        text = encrypt_for(config, cluster, text)
     body: dict[str, Any] = {
         "code_name": name,
-        "payload": read_arg(payload, "--payload", dash_is_stdin=True) or "",
+        "payload": text,
         "priority": priority,
         "timeout": timeout,
         "delay": delay,
