@@ -100,11 +100,19 @@ class Tenant:
     queued_task: str
     done_task: str
     schedule_id: str
+    cluster_id: str
+    revision_id: str
 
     def ids_for(self, path: str) -> dict[str, str]:
         # the finished task where only a finished one would do (its log, a retry)
         task = self.done_task if path.endswith(("/log", "/retry")) else self.queued_task
-        return {"code_id": self.code_id, "task_id": task, "schedule_id": self.schedule_id}
+        return {
+            "code_id": self.code_id,
+            "task_id": task,
+            "schedule_id": self.schedule_id,
+            "cluster_id": self.cluster_id,
+            "revision_id": self.revision_id,
+        }
 
     def url(self, path: str, project: str | None = None, ids: dict[str, str] | None = None) -> str:
         try:
@@ -160,6 +168,7 @@ def _tenant(client: TestClient, store: Store, name: str) -> Tenant:
         headers=auth,
     )
     assert schedule.status_code == 200, schedule.text
+    _, cluster = store.create_cluster(project, f"{name}-cluster", 256)
     return Tenant(
         project=project,
         token=token,
@@ -167,6 +176,8 @@ def _tenant(client: TestClient, store: Store, name: str) -> Tenant:
         queued_task=queued.json()["tasks"][0]["id"],
         done_task=done_id,
         schedule_id=schedule.json()["schedules"][0]["id"],
+        cluster_id=cluster.id,
+        revision_id=uploaded.json()["latest_history_id"],
     )
 
 
