@@ -395,6 +395,7 @@ class DockerEngine:
     def remove(self, container_id: str) -> None:
         """Remove the container, and then its parent cgroup (which a container still alive
         keeps busy: the reaper tries again)."""
+        parents = self._accounting()
         try:
             parent = self._cgroup_parent(container_id)
             with _classified("remove container"):
@@ -405,7 +406,6 @@ class DockerEngine:
             if "already in progress" not in str(exc):
                 raise
             return
-        parents = self._accounting()
         if parents is not None:
             parents.remove(parent)
 
