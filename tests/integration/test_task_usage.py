@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,7 @@ pytestmark = pytest.mark.docker
 
 # every test here runs on the Docker engine and on the OCI backend
 engine = oci_fixtures.both_backends
+StartRunner = Callable[..., Runner]
 
 MiB = 1024 * 1024
 TOUCH_150_MIB = """\
@@ -85,7 +87,7 @@ def run_python(store: Store, project: str, name: str, script: str, memory_mb: in
 
 
 def test_a_task_that_touches_150_mib_reports_at_least_that(
-    store: Store, project: str, start_runner, python_image: None
+    store: Store, project: str, start_runner: StartRunner, python_image: None
 ) -> None:
     start_runner()
     done = run_python(store, project, "alloc", TOUCH_150_MIB)
@@ -96,7 +98,7 @@ def test_a_task_that_touches_150_mib_reports_at_least_that(
 
 
 def test_a_task_spinning_for_one_cpu_second_reports_about_that(
-    store: Store, project: str, start_runner, python_image: None
+    store: Store, project: str, start_runner: StartRunner, python_image: None
 ) -> None:
     start_runner()
     done = run_python(store, project, "spin", SPIN_1_S)
@@ -106,7 +108,9 @@ def test_a_task_spinning_for_one_cpu_second_reports_about_that(
     assert done.peak_memory_bytes is not None and done.peak_memory_bytes < 100 * MiB
 
 
-def test_a_task_that_does_nothing_reports_small_figures(store: Store, project: str, start_runner) -> None:
+def test_a_task_that_does_nothing_reports_small_figures(
+    store: Store, project: str, start_runner: StartRunner
+) -> None:
     save_code(store, project, CodeSpec(name="noop", stack="busybox", command="true"))
     start_runner()
     done = wait_for(store, queue(store, project, "noop").id)
@@ -117,7 +121,7 @@ def test_a_task_that_does_nothing_reports_small_figures(store: Store, project: s
 
 
 def test_an_oom_killed_task_reports_a_peak_near_its_limit(
-    store: Store, project: str, start_runner, python_image: None
+    store: Store, project: str, start_runner: StartRunner, python_image: None
 ) -> None:
     start_runner()
     done = run_python(store, project, "grow", GROW_UNTIL_KILLED, memory_mb=64)
@@ -128,7 +132,9 @@ def test_an_oom_killed_task_reports_a_peak_near_its_limit(
     assert parents_left(store) == []
 
 
-def test_a_task_killed_at_its_timeout_is_measured_too(store: Store, project: str, start_runner) -> None:
+def test_a_task_killed_at_its_timeout_is_measured_too(
+    store: Store, project: str, start_runner: StartRunner
+) -> None:
     save_code(store, project, CodeSpec(name="sleepy", stack="busybox", command="sleep 30"))
     start_runner()
     done = wait_for(store, queue(store, project, "sleepy", timeout=1).id)
@@ -142,7 +148,7 @@ def _labels(store: Store, task_id: str, runner_id: str) -> dict[str, str]:
 
 
 def test_a_container_re_adopted_after_its_runner_died_is_measured(
-    store: Store, project: str, settings: Settings, engine: Engine, start_runner
+    store: Store, project: str, settings: Settings, engine: Engine, start_runner: StartRunner
 ) -> None:
     save_code(store, project, CodeSpec(name="hello", stack="busybox", command="true"))
     task = queue(store, project, "hello")
@@ -167,7 +173,7 @@ def test_a_container_re_adopted_after_its_runner_died_is_measured(
 
 
 def test_the_reaper_removes_the_accounting_of_a_dead_runners_tasks(
-    store: Store, project: str, engine: Engine, start_runner
+    store: Store, project: str, engine: Engine, start_runner: StartRunner
 ) -> None:
     save_code(store, project, CodeSpec(name="hello", stack="busybox", command="true"))
     ended, active = queue(store, project, "hello"), queue(store, project, "hello")
