@@ -83,17 +83,18 @@ class AccountingParents:
         if not self.owns(cgroup_parent):
             return True
         relative = Path(cgroup_parent.lstrip("/"))
-        removed = True
+        busy: list[str] = []
         for hierarchy in self._layout.hierarchies():
             try:
                 _rmdir(hierarchy / relative)
             except OSError as exc:
-                removed = False
-                log.warning("engine.usage_parent_busy", extra={"cgroup": cgroup_parent, "error": str(exc)})
+                busy.append(f"{hierarchy.name}: {exc.strerror}")
                 continue
             with contextlib.suppress(OSError):  # other tasks of the installation may be there
                 _rmdir(hierarchy / relative.parent)
-        return removed
+        if busy:
+            log.warning("engine.usage_parent_busy", extra={"cgroup": cgroup_parent, "error": "; ".join(busy)})
+        return not busy
 
     def task_ids(self, installation: str) -> set[str]:
         """Tasks of this installation that have a parent cgroup in any hierarchy."""
