@@ -111,6 +111,8 @@ class AccountingParents:
 
     def release(self, installation: str, task_id: str) -> bool:
         """Remove every parent of this task (all its attempts'); False when one is still busy."""
+        if not (_NAME_ONLY.match(installation) and _NAME_ONLY.match(task_id)):
+            return True
         names: set[str] = set()
         for hierarchy in self._layout.hierarchies():
             with contextlib.suppress(OSError):
