@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dockworker.engine import ContainerInfo, ContainerSpec, ExitInfo
+from dockworker.engine import ContainerInfo, ContainerSpec, ExitInfo, ResourceUsage
 from dockworker.errors import ContainerGone, ImageMissing, InfrastructureError
 from dockworker.models import CodeSpec, Task
+from dockworker.names import INSTALLATION_LABEL, TASK_LABEL
 from dockworker.runner.codecache import CodeCache
 from dockworker.runner.execution import RunnerContext, TaskExecution
 from dockworker.settings import Limits, load_settings
@@ -39,7 +40,9 @@ STEPS = (
     "list_labelled",
     "started_at",
     "memory_limit",
+    "usage",
 )
+MEASURED = ResourceUsage(cpu_time_ms=12, peak_memory_bytes=3 * 1024 * 1024)
 
 
 @dataclass(kw_only=True)
@@ -52,6 +55,8 @@ class Script:
     error: str = ""
     # When given, the container keeps running (after its output) until this is set.
     release: threading.Event | None = None
+    # What the engine says the container used.
+    usage: ResourceUsage = MEASURED
 
 
 @dataclass(kw_only=True)
@@ -70,6 +75,9 @@ class FakeEngine:
         self.images = set(images)
         self.containers: dict[str, FakeContainer] = {}
         self.removed: list[str] = []
+        # (installation, task id) of the usage accounting kept apart from containers, as the
+        # Docker engine's parent cgroups: made at create, removed with the container.
+        self.accounting: set[tuple[str, str]] = set()
         self.calls: list[str] = []
         self._failures: dict[str, list[Exception]] = {}
         self._scripts: list[Script] = []
@@ -151,6 +159,7 @@ class FakeEngine:
                 script = self._scripts.pop(0) if self._scripts else self._default
             container_id = f"{next(self._ids):064x}"
             self.containers[container_id] = FakeContainer(id=container_id, spec=spec, script=script)
+            self.accounting.add(_accounting_key(spec))
             self._changed.notify_all()
         return container_id
 
@@ -217,6 +226,20 @@ class FakeEngine:
         self.wait_until(lambda: container.exit is not None or container.started_at is None, timeout)
         return container.exit or ExitInfo(exit_code=0, oom_killed=False)
 
+    def usage(self, container_id: str) -> ResourceUsage:
+        self._step("usage", container_id)
+        container = self.containers[container_id]
+        return container.script.usage if container.started_at is not None else ResourceUsage()
+
+    def accounted_tasks(self, installation_id: str) -> set[str]:
+        with self._changed:
+            return {task for installation, task in self.accounting if installation == installation_id}
+
+    def release_accounting(self, installation_id: str, task_id: str) -> bool:
+        with self._changed:
+            self.accounting.discard((installation_id, task_id))
+        return True
+
     def kill(self, container_id: str) -> None:
         try:
             self._step("kill", container_id)
@@ -235,6 +258,7 @@ class FakeEngine:
             if container.exit is None and container.started_at is not None:
                 container.exit = ExitInfo(exit_code=KILLED_EXIT, oom_killed=False)
             self.removed.append(container_id)
+            self.accounting.discard(_accounting_key(container.spec))
             self._changed.notify_all()
 
     def list_labelled(self, label: str = "dockworker.task") -> list[ContainerInfo]:
@@ -254,6 +278,10 @@ class FakeEngine:
     def memory_limit(self, container_id: str) -> int:
         self._step("memory_limit", container_id)
         return self.containers[container_id].spec.memory_bytes
+
+
+def _accounting_key(spec: ContainerSpec) -> tuple[str, str]:
+    return (spec.labels.get(INSTALLATION_LABEL, ""), spec.labels.get(TASK_LABEL, ""))
 
 
 class Harness:

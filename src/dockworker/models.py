@@ -134,6 +134,8 @@ class Task:
     retries: int | None = None
     retries_delay: int | None = None
     output_bytes: int = 0
+    cpu_time_ms: int | None = None
+    peak_memory_bytes: int | None = None
 
     @property
     def duration_ms(self) -> int | None:
@@ -159,6 +161,10 @@ class TaskOutcome:
     status: TaskStatus
     msg: str
     exit_code: int | None = None
+    # What the container used (engine.ResourceUsage); None when no container ran or the engine
+    # could not say.
+    cpu_time_ms: int | None = None
+    peak_memory_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if not self.status.is_terminal:
@@ -305,6 +311,8 @@ class UsageDay:
     priority: int
     tasks_run: int
     compute_s: float
+    cpu_s: float = 0.0  # the CPU time of the tasks whose usage was recorded
+    peak_memory_bytes: int | None = None  # the largest peak of one task; None: none recorded
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -331,3 +339,4 @@ class TaskFact:
     run_at: float
     start_time: float | None
     end_time: float | None
+    cpu_time_ms: int | None = None

@@ -172,6 +172,8 @@ def test_status(service: Service, hello_task: str) -> None:
     assert fields["code_name"] == "hello"
     assert fields["status"] == "complete"
     assert fields["exit_code"] == "0"
+    # what the task used, as the runner measured it: integers off a terminal
+    assert fields["cpu_time_ms"].isdigit() and int(fields["peak_memory_bytes"]) > 0
 
     as_json = run_cli(service, "status", hello_task, "--json")
     assert as_json.returncode == 0, as_json.stderr
@@ -179,6 +181,8 @@ def test_status(service: Service, hello_task: str) -> None:
     assert task["id"] == hello_task
     assert task["status"] == "complete"
     assert task["payload"] == '{"a":1}'
+    assert task["cpu_time_ms"] == int(fields["cpu_time_ms"])
+    assert task["peak_memory_bytes"] == int(fields["peak_memory_bytes"])
 
 
 def test_log(service: Service, hello_task: str) -> None:

@@ -52,6 +52,18 @@ def _release(data_dir: Path) -> None:
             (code_dir / "release").touch()
 
 
+def _accounting_cgroups(task_id: str) -> list[str]:
+    """The Docker adapter's parent cgroups of this task, in any hierarchy."""
+    from dockworker.engine.cgroupfs import CgroupLayout
+    from dockworker.engine.docker_accounting import ROOT_DIR
+
+    return [
+        str(path)
+        for hierarchy in CgroupLayout.detect().hierarchies()
+        for path in hierarchy.glob(f"{ROOT_DIR}/*/{task_id}.*")
+    ]
+
+
 def _wait_exited(engine: object, container_id: str) -> None:
     from dockworker.engine import DockerEngine
 
@@ -169,6 +181,7 @@ def test_restart_after_a_crash_readopts_the_running_container(
 
         svc.kill()  # no chance to clean up: the container and the lease are left behind
         assert task_containers(task_id) == first_container
+        assert _accounting_cgroups(task_id) != []  # and its accounting cgroup
         assert _load(data, task_id)[0].status.value == "running"
 
         svc.start()
@@ -181,6 +194,9 @@ def test_restart_after_a_crash_readopts_the_running_container(
         done = api.wait_status(task_id, {"complete", "error", "cancelled", "timeout"}, timeout=30)
         assert done["status"] == "complete", done["msg"]
         assert task_containers(task_id) == [], "the container outlived its task"
+        # what it used is measured across the crash, and its accounting cgroup is gone with it
+        assert done["cpu_time_ms"] is not None and done["peak_memory_bytes"] is not None
+        assert _accounting_cgroups(task_id) == []
         log = api.request("GET", f"/tasks/{task_id}/log")[1].decode()
         assert log == UNTIL_LOG, "the log must be whole, each line once"
         events = [e["kind"] for e in api.get(f"/tasks/{task_id}/events")["events"]]
@@ -209,9 +225,12 @@ def test_a_container_that_ended_while_its_runner_was_down_is_still_reported(
         done = svc.api().wait_status(task_id, {"complete", "error", "cancelled", "timeout"}, timeout=30)
         assert done["status"] == "complete", done["msg"]
         assert done["exit_code"] == 0
+        # it ended unwatched: its parent cgroup kept the figures until the restarted runner read them
+        assert done["cpu_time_ms"] is not None and done["peak_memory_bytes"] is not None
         log = svc.api().request("GET", f"/tasks/{task_id}/log")[1].decode()
         assert log == UNTIL_LOG
         assert task_containers(task_id) == []
+        assert _accounting_cgroups(task_id) == []
 
 
 @pytest.mark.timeout(60)

@@ -99,6 +99,9 @@ def test_queue_from_the_form_then_the_live_log_and_cancel(
     page.wait_for_selector("#live-state:has-text('the task ended: cancelled')")
     page.wait_for_selector("button:has-text('Retry task')", state="visible")
     assert page.is_hidden("button:has-text('Cancel task')")
+    # what the killed container used, measured by the runner, shows up with the end
+    assert re.fullmatch(r"\d+ ms|[\d.]+ s", page.inner_text("[data-field=cpu_time]"))
+    assert re.fullmatch(r"[\d.]+ [KM]iB", page.inner_text("[data-field=peak_memory]"))
     assert page.evaluate("window.notReloaded") is True
 
 

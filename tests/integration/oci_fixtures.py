@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from dockworker.engine import DockerEngine
+from dockworker.engine.cgroupfs import CgroupLayout
 from dockworker.engine.oci import OciEngine
-from dockworker.engine.oci.cgroups import SCOPE_DIR, CgroupLayout
+from dockworker.engine.oci.cgroups import SCOPE_DIR
 from dockworker.runner import Runner
 from dockworker.settings import Settings
 from tests.conftest import require

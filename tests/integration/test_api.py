@@ -331,3 +331,36 @@ def test_values_a_container_cannot_take_are_refused_at_upload(
     assert response.status_code == 400, response.text
     assert message in response.json()["msg"]
     assert api.call("GET", "/codes").json() == {"codes": []}
+
+
+def test_a_task_says_what_it_used_and_the_openapi_document_says_so(api: Api, store: Store) -> None:
+    _hello(api)
+    measured, unknown = (
+        t["id"] for t in api.queue({"code_name": "hello"}, {"code_name": "hello"}).json()["tasks"]
+    )
+    queued = api.call("GET", f"/tasks/{measured}").json()
+    assert queued["cpu_time_ms"] is None and queued["peak_memory_bytes"] is None
+    for task_id, outcome in (
+        (
+            measured,
+            TaskOutcome(status=TaskStatus.COMPLETE, msg="", cpu_time_ms=1234, peak_memory_bytes=157286400),
+        ),
+        (unknown, TaskOutcome(status=TaskStatus.COMPLETE, msg="")),
+    ):
+        store.claim("r", ["default"], 30)
+        store.mark_running(task_id, "r", 1.0)
+        store.finish(task_id, "r", outcome)
+    task = api.call("GET", f"/tasks/{measured}").json()
+    assert (task["cpu_time_ms"], task["peak_memory_bytes"]) == (1234, 157286400)
+    listed = {t["id"]: t for t in api.call("GET", "/tasks").json()["tasks"]}
+    assert (listed[measured]["cpu_time_ms"], listed[unknown]["cpu_time_ms"]) == (1234, None)
+    assert listed[unknown]["peak_memory_bytes"] is None
+    schemas = api.client.get("/openapi.json").json()["components"]["schemas"]
+    documented = schemas["TaskBody"]["properties"]
+    assert set(documented) == set(task), "the documented task and the answered one differ"
+    for field in ("cpu_time_ms", "peak_memory_bytes"):
+        assert documented[field]["anyOf"] == [{"type": "integer"}, {"type": "null"}]
+        assert "cgroup accounting" in documented[field]["description"]
+    paths = api.client.get("/openapi.json").json()["paths"]
+    answer = paths["/2/projects/{project_id}/tasks/{task_id}"]["get"]["responses"]["200"]
+    assert answer["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/TaskBody"}

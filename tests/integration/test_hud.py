@@ -311,6 +311,29 @@ def test_task_page_shows_fields_masked_payload_events_chain_and_log(hud: Setup) 
     assert raw.text == "line one\nünïcode\n"
 
 
+def test_the_task_page_shows_what_the_task_used(hud: Setup) -> None:
+    measured, running, never_ran = (queue(hud.store, hud.project_id, "hello") for _ in range(3))
+    for task in (measured, running):
+        assert hud.store.claim("r", ["default"], 30) is not None
+        hud.store.mark_running(task.id, "r", time.time())
+    used = TaskOutcome(status=TaskStatus.COMPLETE, msg="", cpu_time_ms=1234, peak_memory_bytes=157 * 2**20)
+    hud.store.finish(measured.id, "r", used)
+    hud.store.request_cancel(hud.project_id, never_ran.id)
+    login(hud.client, hud.token)
+
+    def card(task_id: str) -> dict[str, str]:
+        html = hud.client.get(f"{hud.base}/tasks/{task_id}").text
+        found = re.findall(r'<dt>([^<]+)</dt><dd data-field="(cpu_time|peak_memory)">([^<]*)</dd>', html)
+        return {label: text for label, _, text in found}
+
+    assert card(measured.id) == {"CPU time": "1.2 s", "Peak memory": "157.0 MiB"}
+    html = hud.client.get(f"{hud.base}/tasks/{measured.id}").text
+    assert '<th>cpu_time_ms</th><td data-field="cpu_time_ms">1234</td>' in html
+    assert f'<th>peak_memory_bytes</th><td data-field="peak_memory_bytes">{157 * 2**20}</td>' in html
+    assert set(card(running.id).values()) == {"measured when the task ends"}
+    assert set(card(never_ran.id).values()) == {"no container ran"}
+
+
 def test_cancel_and_retry_from_the_task_page(hud: Setup) -> None:
     task = queue(hud.store, hud.project_id, "hello")
     login(hud.client, hud.token)
@@ -349,7 +372,10 @@ def test_the_stream_sends_the_log_and_status_as_they_change_and_ends_with_the_ta
         # Waits for the stream to have sent the first line: the rest happens while it is open.
         assert any_event.wait(30)
         hud.store.append_log(task.id, "second é\n".encode())
-        hud.store.finish(task.id, "r", TaskOutcome(status=TaskStatus.COMPLETE, msg="", exit_code=0))
+        ended = TaskOutcome(
+            status=TaskStatus.COMPLETE, msg="", exit_code=0, cpu_time_ms=40, peak_memory_bytes=4 * 2**20
+        )
+        hud.store.finish(task.id, "r", ended)
         finished.set()
 
     any_event = threading.Event()
@@ -367,8 +393,12 @@ def test_the_stream_sends_the_log_and_status_as_they_change_and_ends_with_the_ta
     assert kinds[-1] == "end" and '"complete"' in seen[-1][1]
     logs = "".join(json.loads(data) for kind, data in seen if kind == "log")
     assert logs == "first\nsecond é\n"
-    statuses = [json.loads(data)["status"] for kind, data in seen if kind == "task"]
-    assert statuses[0] == "running" and statuses[-1] == "complete"
+    states = [json.loads(data) for kind, data in seen if kind == "task"]
+    assert states[0]["status"] == "running" and states[-1]["status"] == "complete"
+    # what the task used arrives with its end, raw for the fields table and as the card shows it
+    assert (states[0]["cpu_time_ms"], states[0]["cpu_time"]) == (None, "measured when the task ends")
+    assert (states[-1]["cpu_time_ms"], states[-1]["peak_memory_bytes"]) == (40, 4 * 2**20)
+    assert (states[-1]["cpu_time"], states[-1]["peak_memory"]) == ("40 ms", "4.0 MiB")
 
 
 def test_a_reconnecting_stream_resumes_after_the_last_event(hud: Setup) -> None:
@@ -462,7 +492,10 @@ def test_analytics_and_usage_pages(hud: Setup) -> None:
     claimed = hud.store.claim("r", ["default"], 30)
     assert claimed is not None
     hud.store.mark_running(task.id, "r", time.time() - 90)
-    hud.store.finish(task.id, "r", TaskOutcome(status=TaskStatus.TIMEOUT, msg="timeout"))
+    ended = TaskOutcome(
+        status=TaskStatus.TIMEOUT, msg="timeout", cpu_time_ms=45_200, peak_memory_bytes=300 * 2**20
+    )
+    hud.store.finish(task.id, "r", ended)
     login(hud.client, hud.token)
     analytics = hud.client.get(f"{hud.base}/analytics").text
     assert analytics.count("<svg") == 4 and 'class="bar-failed"' in analytics and "100.0 %" in analytics
@@ -476,3 +509,7 @@ def test_analytics_and_usage_pages(hud: Setup) -> None:
         f"<td>{month}</td>" in usage
         and '<td class="num">0</td><td class="num">90</td><td class="num">0</td>' in usage
     )
+    # CPU seconds and the largest peak, on the month's total and on its cluster's row
+    assert usage.count('<td class="num">45.2</td><td class="num">300.0 MiB</td></tr>') == 2
+    assert "<title>Usage · dockworker HUD</title>" in usage
+    assert "<title>Analytics · dockworker HUD</title>" in analytics

@@ -29,13 +29,23 @@ def _code(store: Store, project_id: str, name: str = "hello", **spec: object) ->
     return code.id
 
 
-def _run(store: Store, task_id: str, status: TaskStatus, seconds: float = 2.0) -> None:
+def _run(
+    store: Store,
+    task_id: str,
+    status: TaskStatus,
+    seconds: float = 2.0,
+    cpu_time_ms: int | None = None,
+    peak_memory_bytes: int | None = None,
+) -> None:
     """Claim, start and end the task as a runner would, then set its start ``seconds`` before
     its end (the store writes times with the clock; the test fixes them)."""
     claimed = store.claim("runner-1", ["default", "gpu"], 30)
     assert claimed is not None and claimed.id == task_id
     assert store.mark_running(task_id, "runner-1", time.time())
-    assert store.finish(task_id, "runner-1", TaskOutcome(status=status, msg=str(status)))
+    outcome = TaskOutcome(
+        status=status, msg=str(status), cpu_time_ms=cpu_time_ms, peak_memory_bytes=peak_memory_bytes
+    )
+    assert store.finish(task_id, "runner-1", outcome)
     with store.engine.begin() as conn:  # type: ignore[attr-defined]
         conn.execute(
             tasks.update().where(tasks.c.id == task_id).values(start_time=tasks.c.end_time - seconds)
@@ -147,6 +157,26 @@ def test_usage_days_count_tasks_that_ran_by_priority(store: Store) -> None:
     assert sorted((d.priority, d.tasks_run, round(d.compute_s)) for d in days) == [(0, 1, 4), (2, 1, 6)]
 
 
+def test_usage_days_sum_cpu_time_and_keep_the_largest_peak(store: Store) -> None:
+    project = store.create_project("p")
+    _code(store, project.id)
+    for cpu_ms, peak in ((1500, 100 * 2**20), (2500, 300 * 2**20), (None, None)):
+        _run(
+            store,
+            queue(store, project.id, "hello").id,
+            TaskStatus.COMPLETE,
+            cpu_time_ms=cpu_ms,
+            peak_memory_bytes=peak,
+        )
+    (day,) = store.usage_days(project.id, time.time() - DAY)
+    assert (day.tasks_run, day.cpu_s, day.peak_memory_bytes) == (3, 4.0, 300 * 2**20)
+    other = store.create_project("q")
+    _code(store, other.id)
+    _run(store, queue(store, other.id, "hello").id, TaskStatus.COMPLETE)
+    (unmeasured,) = store.usage_days(other.id, time.time() - DAY)
+    assert (unmeasured.cpu_s, unmeasured.peak_memory_bytes) == (0.0, None)
+
+
 def test_outcome_and_active_counts(store: Store) -> None:
     project = store.create_project("p")
     code_id = _code(store, project.id)
@@ -170,8 +200,9 @@ def test_task_facts_are_events_after_an_id_with_their_tasks(store: Store) -> Non
     _code(store, project.id)
     before = store.last_event_id()
     task = queue(store, project.id, "hello", priority=2)
-    _run(store, task.id, TaskStatus.COMPLETE, seconds=7)
+    _run(store, task.id, TaskStatus.COMPLETE, seconds=7, cpu_time_ms=1234)
     facts = store.task_facts_since(before, ["started", "complete"])
+    assert facts[-1].cpu_time_ms == 1234
     assert [f.kind for f in facts] == ["started", "complete"]
     assert all((f.project_id, f.code_name, f.priority) == (project.id, "hello", 2) for f in facts)
     end = facts[-1]

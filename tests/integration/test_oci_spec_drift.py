@@ -14,8 +14,9 @@ from typing import Any
 import pytest
 
 from dockworker.engine import Bind, ContainerSpec, DockerEngine
+from dockworker.engine.cgroupfs import CgroupLayout
 from dockworker.engine.oci import OciEngine
-from dockworker.engine.oci.cgroups import MEMORY_MARGIN, SCOPE_DIR, CgroupLayout
+from dockworker.engine.oci.cgroups import MEMORY_MARGIN, SCOPE_DIR
 from dockworker.engine.oci.policy import DOCKER_BUNDLES
 from dockworker.models import CodeSpec
 from dockworker.runner.contract import TaskFiles, container_spec, ensure_hosts_file, write_task_files

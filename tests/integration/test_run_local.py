@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dockworker.engine import DockerEngine
+from dockworker.engine.cgroupfs import CgroupLayout
 from dockworker.models import CodeSpec
 from dockworker.states import TaskStatus
 from dockworker.store import Store
@@ -217,6 +218,13 @@ def test_run_local_times_out_and_leaves_no_container(tmp_path: Path, engine: Doc
     assert done.stderr.strip().endswith("timeout: timed out after 1 s")
     leftovers = [c for c in engine.list_labelled("dockworker.installation=run-local")]
     assert leftovers == []
+    # what the container used, before the status line; its accounting cgroup is gone
+    *_, used, status = done.stderr.strip().splitlines()
+    assert re.fullmatch(r"Used \d+ ms of CPU and [\d.]+ [KM]iB of memory at its peak", used), used
+    found = TASK_ID.search(status)
+    assert found is not None
+    parents = [h / "dockworker" / "run-local" for h in CgroupLayout.detect().hierarchies()]
+    assert [p for parent in parents for p in parent.glob(f"{found[0]}.*")] == []
 
 
 def test_run_local_refuses_what_an_upload_would_refuse(tmp_path: Path) -> None:

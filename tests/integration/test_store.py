@@ -127,6 +127,38 @@ def test_infra_backoff_delays_the_retry(store: Store, project: str) -> None:
     assert store.load_task(task.id).run_at > time.time() + 20
 
 
+def test_finish_records_what_the_task_used(store: Store, project: str) -> None:
+    measured, unknown = queue(store, project, "c"), queue(store, project, "c")
+    for task, outcome in (
+        # above 2**31: the columns hold any figure a long task can reach
+        (
+            measured,
+            TaskOutcome(
+                status=TaskStatus.COMPLETE, msg="", cpu_time_ms=3_000_000_000, peak_memory_bytes=5 * 2**30
+            ),
+        ),
+        (unknown, TaskOutcome(status=TaskStatus.ERROR, msg="exit code 1", exit_code=1)),
+    ):
+        assert store.claim("r1", ["default"], 30) is not None
+        assert store.mark_running(task.id, "r1", time.time())
+        assert store.finish(task.id, "r1", outcome)
+    done = store.load_task(measured.id)
+    assert (done.cpu_time_ms, done.peak_memory_bytes) == (3_000_000_000, 5 * 2**30)
+    failed = store.load_task(unknown.id)
+    assert (failed.cpu_time_ms, failed.peak_memory_bytes) == (None, None)
+    assert queue(store, project, "c").cpu_time_ms is None  # a new task has used nothing yet
+
+
+def test_a_late_report_does_not_overwrite_what_the_task_used(store: Store, project: str) -> None:
+    task = queue(store, project, "c")
+    store.claim("r1", ["default"], 30)
+    assert store.mark_running(task.id, "r1", time.time())
+    assert store.finish(task.id, "r1", TaskOutcome(status=TaskStatus.COMPLETE, msg="", cpu_time_ms=5))
+    late = TaskOutcome(status=TaskStatus.ERROR, msg="late", cpu_time_ms=999, peak_memory_bytes=1)
+    assert not store.finish(task.id, "r1", late)
+    assert (store.load_task(task.id).cpu_time_ms, store.load_task(task.id).peak_memory_bytes) == (5, None)
+
+
 def test_automatic_user_retries_make_a_chain(store: Store, project: str) -> None:
     save_code(store, project, CodeSpec(name="flaky", stack="busybox", command="false", retries=2))
     first = queue(store, project, "flaky")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dockworker.cli import output
-from dockworker.cli.output import Col, cut, fit_columns, flat, width_of
+from dockworker.cli.output import Col, cut, fit_columns, flat, show_bytes, show_milliseconds, width_of
+from dockworker.cli.task_commands import HUMAN_UNITS, STATUS_KEYS
 
 IDS = ["6b0f757508819e1a276fff31", "6b0f757408819cdcfa5352d3"]
 TASKS = [
@@ -80,3 +81,67 @@ def test_cut_and_flat() -> None:
     assert cut("日本語テキスト", 5) == "日本…"
     assert width_of("日本") == 4
     assert flat(None) == "" and flat(True) == "yes" and flat(["a", "b"]) == "a, b"
+
+
+USED = {"id": IDS[0], "duration": 2500, "cpu_time_ms": 1234, "peak_memory_bytes": 161390592, "msg": None}
+
+
+def test_status_shows_usage_in_human_units_at_a_terminal(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    at_terminal(monkeypatch, 100)
+    output.fields(USED, STATUS_KEYS, human=HUMAN_UNITS)
+    assert capsys.readouterr().out.splitlines() == [
+        f"               id: {IDS[0]}",
+        "         duration: 2.50 s",
+        "      cpu_time_ms: 1.23 s",
+        "peak_memory_bytes: 153.9 MiB",
+    ]
+
+
+def test_status_keeps_the_integers_off_a_terminal_and_in_json(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(output, "stdout_is_terminal", lambda: False)
+    output.fields(USED, STATUS_KEYS, human=HUMAN_UNITS)
+    assert capsys.readouterr().out.splitlines() == [
+        f"id: {IDS[0]}",
+        "duration: 2500",
+        "cpu_time_ms: 1234",
+        "peak_memory_bytes: 161390592",
+    ]
+    at_terminal(monkeypatch, 100)
+    output.fields(USED, STATUS_KEYS, as_json=True, human=HUMAN_UNITS)
+    assert '"cpu_time_ms": 1234' in capsys.readouterr().out
+
+
+def test_status_leaves_out_usage_not_recorded(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    at_terminal(monkeypatch, 100)
+    output.fields(
+        {"id": IDS[0], "cpu_time_ms": None, "peak_memory_bytes": None}, STATUS_KEYS, human=HUMAN_UNITS
+    )
+    assert capsys.readouterr().out.splitlines() == [f"id: {IDS[0]}"]
+
+
+@pytest.mark.parametrize(
+    ("ms", "text"),
+    [(0, "0 ms"), (850, "850 ms"), (1250, "1.25 s"), (125_000, "2 min 5 s"), (3_720_000, "1 h 2 min")],
+)
+def test_milliseconds_for_a_person(ms: int, text: str) -> None:
+    assert show_milliseconds(ms) == text
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [
+        (512, "512 B"),
+        (4096, "4.0 KiB"),
+        (150 * 2**20, "150.0 MiB"),
+        (5 * 2**30, "5.0 GiB"),
+        (3 * 2**40, "3.0 TiB"),
+    ],
+)
+def test_bytes_for_a_person(count: int, text: str) -> None:
+    assert show_bytes(count) == text

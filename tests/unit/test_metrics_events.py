@@ -13,7 +13,7 @@ from dockworker.store import Store
 from dockworker.store.analytics_sql import TaskFact
 
 
-def _fact(event_id: int, kind: str = "infra_retry") -> TaskFact:
+def _fact(event_id: int, kind: str = "infra_retry", cpu_time_ms: int | None = None) -> TaskFact:
     return TaskFact(
         event_id=event_id,
         kind=kind,
@@ -23,6 +23,7 @@ def _fact(event_id: int, kind: str = "infra_retry") -> TaskFact:
         run_at=100.0,
         start_time=101.5,
         end_time=104.0,
+        cpu_time_ms=cpu_time_ms,
     )
 
 
@@ -73,3 +74,21 @@ def test_starts_and_ends_feed_the_histograms() -> None:
     assert _value(registry, "dockworker_task_duration_seconds_count", project="p", code="c") == 2
     assert _value(registry, "dockworker_task_duration_seconds_bucket", project="p", code="c", le="2.5") == 2
     assert _value(registry, "dockworker_task_duration_seconds_bucket", project="p", code="c", le="1.0") == 0
+
+
+def test_the_cpu_time_of_measured_tasks_is_observed_as_they_end() -> None:
+    events = VisibleEvents()
+    registry = CollectorRegistry()
+    observer = EventObserver(cast(Store, events), registry)
+    observer.start()
+    events.visible = [
+        _fact(6, "started", cpu_time_ms=999),  # a start says nothing of what the task used
+        _fact(7, "complete", cpu_time_ms=1500),
+        _fact(8, "error", cpu_time_ms=30),
+        _fact(9, "cancelled"),  # not measured: left out
+    ]
+    observer.catch_up()
+    assert _value(registry, "dockworker_task_cpu_seconds_count", project="p", code="c") == 2
+    assert _value(registry, "dockworker_task_cpu_seconds_sum", project="p", code="c") == 1.53
+    assert _value(registry, "dockworker_task_cpu_seconds_bucket", project="p", code="c", le="0.05") == 1
+    assert _value(registry, "dockworker_task_cpu_seconds_bucket", project="p", code="c", le="2.5") == 2

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dockworker.engine.oci.cgroups import CgroupLayout, TaskCgroups, scope_container_ids
+from dockworker.engine.cgroupfs import CgroupLayout
+from dockworker.engine.oci.cgroups import TaskCgroups, scope_container_ids
 from dockworker.engine.oci.seccomp import SeccompUnavailable, compile_profile
 from dockworker.errors import InfrastructureError
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dockworker.cli.run_local import check_spec, describe
+from dockworker.cli.run_local import check_spec, describe, describe_usage
 from dockworker.errors import ClientError
 from dockworker.models import CodeSpec, TaskOutcome
 from dockworker.runner.contract import with_build_hint
@@ -70,3 +70,11 @@ def test_a_missing_stack_image_names_the_build_command() -> None:
         "run 'dockworker stacks build r')"
     )
     assert with_build_hint(CodeSpec(name="w", image="my/image:1"), message) == message
+
+
+def test_the_usage_line_says_what_the_engine_measured() -> None:
+    measured = TaskOutcome(status=TaskStatus.COMPLETE, msg="", cpu_time_ms=1234, peak_memory_bytes=161390592)
+    assert describe_usage(measured) == "Used 1.23 s of CPU and 153.9 MiB of memory at its peak"
+    cpu_only = TaskOutcome(status=TaskStatus.COMPLETE, msg="", cpu_time_ms=40)
+    assert describe_usage(cpu_only) == "Used 40 ms of CPU"
+    assert describe_usage(TaskOutcome(status=TaskStatus.ERROR, msg="image not found")) == ""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dockworker.engine import ContainerSpec
+from dockworker.engine import ContainerSpec, ResourceUsage
 from dockworker.errors import EngineUnavailable, TaskSetupError
 from dockworker.runner.execution import TaskExecution
 from dockworker.states import TaskStatus
@@ -334,3 +334,54 @@ def test_a_readopted_container_is_followed_from_where_the_store_stopped(h: Harne
     assert h.store.read_log(task.id) == b"one\ntwo\n"
     assert "readopted" in h.kinds(task.id)
     assert h.engine.containers == {}
+
+
+# --- what the task used -------------------------------------------------------------------------
+
+
+def test_what_the_container_used_is_reported_with_its_outcome(h: Harness) -> None:
+    h.engine.program(Script(usage=ResourceUsage(cpu_time_ms=1500, peak_memory_bytes=150 * 1024 * 1024)))
+    task = h.claimed()
+    h.execute(task)
+    done = h.store.load_task(task.id)
+    assert done.status is TaskStatus.COMPLETE
+    assert (done.cpu_time_ms, done.peak_memory_bytes) == (1500, 150 * 1024 * 1024)
+    # read once the container ended, before it was removed
+    assert h.engine.calls.index("wait") < h.engine.calls.index("usage") < h.engine.calls.index("remove")
+
+
+def test_a_container_killed_at_its_deadline_is_measured_after_the_kill(h: Harness) -> None:
+    h.engine.program(Script(release=threading.Event(), usage=ResourceUsage(cpu_time_ms=7)))
+    task = h.claimed(timeout=1)
+    h.execute(task)
+    done = h.store.load_task(task.id)
+    assert done.status is TaskStatus.TIMEOUT and done.cpu_time_ms == 7 and done.peak_memory_bytes is None
+    assert h.engine.calls.index("kill") < h.engine.calls.index("usage") < h.engine.calls.index("remove")
+
+
+def test_usage_the_engine_cannot_read_is_null_and_the_outcome_stands(
+    h: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    h.engine.fail("usage")
+    task = h.claimed()
+    with caplog.at_level(logging.WARNING):
+        h.execute(task)
+    done = h.store.load_task(task.id)
+    assert done.status is TaskStatus.COMPLETE and done.infra_attempts == 0
+    assert done.cpu_time_ms is None and done.peak_memory_bytes is None
+    (record,) = [r for r in caplog.records if r.getMessage() == "container.usage_unknown"]
+    assert record.__dict__["task_id"] == task.id and "injected" in record.__dict__["error"]
+    assert h.engine.containers == {}
+
+
+def test_a_readopted_container_is_measured(h: Harness) -> None:
+    task = h.claimed()
+    assert h.store.mark_running(task.id, h.context.runner_id, 1.0, "c")
+    h.engine.images.add("x")
+    container = h.engine.adopt_running(
+        ContainerSpec(image="x", command=[], labels={"dockworker.task": task.id}),
+        Script(usage=ResourceUsage(cpu_time_ms=42, peak_memory_bytes=4096)),
+    )
+    h.execute(h.store.load_task(task.id), adopt=container)
+    done = h.store.load_task(task.id)
+    assert (done.status, done.cpu_time_ms, done.peak_memory_bytes) == (TaskStatus.COMPLETE, 42, 4096)

@@ -306,3 +306,17 @@ def test_a_container_left_while_the_engine_was_away_is_removed_before_the_next_c
     after = calls[last_ping:]
     assert after.index("remove") < after.index("create"), calls  # reaped, then claimed again
     assert h.engine.containers == {}
+
+
+def test_the_reaper_removes_accounting_left_for_tasks_no_longer_active(
+    h: Harness, start: Callable[..., Started]
+) -> None:
+    active = queue(h.store, h.project, "hello")
+    assert h.store.claim("another-runner", ["default"], 300) is not None  # active, not this runner's
+    installation = h.context.installation_id
+    # left by a runner killed between making a task's accounting and removing it
+    h.engine.accounting |= {(installation, "0" * 24), (installation, active.id), ("another", "1" * 24)}
+    started = start()
+    h.engine.wait_until(lambda: (installation, "0" * 24) not in h.engine.accounting)
+    started.runner.reap_orphans()
+    assert h.engine.accounting == {(installation, active.id), ("another", "1" * 24)}

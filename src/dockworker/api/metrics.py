@@ -9,9 +9,10 @@ without double counting, drift, or a scrape that grows with the task history:
   answers the same figures, and they survive restarts.
 * **Observations of task events** (``EventObserver``): each scrape reads the task events
   recorded since the previous one (a range of ``task_events``' primary key) and observes them
-  into this process's histograms and counters: run durations, queue waits, container starts,
-  infrastructure retries. Like any Prometheus counter they start at zero when the process
-  starts; every API server sees every event, so scrape one (or use ``max`` over them).
+  into this process's histograms and counters: run durations, the CPU time tasks used, queue
+  waits, container starts, infrastructure retries. Like any Prometheus counter they start at
+  zero when the process starts; every API server sees every event, so scrape one (or use
+  ``max`` over them).
 * **What only the engine's process sees** (``RunnerMetrics``): the engine's create+start time
   and its errors, recorded by a runner in the same process (see docs/hud.md).
 
@@ -47,6 +48,7 @@ from .runners import alive_horizon
 router = APIRouter(tags=["metrics"])
 
 DURATION_BOUNDS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+CPU_BOUNDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
 WAIT_BOUNDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 CONTAINER_START_BOUNDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 PRIORITIES = (0, 1, 2)
@@ -88,6 +90,14 @@ class EventObserver:
             "How long the containers of tasks that ended ran (observed as they end)",
             ["project", "code"],
             buckets=DURATION_BOUNDS,
+            registry=registry,
+        )
+        self.cpu = Histogram(
+            "dockworker_task_cpu_seconds",
+            "CPU time the containers of tasks that ended used, as runners measured it (observed as they "
+            "end; tasks not measured are left out)",
+            ["project", "code"],
+            buckets=CPU_BOUNDS,
             registry=registry,
         )
         self.waits = Histogram(
@@ -145,10 +155,13 @@ class EventObserver:
                 self.waits.labels(fact.project_id, fact.code_name, str(fact.priority)).observe(
                     max(0.0, fact.start_time - fact.run_at)
                 )
-        elif fact.start_time is not None and fact.end_time is not None:
-            self.durations.labels(fact.project_id, fact.code_name).observe(
-                max(0.0, fact.end_time - fact.start_time)
-            )
+        else:
+            if fact.start_time is not None and fact.end_time is not None:
+                self.durations.labels(fact.project_id, fact.code_name).observe(
+                    max(0.0, fact.end_time - fact.start_time)
+                )
+            if fact.cpu_time_ms is not None:
+                self.cpu.labels(fact.project_id, fact.code_name).observe(fact.cpu_time_ms / 1000)
 
 
 class StoreCollector(Collector):

@@ -144,10 +144,57 @@ def task_json(task: Task, with_payload: bool = False) -> dict[str, Any]:
         "schedule_id": task.schedule_id,
         "log_size": task.log_size,
         "run_times": 1,
+        "cpu_time_ms": task.cpu_time_ms,
+        "peak_memory_bytes": task.peak_memory_bytes,
     }
     if with_payload:
         data["payload"] = task.payload
     return data
+
+
+class TaskBody(BaseModel):
+    """A task as the API answers it (``task_json``); documents the answer, does not build it."""
+
+    id: str
+    project_id: str
+    code_id: str
+    code_history_id: str = Field(description="the code package revision the task runs")
+    code_name: str
+    code_rev: int
+    status: str = Field(description="queued, preparing, running, complete, error, cancelled, killed, timeout")
+    msg: str | None
+    priority: int
+    timeout: int = Field(description="seconds, counted from the container's start")
+    delay: int
+    label: str | None
+    cluster: str
+    created_at: str
+    updated_at: str
+    start_time: str | None
+    end_time: str | None
+    duration: int | None = Field(description="milliseconds the container ran")
+    percent: int | None
+    exit_code: int | None
+    retry_count: int
+    original_task_id: str | None
+    retry_task_id: str | None
+    schedule_id: str | None
+    log_size: int
+    run_times: int
+    cpu_time_ms: int | None = Field(
+        description="CPU time the task's container used (all its processes), from the engine's cgroup "
+        "accounting once it ended; null until then, or when the engine could not say"
+    )
+    peak_memory_bytes: int | None = Field(
+        description="the container's highest memory use (page cache and its tmpfs files included), "
+        "from the engine's cgroup accounting; null until it ended, or when the engine could not say"
+    )
+    payload: str | None = Field(default=None, description="only in the answer for one task")
+
+
+class TaskListBody(BaseModel):
+    tasks: list[TaskBody]
+    next_cursor: str | None = Field(default=None, description="present when there may be a next page")
 
 
 def _revision_fields(revision: CodeRevision) -> dict[str, Any]:

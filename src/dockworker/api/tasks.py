@@ -18,7 +18,7 @@ from ..states import TaskStatus
 from .deps import PagingDep, ProjectDep, Services, ServicesDep
 from .runners import alive_horizon
 from .schedules import MAX_EPOCH_S
-from .schemas import ProgressIn, RetryIn, TasksIn, task_json
+from .schemas import ProgressIn, RetryIn, TaskBody, TaskListBody, TasksIn, task_json
 
 router = APIRouter(tags=["tasks"])
 
@@ -79,7 +79,11 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value.lower() in ("1", "true", "yes")
 
 
-@router.get("/2/projects/{project_id}/tasks")
+@router.get(
+    "/2/projects/{project_id}/tasks",
+    response_model=None,
+    responses={200: {"model": TaskListBody, "description": "A page of tasks"}},
+)
 def list_tasks(
     request: Request,
     svc: ServicesDep,
@@ -141,7 +145,11 @@ def list_tasks(
     return answer
 
 
-@router.get("/2/projects/{project_id}/tasks/{task_id}")
+@router.get(
+    "/2/projects/{project_id}/tasks/{task_id}",
+    response_model=None,
+    responses={200: {"model": TaskBody, "description": "The task, with its payload"}},
+)
 def get_task(svc: ServicesDep, project_id: ProjectDep, task_id: str) -> dict[str, Any]:
     task = task_json(svc.store.get_task(project_id, task_id), with_payload=True)
     if task["status"] == "queued" and not task["msg"]:

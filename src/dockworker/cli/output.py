@@ -16,12 +16,13 @@ import os
 import shutil
 import sys
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, TextIO
 
 GAP = "  "
 ELLIPSIS = "…"
+BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
 
 class ReaderGone(Exception):
@@ -276,16 +277,49 @@ def _pad(text: str, width: int, right: bool) -> str:
     return space + text if right else text + space
 
 
-def fields(record: dict[str, Any], keys: Sequence[str], *, as_json: bool = False) -> None:
+def fields(
+    record: dict[str, Any],
+    keys: Sequence[str],
+    *,
+    as_json: bool = False,
+    human: Mapping[str, Callable[[Any], str]] | None = None,
+) -> None:
     """A record as JSON (``--json``), or as ``key: value`` lines (keys aligned at a terminal),
-    skipping empty values."""
+    skipping empty values. At a terminal the values of ``human``'s keys are shown through its
+    functions (e.g. milliseconds as seconds); elsewhere every value is shown as it is."""
     if as_json:
         print_json(record)
         return
     present = [key for key in keys if record.get(key) not in (None, "")]
-    align = max((len(key) for key in present), default=0) if stdout_is_terminal() else 0
+    terminal = stdout_is_terminal()
+    shown = human if terminal and human else {}
+    align = max((len(key) for key in present), default=0) if terminal else 0
     for key in present:
-        line(f"{key:>{align}}: {flat(record[key])}")
+        value = shown[key](record[key]) if key in shown else flat(record[key])
+        line(f"{key:>{align}}: {value}")
+
+
+def show_milliseconds(value: Any) -> str:
+    """A count of milliseconds for a person: ``850 ms``, ``1.25 s``, ``2 min 5 s``, ``1 h 2 min``."""
+    ms = int(value)
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.2f} s"
+    minutes, seconds = divmod(round(ms / 1000), 60)
+    if minutes < 60:
+        return f"{minutes} min {seconds} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def show_bytes(value: Any) -> str:
+    """A count of bytes for a person, in binary units: ``512 B``, ``153.8 MiB``."""
+    count, index = float(value), 0
+    while count >= 1024 and index < len(BYTE_UNITS) - 1:
+        count /= 1024
+        index += 1
+    return f"{count:.0f} B" if index == 0 else f"{count:.1f} {BYTE_UNITS[index]}"
 
 
 class RichOut:

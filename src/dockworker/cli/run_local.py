@@ -87,7 +87,10 @@ def run_local(
         timeout_s=timeout or settings.limits.timeout_s,
     )
     task_id, outcome = execute(run, settings, write_output_to_stderr if as_json else write_output)
-    output.note(describe(task_id, outcome))
+    used = describe_usage(outcome)
+    if used:
+        output.note(used)
+    output.note(describe(task_id, outcome))  # the last line, as `queue --wait` ends
     if as_json:
         output.print_json(
             {
@@ -95,6 +98,8 @@ def run_local(
                 "status": outcome.status.value,
                 "msg": outcome.msg,
                 "exit_code": outcome.exit_code,
+                "cpu_time_ms": outcome.cpu_time_ms,
+                "peak_memory_bytes": outcome.peak_memory_bytes,
             }
         )
     raise typer.Exit(0 if outcome.status is TaskStatus.COMPLETE else EXIT_FAILED)
@@ -221,6 +226,16 @@ def write_output(data: bytes, _consumed: int) -> None:
 def write_output_to_stderr(data: bytes, _consumed: int) -> None:
     sys.stderr.buffer.write(data)
     sys.stderr.buffer.flush()
+
+
+def describe_usage(outcome: TaskOutcome) -> str:
+    """What the container used, as far as the engine could say ("" when it could not)."""
+    parts = []
+    if outcome.cpu_time_ms is not None:
+        parts.append(f"{output.show_milliseconds(outcome.cpu_time_ms)} of CPU")
+    if outcome.peak_memory_bytes is not None:
+        parts.append(f"{output.show_bytes(outcome.peak_memory_bytes)} of memory at its peak")
+    return f"Used {' and '.join(parts)}" if parts else ""
 
 
 def describe(task_id: str, outcome: TaskOutcome) -> str:

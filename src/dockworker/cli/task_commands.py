@@ -14,7 +14,7 @@ from .client import Client
 from .cluster_commands import cluster_id_for, encrypt_for
 from .common import ConfigOpt, JsonOpt, Seconds, read_arg
 from .follow import follow_to_end
-from .output import Col
+from .output import Col, show_bytes, show_milliseconds
 
 STATUS_KEYS = (
     "id",
@@ -30,11 +30,19 @@ STATUS_KEYS = (
     "start_time",
     "end_time",
     "duration",
+    "cpu_time_ms",
+    "peak_memory_bytes",
     "retry_count",
     "original_task_id",
     "retry_task_id",
     "schedule_id",
 )
+# At a terminal: these in human units (plain output and --json keep the API's integers).
+HUMAN_UNITS = {
+    "duration": show_milliseconds,
+    "cpu_time_ms": show_milliseconds,
+    "peak_memory_bytes": show_bytes,
+}
 STATUSES = tuple(status.value for status in TaskStatus)
 
 
@@ -107,7 +115,7 @@ def queue(
 def status(task_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Show a task."""
     task = Client.configured(config).task(task_id)
-    output.fields(task, STATUS_KEYS, as_json=as_json)
+    output.fields(task, STATUS_KEYS, as_json=as_json, human=HUMAN_UNITS)
 
 
 def log(

@@ -5,6 +5,15 @@ from __future__ import annotations
 
 from .adapter import DockerEngine
 from .base import Engine
-from .types import Bind, ContainerInfo, ContainerSpec, ExitInfo
+from .types import UNKNOWN_USAGE, Bind, ContainerInfo, ContainerSpec, ExitInfo, ResourceUsage
 
-__all__ = ["Bind", "ContainerInfo", "ContainerSpec", "DockerEngine", "Engine", "ExitInfo"]
+__all__ = [
+    "UNKNOWN_USAGE",
+    "Bind",
+    "ContainerInfo",
+    "ContainerSpec",
+    "DockerEngine",
+    "Engine",
+    "ExitInfo",
+    "ResourceUsage",
+]

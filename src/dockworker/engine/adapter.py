@@ -4,7 +4,9 @@ dockworker's error families; nothing from ``docker`` or ``requests`` escapes thi
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from datetime import datetime
@@ -16,8 +18,12 @@ import docker.errors
 import requests
 
 from ..errors import ContainerGone, EngineUnavailable, ImageMissing, InfrastructureError, TaskSetupError
-from ..names import TASK_LABEL
-from .types import ContainerInfo, ContainerSpec, ExitInfo
+from ..names import INSTALLATION_LABEL, TASK_LABEL
+from .cgroupfs import CgroupLayout
+from .docker_accounting import AccountingParents
+from .types import UNKNOWN_USAGE, ContainerInfo, ContainerSpec, ExitInfo, ResourceUsage
+
+log = logging.getLogger("dockworker.engine")
 
 SIGKILL_EXIT = 128 + 9
 OOM_RECHECKS = 5
@@ -130,6 +136,9 @@ class DockerEngine:
                 timeout=None,  # type: ignore[arg-type]
                 max_pool_size=pool_size,
             )
+        self._accounting_lock = threading.Lock()
+        self._accounting_checked = False
+        self._parents: AccountingParents | None = None
 
     @staticmethod
     def _negotiate_version(base_url: str) -> str:
@@ -233,10 +242,45 @@ class DockerEngine:
         with _classified("remove image"):
             self._api.remove_image(ref, force=force)
 
+    def _accounting(self) -> AccountingParents | None:
+        """The per-task parent cgroups (docker_accounting.py), once the engine's cgroup driver
+        is known to allow them; None when usage cannot be recorded with this engine."""
+        with self._accounting_lock:
+            if not self._accounting_checked:
+                with _classified("engine info"):
+                    info = self._api.info()
+                driver = str(info.get("CgroupDriver") or "")
+                if driver == "cgroupfs":
+                    self._parents = AccountingParents(CgroupLayout.detect())
+                else:
+                    log.warning(
+                        "engine.usage_unavailable: task usage is recorded with the cgroupfs cgroup "
+                        "driver only",
+                        extra={"cgroup_driver": driver or "unknown"},
+                    )
+                self._accounting_checked = True
+            return self._parents
+
+    def _make_parent(self, spec: ContainerSpec) -> str | None:
+        installation, task_id = spec.labels.get(INSTALLATION_LABEL), spec.labels.get(TASK_LABEL)
+        parents = self._accounting()
+        if parents is None or not installation or not task_id:
+            return None
+        return parents.create(installation, task_id)
+
     def create(self, spec: ContainerSpec) -> str:
         binds: dict[str, Mapping[str, str]] = {
             b.source: {"bind": b.target, "mode": "ro" if b.read_only else "rw"} for b in spec.binds
         }
+        parent = self._make_parent(spec)
+        try:
+            return self._create(spec, binds, parent)
+        except BaseException:
+            if parent is not None and self._parents is not None:
+                self._parents.remove(parent)
+            raise
+
+    def _create(self, spec: ContainerSpec, binds: dict[str, Mapping[str, str]], parent: str | None) -> str:
         with _classified("create container"):
             host_config = self._api.create_host_config(
                 binds=binds,
@@ -252,6 +296,7 @@ class DockerEngine:
                 log_config=docker.types.LogConfig(
                     type="json-file", config={"max-size": str(spec.log_max_bytes + 65536), "max-file": "1"}
                 ),
+                cgroup_parent=parent,
             )
             created = self._api.create_container(
                 spec.image,
@@ -334,8 +379,25 @@ class DockerEngine:
             if "not running" not in str(exc):
                 raise
 
+    def _cgroup_parent(self, container_id: str) -> str:
+        with _classified("inspect container"):
+            host_config = self._api.inspect_container(container_id)["HostConfig"]
+        return str(host_config.get("CgroupParent") or "")
+
+    def usage(self, container_id: str) -> ResourceUsage:
+        """Read from the container's parent cgroup (docker_accounting.py): the container's own
+        is gone once it has exited, the parent keeps the counts."""
+        parents = self._accounting()
+        if parents is None:
+            return UNKNOWN_USAGE
+        return parents.usage(self._cgroup_parent(container_id))
+
     def remove(self, container_id: str) -> None:
+        """Remove the container, and then its parent cgroup (which a container still alive
+        keeps busy: the reaper tries again)."""
+        parents = self._accounting()
         try:
+            parent = self._cgroup_parent(container_id)
             with _classified("remove container"):
                 self._api.remove_container(container_id, force=True, v=True)
         except ContainerGone:
@@ -343,6 +405,17 @@ class DockerEngine:
         except TaskSetupError as exc:  # 409: removal already in progress
             if "already in progress" not in str(exc):
                 raise
+            return
+        if parents is not None:
+            parents.remove(parent)
+
+    def accounted_tasks(self, installation_id: str) -> set[str]:
+        parents = self._accounting()
+        return set() if parents is None else parents.task_ids(installation_id)
+
+    def release_accounting(self, installation_id: str, task_id: str) -> bool:
+        parents = self._accounting()
+        return True if parents is None else parents.release(installation_id, task_id)
 
     def list_labelled(self, label: str = TASK_LABEL) -> list[ContainerInfo]:
         with _classified("list containers"):

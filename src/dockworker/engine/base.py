@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from ..names import TASK_LABEL
-from .types import ContainerInfo, ContainerSpec, ExitInfo
+from .types import ContainerInfo, ContainerSpec, ExitInfo, ResourceUsage
 
 
 class Engine(Protocol):
@@ -41,6 +41,23 @@ class Engine(Protocol):
 
     def wait(self, container_id: str, timeout: float = 30) -> ExitInfo:
         """Wait for the container to exit (it should already have) and read its outcome."""
+        ...
+
+    def usage(self, container_id: str) -> ResourceUsage:
+        """What the container used over its whole life (CPU time, peak memory), from accounting
+        that outlives it: called once it has exited (after :meth:`wait`, or after :meth:`kill`),
+        before :meth:`remove`. Figures the engine cannot tell are None."""
+        ...
+
+    def accounted_tasks(self, installation_id: str) -> set[str]:
+        """Tasks of this installation for which the engine keeps usage accounting apart from
+        their containers (made before a container and removed after it: a process killed in
+        between leaves it). Empty for an engine whose accounting goes with each container."""
+        ...
+
+    def release_accounting(self, installation_id: str, task_id: str) -> bool:
+        """Remove what :meth:`accounted_tasks` found for a task that is no longer active; False
+        when a container of it still holds part of it (tried again later)."""
         ...
 
     def kill(self, container_id: str) -> None:

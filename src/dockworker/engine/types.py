@@ -39,6 +39,19 @@ class ExitInfo:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ResourceUsage:
+    """What a container used over its whole life, from the kernel's cgroup accounting of it.
+    None where the engine could not say (no accounting on this host, or a figure the kernel does
+    not keep, such as the memory peak on cgroup v2 before Linux 5.19)."""
+
+    cpu_time_ms: int | None = None
+    peak_memory_bytes: int | None = None
+
+
+UNKNOWN_USAGE = ResourceUsage()
+
+
+@dataclass(frozen=True, kw_only=True)
 class ContainerInfo:
     id: str
     labels: dict[str, str]

@@ -5,6 +5,7 @@ the two cannot drift apart."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .. import timeutil
-from ..engine import ContainerSpec, Engine, ExitInfo
+from ..engine import UNKNOWN_USAGE, ContainerSpec, Engine, ExitInfo, ResourceUsage
 from ..errors import InfrastructureError
 from ..models import TaskOutcome
 from ..settings import MB
@@ -101,8 +102,9 @@ def run_container(
         deadline = time.monotonic() + timeout_s
         if not hooks.on_started(timeutil.now()):
             _kill_and_drain(engine, container_id, pump)
-            return RunResult(outcome=_cancelled(), stopped=True)
-        return _supervise(engine, container_id, spec.memory_bytes // MB, pump, deadline, timeout_s, stop)
+            return _measured(engine, container_id, RunResult(outcome=_cancelled(), stopped=True), name)
+        result = _supervise(engine, container_id, spec.memory_bytes // MB, pump, deadline, timeout_s, stop)
+        return _measured(engine, container_id, result, name)
     finally:
         _remove(engine, container_id, name)
 
@@ -130,7 +132,8 @@ def follow_container(
         )
         pump.start()
         deadline = time.monotonic() + seconds_left
-        return _supervise(engine, container_id, memory_mb, pump, deadline, timeout_s, stop)
+        result = _supervise(engine, container_id, memory_mb, pump, deadline, timeout_s, stop)
+        return _measured(engine, container_id, result, name)
     finally:
         _remove(engine, container_id, name)
 
@@ -168,6 +171,27 @@ def _supervise(
             status=outcome.status, msg=f"{outcome.msg}: {last_line}", exit_code=outcome.exit_code
         )
     return RunResult(outcome=outcome)
+
+
+def _measured(engine: Engine, container_id: str, result: RunResult, name: str) -> RunResult:
+    """The result with what the container used, read now that it has ended (before removal)."""
+    usage = _usage(engine, container_id, name)
+    outcome = dataclasses.replace(
+        result.outcome, cpu_time_ms=usage.cpu_time_ms, peak_memory_bytes=usage.peak_memory_bytes
+    )
+    return dataclasses.replace(result, outcome=outcome)
+
+
+def _usage(engine: Engine, container_id: str, name: str) -> ResourceUsage:
+    # Not knowing what a task used is no reason to fail it, nor to run it again.
+    try:
+        return engine.usage(container_id)
+    except InfrastructureError as exc:
+        log.warning(
+            "container.usage_unknown",
+            extra={"task_id": name, "container_id": container_id[:12], "error": exc.message},
+        )
+        return UNKNOWN_USAGE
 
 
 def _cancelled() -> TaskOutcome:

@@ -398,7 +398,26 @@ class Runner:
                         "error": exc.message,
                     },
                 )
+        self._release_accounting()
         return removed
+
+    def _release_accounting(self) -> None:
+        """Remove the usage accounting the engine kept for tasks no longer active (a runner
+        killed between making it and removing it with the container leaves it behind)."""
+        installation = self._context.installation_id
+        try:
+            accounted = self.engine.accounted_tasks(installation)
+            if not accounted:
+                return
+            # Read after the listing: a task claimed meanwhile is active, its accounting stays.
+            active = self.store.active_task_ids()
+            for task_id in sorted(accounted - active):
+                if self.engine.release_accounting(installation, task_id):
+                    log.info("runner.accounting_released", extra={**self._ids, "task_id": task_id})
+        except InfrastructureError as exc:
+            self._throttled(
+                logging.WARNING, "runner.accounting_sweep_failed", {**self._ids, "error": exc.message}
+            )
 
     # --- shutdown -------------------------------------------------------------------------------
 

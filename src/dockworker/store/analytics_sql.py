@@ -195,8 +195,9 @@ class AnalyticsQueries(Transactional):
         ]
 
     def usage_days(self, project_id: str, since: float) -> list[UsageDay]:
-        """Per UTC day (of creation), cluster and priority: tasks that ran, and their compute
-        seconds (the time their containers ran)."""
+        """Per UTC day (of creation), cluster and priority: tasks that ran, their compute
+        seconds (the time their containers ran), their CPU time and the largest memory peak of
+        one of them (from the usage runners recorded; tasks without it count for nothing)."""
         day = _bucket(tasks.c.created_at, 86400, self.engine.dialect.name).label("day")
         ran = sa.and_(tasks.c.start_time.is_not(None), tasks.c.end_time.is_not(None))
         query = (
@@ -206,6 +207,8 @@ class AnalyticsQueries(Transactional):
                 tasks.c.priority,
                 sa.func.count().label("n"),
                 sa.func.sum(sa.case((ran, tasks.c.end_time - tasks.c.start_time), else_=0.0)).label("dur"),
+                sa.func.sum(tasks.c.cpu_time_ms).label("cpu_ms"),
+                sa.func.max(tasks.c.peak_memory_bytes).label("peak"),
             )
             .where(
                 tasks.c.project_id == project_id,
@@ -224,6 +227,8 @@ class AnalyticsQueries(Transactional):
                 priority=int(r.priority),
                 tasks_run=int(r.n),
                 compute_s=float(r.dur or 0.0),
+                cpu_s=int(r.cpu_ms or 0) / 1000,
+                peak_memory_bytes=None if r.peak is None else int(r.peak),
             )
             for r in rows
         ]
@@ -311,6 +316,7 @@ class AnalyticsQueries(Transactional):
                 tasks.c.run_at,
                 tasks.c.start_time,
                 tasks.c.end_time,
+                tasks.c.cpu_time_ms,
             )
             .join(tasks, tasks.c.id == task_events.c.task_id)
             .where(task_events.c.id > after_id, task_events.c.kind.in_(list(kinds)))
@@ -329,6 +335,7 @@ class AnalyticsQueries(Transactional):
                 run_at=float(r.run_at),
                 start_time=None if r.start_time is None else float(r.start_time),
                 end_time=None if r.end_time is None else float(r.end_time),
+                cpu_time_ms=None if r.cpu_time_ms is None else int(r.cpu_time_ms),
             )
             for r in rows
         ]

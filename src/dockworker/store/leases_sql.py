@@ -112,6 +112,8 @@ class LeaseQueries(Transactional):
                 leased(task_id, runner_id),
                 msg=outcome.msg,
                 exit_code=outcome.exit_code,
+                cpu_time_ms=outcome.cpu_time_ms,
+                peak_memory_bytes=outcome.peak_memory_bytes,
                 end_time=now,
                 lease_expires_at=None,
                 updated_at=now,

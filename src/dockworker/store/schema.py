@@ -125,6 +125,9 @@ tasks = sa.Table(
     sa.Column("schedule_id", Id, nullable=True),
     sa.Column("retries", sa.Integer, nullable=True),
     sa.Column("retries_delay", sa.Integer, nullable=True),
+    # What the task's container used (its last attempt's), once it ended; null when unknown.
+    sa.Column("cpu_time_ms", sa.BigInteger, nullable=True),
+    sa.Column("peak_memory_bytes", sa.BigInteger, nullable=True),
     sa.CheckConstraint(
         "status IN ('queued','preparing','running','complete','error','cancelled','killed','timeout')",
         name="status_known",

@@ -13,6 +13,7 @@ from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from ... import timeutil
+from ...models import UsageDay
 from ..deps import ServicesDep
 from ..metrics import runner_state
 from ..runners import alive_horizon
@@ -134,10 +135,19 @@ class UsageRow:
     cluster: str
     tasks_run: int = 0
     compute_s: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # by priority
+    cpu_s: float = 0.0
+    peak_memory_bytes: int | None = None  # the largest of one task
 
     @property
     def total_s(self) -> float:
         return sum(self.compute_s)
+
+    def add(self, day: UsageDay) -> None:
+        self.tasks_run += day.tasks_run
+        self.compute_s[min(max(day.priority, 0), 2)] += day.compute_s
+        self.cpu_s += day.cpu_s
+        if day.peak_memory_bytes is not None:
+            self.peak_memory_bytes = max(self.peak_memory_bytes or 0, day.peak_memory_bytes)
 
 
 def month_start(moment: float, months_back: int) -> float:
@@ -160,10 +170,8 @@ def usage(request: Request, svc: ServicesDep, who: ViewerDep, project: ProjectDe
         row = rows.setdefault((month, day.cluster), UsageRow(month=month, cluster=day.cluster))
         total = totals[month]
         total.month = month
-        priority = min(max(day.priority, 0), 2)
-        for target in (row, total):
-            target.tasks_run += day.tasks_run
-            target.compute_s[priority] += day.compute_s
+        row.add(day)
+        total.add(day)
     months = sorted(totals, reverse=True)
     return render(
         request,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import codecs
 import json
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any, NamedTuple
 from urllib.parse import urlencode
 
 import anyio
@@ -28,7 +28,18 @@ from ..errors import describe_validation_error
 from ..schemas import TaskIn, TasksIn
 from .masking import mask_payload
 from .session import Flash
-from .web import FormValuesDep, FormViewerDep, HudRoute, ProjectDep, ViewerDep, page_of, redirect, render
+from .web import (
+    FormValuesDep,
+    FormViewerDep,
+    HudRoute,
+    ProjectDep,
+    ViewerDep,
+    page_of,
+    redirect,
+    render,
+    show_bytes,
+    show_duration,
+)
 
 router = APIRouter(prefix="/hud/projects/{project_id}", route_class=HudRoute, include_in_schema=False)
 
@@ -40,8 +51,20 @@ KEEPALIVE_S = 15.0
 MAX_CHAIN = 50
 # The columns of the project page, IronWorker's order; "running" counts preparing tasks too.
 COUNT_COLUMNS = ("queued", "running", "complete", "error", "cancelled", "timeout", "killed")
-# What each task used: recorded by runners once they measure it (null until then).
-USAGE_FIELDS = (("cpu_time_ms", "CPU time", "ms"), ("peak_memory_bytes", "Peak memory", "bytes"))
+
+
+class UsageField(NamedTuple):
+    field: str  # the task's (and the task JSON's)
+    live: str  # the key of its text in the live stream's ``task`` event and the page's data-field
+    label: str
+    show: Callable[[int], str]
+
+
+# What each task used: measured by its runner when the container ended (null until then).
+USAGE_FIELDS = (
+    UsageField("cpu_time_ms", "cpu_time", "CPU time", lambda ms: show_duration(ms / 1000)),
+    UsageField("peak_memory_bytes", "peak_memory", "Peak memory", show_bytes),
+)
 
 
 def _columns(counts: dict[str, int]) -> dict[str, int]:
@@ -252,13 +275,18 @@ def _task_url(project_id: str, task_id: str) -> str:
     return f"/hud/projects/{project_id}/tasks/{task_id}"
 
 
-def resource_usage(task: Task, data: dict[str, Any]) -> list[tuple[str, float | None, str]]:
-    """What the task used, when its runner measured it (None until runners record it)."""
-    found = []
-    for field, label, unit in USAGE_FIELDS:
-        value = data.get(field, getattr(task, field, None))
-        found.append((label, None if value is None else float(value), unit))
-    return found
+def resource_usage(task: Task) -> list[tuple[UsageField, str]]:
+    """Each figure of what the task used, as the page shows it (or why it is missing)."""
+    return [(usage, usage_text(task, usage)) for usage in USAGE_FIELDS]
+
+
+def usage_text(task: Task, usage: UsageField) -> str:
+    value = getattr(task, usage.field)
+    if value is not None:
+        return usage.show(value)
+    if not task.status.is_terminal:
+        return "measured when the task ends"
+    return "not recorded" if task.start_time is not None else "no container ran"
 
 
 def retry_chain(svc: Services, task: Task) -> list[Task]:
@@ -315,7 +343,7 @@ def task_page(
         task=task,
         fields=fields,
         payload=mask_payload(task.payload),
-        usage=resource_usage(task, data),
+        usage=resource_usage(task),
         events=svc.store.list_events(task.id),
         chain=chain,
         revision=revision,
@@ -338,6 +366,8 @@ def live_fields(task: Task) -> dict[str, Any]:
         "attempts": task.attempts,
         "infra_attempts": task.infra_attempts,
         "active": not task.status.is_terminal,
+        **{usage.field: getattr(task, usage.field) for usage in USAGE_FIELDS},
+        **{usage.live: usage_text(task, usage) for usage in USAGE_FIELDS},
     }
 
 

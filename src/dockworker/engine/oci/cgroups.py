@@ -12,6 +12,11 @@ the parent's, and the parent is still there when the exit is read.
   the parent before the container starts and hands it to the task's supervisor, which records
   the count when the container has exited (so an OOM is not lost if the runner is down then).
 * cgroup v2: the parent's ``memory.events`` counts ``oom_kill`` for its whole subtree.
+
+What the container used (CPU time, peak memory) is read from the same parent, which counts its
+subtree and keeps the count once the runtime's leaf is gone (``cgroupfs.read_usage``). On cgroup
+v1 the parent in the cpuacct hierarchy is made by the runtime (it creates the whole path) and
+removed with the others.
 """
 
 from __future__ import annotations
@@ -19,54 +24,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import InfrastructureError
+from ..cgroupfs import CgroupLayout, read_usage
+from ..types import ResourceUsage
 
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 SCOPE_DIR = "dockworker-oci"
 LEAF = "task"
 MEMORY_MARGIN = 2 * 1024 * 1024
-
-
-@dataclass(frozen=True, kw_only=True)
-class CgroupLayout:
-    """The host's cgroup hierarchies, from /proc/self/mountinfo."""
-
-    v1: tuple[Path, ...]  # every cgroup v1 hierarchy's mount point
-    memory_v1: Path | None
-    unified: Path | None  # the cgroup2 mount (all of /sys/fs/cgroup on a v2 host)
-
-    @classmethod
-    def detect(cls, mountinfo: str | None = None) -> CgroupLayout:
-        text = mountinfo if mountinfo is not None else Path("/proc/self/mountinfo").read_text()
-        v1: list[Path] = []
-        memory: Path | None = None
-        unified: Path | None = None
-        for line in text.splitlines():
-            fields = line.split()
-            if " - " not in line or len(fields) < 5:
-                continue
-            after = line.split(" - ", 1)[1].split()
-            if len(after) < 3:
-                continue
-            fstype, options = after[0], after[2].split(",")
-            mount_point = Path(fields[4])
-            if fstype == "cgroup2":
-                unified = mount_point
-            elif fstype == "cgroup":
-                v1.append(mount_point)
-                if "memory" in options:
-                    memory = mount_point
-        return cls(v1=tuple(v1), memory_v1=memory, unified=unified)
-
-    @property
-    def memory_on_v2(self) -> bool:
-        return self.memory_v1 is None and self.unified is not None
-
-    def hierarchies(self) -> tuple[Path, ...]:
-        return self.v1 + ((self.unified,) if self.unified is not None else ())
 
 
 def _write(path: Path, value: str) -> None:
@@ -129,6 +95,10 @@ class TaskCgroups:
             if key == "oom_kill":
                 return int(value)
         return 0
+
+    def usage(self) -> ResourceUsage:
+        """What the container used over its life; read once it has exited, before :meth:`remove`."""
+        return read_usage(self._layout, self.relative)
 
     def remove(self) -> None:
         """Remove the parent (and a leaf the runtime left) in every hierarchy; what is not

@@ -29,9 +29,10 @@ from ...errors import ClientError, ContainerGone, EngineUnavailable, Infrastruct
 from ...names import TASK_LABEL
 from ..adapter import USER_FAULT_MARKERS, DockerEngine
 from ..base import Engine
-from ..types import ContainerInfo, ContainerSpec, ExitInfo
+from ..cgroupfs import CgroupLayout
+from ..types import ContainerInfo, ContainerSpec, ExitInfo, ResourceUsage
 from . import supervisor
-from .cgroups import CgroupLayout, TaskCgroups, scope_container_ids
+from .cgroups import TaskCgroups, scope_container_ids
 from .images import ImageCache
 from .policy import DOCKER_BUNDLES, PolicyStore, SandboxPolicy
 from .runtime import Runtime
@@ -423,6 +424,20 @@ class OciEngine:
             return int(container.oom.read_text().strip() or 0) > 0
         except (OSError, ValueError):
             return False
+
+    def usage(self, container_id: str) -> ResourceUsage:
+        """Read from the container's parent cgroup, which outlives the runtime's own (cgroups.py)
+        until :meth:`remove`."""
+        self._existing(container_id)
+        return TaskCgroups(self._layout, self._scope, container_id).usage()
+
+    def accounted_tasks(self, installation_id: str) -> set[str]:
+        """None apart from containers: a container's cgroups go with it (and :meth:`sweep`
+        removes those whose container is gone)."""
+        return set()
+
+    def release_accounting(self, installation_id: str, task_id: str) -> bool:
+        return True
 
     def kill(self, container_id: str) -> None:
         """SIGKILL every process of the container; returns once it has exited."""

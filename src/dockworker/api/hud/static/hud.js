@@ -75,7 +75,8 @@ function liveTask() {
   });
   source.addEventListener("task", (event) => {
     const task = JSON.parse(event.data);
-    for (const name of ["status", "msg", "percent", "start_time", "end_time", "duration", "log_size", "attempts", "infra_attempts"]) {
+    for (const name of ["status", "msg", "percent", "start_time", "end_time", "duration", "log_size", "attempts", "infra_attempts",
+                        "cpu_time_ms", "peak_memory_bytes", "cpu_time", "peak_memory"]) {
       showField(name, task[name]);
     }
     if (task.percent !== null) progress.value = task.percent;
