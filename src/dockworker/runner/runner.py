@@ -410,7 +410,7 @@ class Runner:
             if not accounted:
                 return
             # Read after the listing: a task claimed meanwhile is active, its accounting stays.
-            active = self.store.active_task_ids()
+            active = self.store.active_among(accounted)
             for task_id in sorted(accounted - active):
                 if self.engine.release_accounting(installation, task_id):
                     log.info("runner.accounting_released", extra={**self._ids, "task_id": task_id})
