@@ -101,6 +101,7 @@ def test_tasks_of_the_cluster_run_with_their_whole_log(site: Site, tmp_path: Pat
         expected = "".join(f"line {i}\n" for i in range(3000)) + f"payload-{n}"
         assert site.store.read_log(task.id).decode() == expected
         assert done.runner_id == remote.runner.runner_id and done.attempts == 1
+        assert done.cpu_time_ms is not None and done.peak_memory_bytes  # usage crosses the wire
     assert not (tmp_path / "runner" / "dockworker.db").exists(), "a remote runner keeps no store"
 
 
