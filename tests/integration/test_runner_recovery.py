@@ -196,9 +196,10 @@ def test_an_unreachable_engine_holds_tasks_queued_until_it_answers(
 def test_engine_cut_while_running_leaves_no_container(
     store: Store, project: str, settings: Settings, proxy: EngineProxy, start_runner, engine: DockerEngine
 ) -> None:
-    save_code(
-        store, project, CodeSpec(name="slow", stack="busybox", command="sh -c 'echo go; sleep 3; echo end'")
-    )
+    # The task runs until the test lets it end (a file it adds to the task's code directory, which
+    # the container sees through its bind mount): the cut falls while it runs, whatever the load.
+    script = "echo go; while [ ! -e release ]; do sleep 0.1; done; echo end"
+    save_code(store, project, CodeSpec(name="slow", stack="busybox", command="sh run.sh"), {"run.sh": script})
     flaky = DockerEngine(proxy.url)
     start_runner(settings.replace(infra_retry_base_delay_s=0.5), flaky)
     task = queue(store, project, "slow")
@@ -206,6 +207,7 @@ def test_engine_cut_while_running_leaves_no_container(
     proxy.cut()
     time.sleep(0.5)
     proxy.restore()
+    (settings.code_cache_dir / store.get_revision(task.revision_id).checksum / "release").touch()  # type: ignore[operator]
     done = wait_for(store, task.id, timeout=40)
     # The engine went away under the task: it is handed back (or retried on the infrastructure
     # budget, depending on where the cut hit) and completes once the engine is back

@@ -25,8 +25,11 @@ def project(store: Store) -> str:
 
 
 def test_migrations_are_idempotent(store: Store) -> None:
+    from tests.integration.test_migrations import _schema_diff
+
     store.migrate()
     store.migrate()
+    assert _schema_diff(store) == []  # type: ignore[arg-type]
 
 
 def test_claim_order_priority_then_fifo(store: Store, project: str) -> None:

@@ -41,3 +41,21 @@ def test_api_and_cli_import_only_the_store_interface(package: str) -> None:
             if re.search(r"(from|import) (\.\.|dockworker\.)store\.", line):
                 found.append(f"{path.name}: {line.strip()}")
     assert found == []
+
+
+def test_the_cli_starts_without_the_heavy_libraries() -> None:
+    """A client command (``status``, ``queue``...) must start in a fraction of a second: the
+    store, the engine's SDK, the HTTP servers and the cryptography are imported where used."""
+    loaded = _loaded_after("import dockworker.cli.main")
+    heavy = (
+        "sqlalchemy",
+        "docker",
+        "httpx",
+        "httpx2",
+        "fastapi",
+        "uvicorn",
+        "cryptography",
+        "alembic",
+        "psycopg",
+    )
+    assert not {m for m in loaded if m.split(".")[0] in heavy}
