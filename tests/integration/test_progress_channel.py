@@ -16,6 +16,7 @@ from dockworker.api import create_app
 from dockworker.engine import Bind, ContainerSpec, DockerEngine
 from dockworker.models import CodeSpec, Task
 from dockworker.names import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
+from dockworker.runner import Runner
 from dockworker.runner.progress import make_fifo
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
@@ -25,6 +26,7 @@ from tests.helpers import queue, save_code, wait_for
 
 from . import oci_fixtures
 
+StartRunner = Callable[..., Runner]
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
 # every test here runs on the Docker engine and on the OCI backend
@@ -94,7 +96,7 @@ def others_start_at_once(store: Store, project: str) -> None:
 
 
 def test_progress_is_seen_through_the_api_while_the_task_runs_and_after(
-    store: Store, project: str, api: ApiView, start_runner
+    store: Store, project: str, api: ApiView, start_runner: StartRunner
 ) -> None:
     start_runner()
     script = (
@@ -113,7 +115,7 @@ def test_progress_is_seen_through_the_api_while_the_task_runs_and_after(
 
 
 def test_the_channel_is_a_pipe_the_task_can_write_and_nothing_more(
-    store: Store, project: str, settings: Settings, start_runner
+    store: Store, project: str, settings: Settings, start_runner: StartRunner
 ) -> None:
     start_runner()
     script = "\n".join(
@@ -152,7 +154,7 @@ def test_the_channel_is_a_pipe_the_task_can_write_and_nothing_more(
 def test_a_flooding_writer_floods_nothing_and_slows_no_one(
     store: Store,
     project: str,
-    start_runner,
+    start_runner: StartRunner,
     progress_writes: list[tuple[int | None, str | None]],
     flood: str,
 ) -> None:
@@ -175,7 +177,7 @@ def test_a_flooding_writer_floods_nothing_and_slows_no_one(
 
 
 def test_a_report_after_an_over_long_line_and_garbage_still_counts(
-    store: Store, project: str, start_runner
+    store: Store, project: str, start_runner: StartRunner
 ) -> None:
     start_runner()
     script = (
@@ -193,7 +195,7 @@ def test_a_report_after_an_over_long_line_and_garbage_still_counts(
 
 
 def test_a_writer_holding_the_pipe_open_blocks_nothing(
-    store: Store, project: str, api: ApiView, start_runner
+    store: Store, project: str, api: ApiView, start_runner: StartRunner
 ) -> None:
     start_runner()
     script = (
@@ -211,7 +213,9 @@ def test_a_writer_holding_the_pipe_open_blocks_nothing(
     assert (done.percent, done.msg) == (25, "the last line has no newline")
 
 
-def test_nothing_written_after_the_exit_reaches_the_store(store: Store, project: str, start_runner) -> None:
+def test_nothing_written_after_the_exit_reaches_the_store(
+    store: Store, project: str, start_runner: StartRunner
+) -> None:
     start_runner()
     script = (
         '(sleep 1; echo "99 after the exit" > "$PROGRESS_FILE") &\necho "60 last words" > "$PROGRESS_FILE"\n'
@@ -223,7 +227,7 @@ def test_nothing_written_after_the_exit_reaches_the_store(store: Store, project:
 
 
 def test_a_readopted_container_keeps_reporting_through_its_fifo(
-    store: Store, project: str, settings: Settings, engine: DockerEngine, start_runner
+    store: Store, project: str, settings: Settings, engine: DockerEngine, start_runner: StartRunner
 ) -> None:
     save_code(store, project, CodeSpec(name="hello", stack="busybox", command="true"))
     task = queue(store, project, "hello")
@@ -260,7 +264,9 @@ def test_a_readopted_container_keeps_reporting_through_its_fifo(
     assert not task_dir.exists()
 
 
-def test_concurrent_writers_in_one_task_never_interleave(store: Store, project: str, start_runner) -> None:
+def test_concurrent_writers_in_one_task_never_interleave(
+    store: Store, project: str, start_runner: StartRunner
+) -> None:
     start_runner()
     # four writers of lines of 3994 bytes, each in one write (under PIPE_BUF): each arrives whole
     script = (
@@ -277,7 +283,7 @@ def test_concurrent_writers_in_one_task_never_interleave(store: Store, project: 
     assert [e for e in store.list_events(done.id) if e.kind == "progress_refused"] == []
 
 
-def test_progress_of_many_tasks_at_once(store: Store, project: str, start_runner) -> None:
+def test_progress_of_many_tasks_at_once(store: Store, project: str, start_runner: StartRunner) -> None:
     start_runner()
     script = (
         'i=0; while [ $i -le 100 ]; do echo "$i step $i" > "$PROGRESS_FILE"; i=$((i+10)); sleep 0.1; done\n'

@@ -88,6 +88,7 @@ def test_a_new_attempt_starts_without_progress(store: Store, project: str) -> No
         (101, None, "percent 101 is not within 0-100"),
         (-1, None, "percent -1 is not within 0-100"),
         (None, "x" * (MAX_PROGRESS_MSG + 1), f"longer than {MAX_PROGRESS_MSG}"),
+        (None, "nul \x00 inside", "contains a NUL character"),
     ],
 )
 def test_values_out_of_bounds_are_refused(

@@ -208,7 +208,8 @@ class Store(Protocol):
     def report_progress(self, task_id: str, runner_id: str, percent: int | None, msg: str | None) -> bool:
         """Set the progress a running task's worker reported (None leaves a field as it is).
         False when the lease is lost: nothing is written, and no event recorded (reports come
-        often). ClientError for a percent outside 0-100 or a msg over 64 KiB characters."""
+        often). ClientError for a percent outside 0-100, a msg over 64 KiB characters or with a
+        NUL."""
         ...
 
     def requeue_after_infra_failure(

@@ -111,6 +111,8 @@ class LeaseQueries(Transactional):
             raise ClientError(f"percent {percent} is not within 0-100")
         if msg is not None and len(msg) > MAX_PROGRESS_MSG:
             raise ClientError(f"msg is longer than {MAX_PROGRESS_MSG} characters")
+        if msg is not None and "\x00" in msg:  # PostgreSQL's text cannot hold it
+            raise ClientError("msg contains a NUL character")
         values: dict[str, Any] = {"updated_at": timeutil.now()}
         if percent is not None:
             values["percent"] = percent
