@@ -20,6 +20,7 @@ from dockworker.errors import ContainerGone, ImageMissing, InfrastructureError
 from dockworker.models import CodeSpec, Task
 from dockworker.names import INSTALLATION_LABEL, TASK_LABEL
 from dockworker.runner.codecache import CodeCache
+from dockworker.runner.contract import PROGRESS_PATH
 from dockworker.runner.execution import RunnerContext, TaskExecution
 from dockworker.settings import Limits, load_settings
 from dockworker.stacks.catalog import get_stack
@@ -57,6 +58,8 @@ class Script:
     release: threading.Event | None = None
     # What the engine says the container used.
     usage: ResourceUsage = MEASURED
+    # Written to the progress channel once started, after the output (as one write each).
+    progress: list[bytes] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -110,6 +113,16 @@ class FakeEngine:
     def kill_from_outside(self, container_id: str, exit_code: int = KILLED_EXIT) -> None:
         """As an operator's ``docker kill`` would."""
         self._exit(container_id, ExitInfo(exit_code=exit_code, oom_killed=False))
+
+    def write_progress(self, container_id: str, data: bytes) -> None:
+        """What the container's worker writes to $PROGRESS_FILE: open, write, close."""
+        container = self.containers[container_id]
+        (fifo,) = [b.source for b in container.spec.binds if b.target == PROGRESS_PATH]
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # fails at once if nobody reads it
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
 
     def only(self) -> FakeContainer:
         (container,) = self.containers.values()
@@ -195,6 +208,8 @@ class FakeEngine:
             container.started_at = time.time()
             container.output.extend(container.script.output)
             self._changed.notify_all()
+        for report in container.script.progress:
+            self.write_progress(container_id, report)
         release = container.script.release
         if release is None:
             self._exit(container_id, self._scripted_exit(container))

@@ -8,6 +8,9 @@ from typing import Any
 
 from .states import EventKind, TaskStatus
 
+# A task's progress msg, however it is reported (IronWorker: 64 KB).
+MAX_PROGRESS_MSG = 64 * 1024
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Project:

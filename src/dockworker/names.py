@@ -14,3 +14,5 @@ CODE_DIR = "/mnt/code"
 TASK_DIR = "/mnt/task"
 PAYLOAD_NAME = "payload.json"
 CONFIG_NAME = "config.json"
+# The progress channel, a FIFO the runner reads (runner/progress.py), bound into the task dir.
+PROGRESS_NAME = "progress"

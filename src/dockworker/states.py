@@ -109,6 +109,8 @@ class EventKind(StrEnum):
     INFRA_RETRY = "infra_retry"
     RELEASED = "released"
     LATE_REPORT_REFUSED = "late_report_refused"
+    # The worker wrote a line to its progress channel that is not a report (the first one only).
+    PROGRESS_REFUSED = "progress_refused"
 
     @classmethod
     def entering(cls, status: TaskStatus) -> EventKind:

@@ -19,6 +19,7 @@ from .support import (
     remove_task_containers,
     run_cli,
     task_containers,
+    upload_script,
     write_files,
 )
 
@@ -183,6 +184,37 @@ def test_status(service: Service, hello_task: str) -> None:
     assert task["payload"] == '{"a":1}'
     assert task["cpu_time_ms"] == int(fields["cpu_time_ms"])
     assert task["peak_memory_bytes"] == int(fields["peak_memory_bytes"])
+
+
+PROGRESS_SH = """\
+echo "40 working" > "$PROGRESS_FILE"
+sleep 3
+echo '{"percent": 100, "msg": "all done"}' > "$PROGRESS_FILE"
+"""
+
+
+def _status_fields(service: Service, task_id: str) -> dict[str, str]:
+    result = run_cli(service, "status", task_id)
+    assert result.returncode == 0, result.stderr
+    return dict(line.strip().split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
+
+
+def test_status_shows_the_progress_the_worker_reports(
+    service: Service, tmp_path: Path, cleanup_tasks: list[str]
+) -> None:
+    upload_script(service, tmp_path / "progress", "progress", PROGRESS_SH)
+    task_id = _queue(service, "progress")
+    cleanup_tasks.append(task_id)
+    api = service.api()
+    deadline = time.monotonic() + 30
+    while api.task(task_id)["percent"] != 40:
+        assert time.monotonic() < deadline, f"no progress reported: {api.task(task_id)}"
+        time.sleep(0.1)
+    running = _status_fields(service, task_id)
+    assert (running["status"], running["percent"], running["msg"]) == ("running", "40", "working")
+    assert api.wait_status(task_id, TERMINAL)["status"] == "complete"
+    ended = _status_fields(service, task_id)
+    assert (ended["status"], ended["percent"], ended["msg"]) == ("complete", "100", "all done")
 
 
 def test_log(service: Service, hello_task: str) -> None:

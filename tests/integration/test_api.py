@@ -94,6 +94,11 @@ def test_legacy_runtime_upload_and_python_client_quirk(api: Api) -> None:
         ({"name": "x", "stack": "busybox", "command": "x", "bogus": 1}, None, "data.bogus: unknown field"),
         ({"name": "../x", "stack": "busybox", "command": "x"}, None, "data.name"),
         ({"name": "x", "stack": "busybox", "command": "x", "env_vars": {"TASK_ID": "1"}}, None, "TASK_ID"),
+        (
+            {"name": "x", "stack": "busybox", "command": "x", "secret_env_vars": {"PROGRESS_FILE": "/x"}},
+            None,
+            "PROGRESS_FILE is set by dockworker",
+        ),
         ({"name": "x", "stack": "busybox", "command": "x"}, b"not a zip", "not a valid zip"),
         ({"name": "x", "stack": "busybox", "command": "x"}, make_zip({"../evil": "x"}), "escapes"),
         (

@@ -372,6 +372,8 @@ def test_the_stream_sends_the_log_and_status_as_they_change_and_ends_with_the_ta
         # Waits for the stream to have sent the first line: the rest happens while it is open.
         assert any_event.wait(30)
         hud.store.append_log(task.id, "second é\n".encode())
+        assert hud.store.report_progress(task.id, "r", 60, "most of it")  # as the worker's channel
+        assert progress_seen.wait(30)
         ended = TaskOutcome(
             status=TaskStatus.COMPLETE, msg="", exit_code=0, cpu_time_ms=40, peak_memory_bytes=4 * 2**20
         )
@@ -379,6 +381,7 @@ def test_the_stream_sends_the_log_and_status_as_they_change_and_ends_with_the_ta
         finished.set()
 
     any_event = threading.Event()
+    progress_seen = threading.Event()
     thread = threading.Thread(target=runner_side)
     thread.start()
     with hud.client.stream("GET", f"{hud.base}/tasks/{task.id}/stream?offset=0") as stream:
@@ -387,6 +390,8 @@ def test_the_stream_sends_the_log_and_status_as_they_change_and_ends_with_the_ta
             seen.append(event)
             if event[0] == "log":
                 any_event.set()
+            if event[0] == "task" and json.loads(event[1])["percent"] == 60:
+                progress_seen.set()
     thread.join(30)
     assert finished.is_set()
     kinds = [kind for kind, _ in seen]
@@ -399,6 +404,10 @@ def test_the_stream_sends_the_log_and_status_as_they_change_and_ends_with_the_ta
     assert (states[0]["cpu_time_ms"], states[0]["cpu_time"]) == (None, "measured when the task ends")
     assert (states[-1]["cpu_time_ms"], states[-1]["peak_memory_bytes"]) == (40, 4 * 2**20)
     assert (states[-1]["cpu_time"], states[-1]["peak_memory"]) == ("40 ms", "4.0 MiB")
+    assert states[0]["percent"] is None
+    live = [(t["status"], t["percent"], t["msg"]) for t in states]
+    assert ("running", 60, "most of it") in live
+    assert live[-1] == ("complete", 60, "most of it")
 
 
 def test_a_reconnecting_stream_resumes_after_the_last_event(hud: Setup) -> None:

@@ -105,6 +105,21 @@ def test_tasks_of_the_cluster_run_with_their_whole_log(site: Site, tmp_path: Pat
     assert not (tmp_path / "runner" / "dockworker.db").exists(), "a remote runner keeps no store"
 
 
+def test_a_workers_progress_reaches_the_store_through_the_api(site: Site) -> None:
+    script = (
+        'echo "40 on the way" > "$PROGRESS_FILE"\n'
+        'echo \'{"percent": 90, "msg": "nearly"}\' > "$PROGRESS_FILE"\n'
+    )
+    save_code(
+        site.store, site.project, CodeSpec(name="p", stack="busybox", command="sh run.sh"), {"run.sh": script}
+    )
+    site.start()
+    task = queue(site.store, site.project, "p", cluster=site.cluster)
+    done = wait_for(site.store, task.id)
+    assert done.status is TaskStatus.COMPLETE, done.msg
+    assert (done.percent, done.msg) == (90, "nearly")
+
+
 def test_a_payload_encrypted_for_the_cluster_is_opened_by_its_runner_only(site: Site) -> None:
     private, public = payload_crypto.generate_key_pair(2048)
     site.store.update_cluster(None, site.cluster, _with_key(public))

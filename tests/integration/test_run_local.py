@@ -260,3 +260,19 @@ def test_ctrl_c_cancels_the_run_and_removes_the_container(tmp_path: Path, engine
     assert process.returncode == 1
     assert stderr.strip().endswith("cancelled: cancelled by user")
     assert engine.list_labelled("dockworker.installation=run-local") == []
+
+
+def test_run_local_prints_the_workers_progress_on_stderr(tmp_path: Path, engine: DockerEngine) -> None:
+    worker = tmp_path / "w"
+    worker.mkdir()
+    (worker / "run.sh").write_text(
+        'echo "30 a third" > "$PROGRESS_FILE"\n'
+        "sleep 1.5\n"
+        'echo \'{"percent": 100, "msg": "done"}\' > "$PROGRESS_FILE"\n'
+        'echo "half way" > "$PROGRESS_FILE"\n'
+    )
+    done = run_local(str(worker), "--stack", "busybox", "--command", "sh run.sh")
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert "[progress 30%] a third" in lines and "[progress 100%] done" in lines, done.stderr
+    assert "[progress line refused: neither JSON nor 'PERCENT [MSG]': 'half way']" in lines, done.stderr

@@ -46,6 +46,7 @@ RUNNER_ROUTES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", RUNNER + "/tasks/{task_id}/release"): {"json": {"reason": "r"}},
     ("POST", RUNNER + "/tasks/{task_id}/log"): {"params": {"start": 0}, "content": b"x"},
     ("POST", RUNNER + "/tasks/{task_id}/events"): {"json": {"kind": "readopted", "detail": "d"}},
+    ("POST", RUNNER + "/tasks/{task_id}/progress"): {"json": {"percent": 50, "msg": "half"}},
 }
 
 

@@ -101,6 +101,31 @@ def test_secret_env_vars_reach_the_container_and_the_contract_wins(tmp_path: Pat
     assert built.env["A"] == "1" and built.env["API_KEY"] == "s3cret" and built.env["TASK_ID"] == "t1"
 
 
+def test_the_progress_fifo_is_bound_writable_and_named_in_the_environment(tmp_path: Path) -> None:
+    settings = load_settings(env={}, data_dir=tmp_path)
+    fifo = tmp_path / "t" / "progress"
+    files = TaskFiles(
+        task_dir=tmp_path / "t", code_dir=None, hosts_file=tmp_path / "hosts", progress_fifo=fifo
+    )
+    spec = CodeSpec(name="x", stack="busybox", command="true", env_vars={"PROGRESS_FILE": "/etc/passwd"})
+    built = container_spec(
+        spec=spec, task_id="t1", files=files, settings=settings, runner_id="r1", installation_id="i1"
+    )
+    assert built.env["PROGRESS_FILE"] == "/mnt/task/progress"
+    (bind,) = [b for b in built.binds if b.source == str(fifo.resolve())]
+    assert (bind.target, bind.read_only) == ("/mnt/task/progress", False)
+    without = container_spec(
+        spec=CodeSpec(name="x", stack="busybox", command="true"),
+        task_id="t1",
+        files=TaskFiles(task_dir=tmp_path / "t", code_dir=None, hosts_file=tmp_path / "hosts"),
+        settings=settings,
+        runner_id="r1",
+        installation_id="i1",
+    )
+    assert "PROGRESS_FILE" not in without.env
+    assert all(b.target != "/mnt/task/progress" for b in without.binds)
+
+
 def test_task_files(tmp_path: Path) -> None:
     import os
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -385,3 +387,121 @@ def test_a_readopted_container_is_measured(h: Harness) -> None:
     h.execute(h.store.load_task(task.id), adopt=container)
     done = h.store.load_task(task.id)
     assert (done.status, done.cpu_time_ms, done.peak_memory_bytes) == (TaskStatus.COMPLETE, 42, 4096)
+
+
+# --- the progress channel -------------------------------------------------------------------------
+
+
+def test_progress_reaches_the_store_while_running_and_stays_at_the_end(h: Harness) -> None:
+    release = threading.Event()
+    h.engine.program(Script(release=release, progress=[b'{"percent": 10, "msg": "starting"}\n']))
+    task = h.claimed()
+    execution = threading.Thread(target=h.execute, args=(task,))
+    execution.start()
+    h.engine.wait_until(lambda: h.store.load_task(task.id).percent == 10)
+    assert h.store.load_task(task.id).msg == "starting"
+    container = h.engine.only()
+    assert container.spec.env["PROGRESS_FILE"] == "/mnt/task/progress"
+    (bind,) = [b for b in container.spec.binds if b.target == "/mnt/task/progress"]
+    assert not bind.read_only
+    h.engine.write_progress(container.id, b"60 most of it\n")
+    h.engine.wait_until(lambda: h.store.load_task(task.id).percent == 60, timeout=5)
+    h.engine.write_progress(container.id, b"90\n")  # within a second: held, then sent at the end
+    release.set()
+    execution.join(10)
+    done = h.store.load_task(task.id)
+    assert (done.status, done.percent, done.msg) == (TaskStatus.COMPLETE, 90, "most of it")
+    assert not (h.settings.task_dirs / task.id).exists()
+
+
+def test_the_last_report_before_the_exit_is_kept(h: Harness) -> None:
+    h.engine.program(Script(exit_code=2, progress=[b"10 a\n", b'{"percent": 100, "msg": "written last"}']))
+    task = h.claimed()
+    h.execute(task)
+    done = h.store.load_task(task.id)
+    # an error's msg is the runner's (as IronWorker's); the percent stays the worker's
+    assert (done.status, done.percent, done.msg) == (TaskStatus.ERROR, 100, "exit code 2")
+
+
+def test_a_complete_task_without_reports_has_no_progress(h: Harness) -> None:
+    h.engine.program(Script())
+    task = h.claimed()
+    h.execute(task)
+    done = h.store.load_task(task.id)
+    assert (done.status, done.percent, done.msg) == (TaskStatus.COMPLETE, None, None)
+
+
+def test_a_refused_line_is_recorded_once_and_earlier_reports_count(h: Harness) -> None:
+    h.engine.program(Script(progress=[b"70 fine\n", b"half way\n", b"\x00\xff garbage\n"]))
+    task = h.claimed()
+    h.execute(task)
+    done = h.store.load_task(task.id)
+    assert (done.percent, done.msg) == (70, "fine")
+    (refusal,) = [e for e in h.store.list_events(task.id) if e.kind == "progress_refused"]
+    assert refusal.detail.startswith("progress line refused: ")
+
+
+def test_a_new_attempt_starts_without_the_earlier_progress(h: Harness) -> None:
+    h.engine.program(Script(progress=[b"80 first attempt\n"]), Script())
+    task = h.claimed()
+    h.engine.fail("wait")  # the first attempt fails after its report
+    h.execute(task)
+    assert h.store.load_task(task.id).status is TaskStatus.QUEUED
+    h.execute(h.claim_again(task.id))
+    done = h.store.load_task(task.id)
+    assert (done.status, done.percent, done.msg) == (TaskStatus.COMPLETE, None, None)
+
+
+def test_progress_after_the_lease_is_lost_is_not_written(h: Harness) -> None:
+    release = threading.Event()
+    h.engine.program(Script(release=release))
+    task = h.claimed()
+    execution = threading.Thread(target=h.execute, args=(task,))
+    execution.start()
+    h.engine.wait_until(lambda: h.store.load_task(task.id).status is TaskStatus.RUNNING)
+    h.store.release(task.id, h.context.runner_id, "taken away")  # as an expiry would
+    h.engine.write_progress(h.engine.only().id, b"50 too late\n")
+    release.set()
+    execution.join(10)
+    done = h.store.load_task(task.id)
+    assert (done.status, done.percent) == (TaskStatus.QUEUED, None)
+    assert done.msg is not None and done.msg.startswith("waiting: ")
+
+
+def test_a_readopted_container_reports_through_the_fifo_that_outlived_the_runner(h: Harness) -> None:
+    from dockworker.engine import Bind
+    from dockworker.runner.progress import make_fifo
+
+    task = h.claimed()
+    assert h.store.mark_running(task.id, h.context.runner_id, time.time(), "c")
+    task_dir = h.settings.task_dirs / task.id
+    task_dir.mkdir(parents=True)
+    fifo = make_fifo(task_dir, "progress", os.getgid())  # as the earlier runner process made it
+    h.engine.images.add("x")
+    release = threading.Event()
+    container = h.engine.adopt_running(
+        ContainerSpec(
+            image="x",
+            command=[],
+            labels={"dockworker.task": task.id},
+            binds=(Bind(source=str(fifo), target="/mnt/task/progress", read_only=False),),
+        ),
+        Script(release=release),
+    )
+    # The worker writes while no runner reads: its open waits for the runner to come back.
+    blocked_writer = threading.Thread(target=lambda: fifo.write_bytes(b"40 while the runner was away\n"))
+    blocked_writer.start()
+    time.sleep(0.2)
+    assert blocked_writer.is_alive()
+    execution = threading.Thread(
+        target=h.execute, args=(h.store.load_task(task.id),), kwargs={"adopt": container}
+    )
+    execution.start()
+    blocked_writer.join(10)
+    h.engine.wait_until(lambda: h.store.load_task(task.id).percent == 40)
+    h.engine.write_progress(container, b"95 after the re-adoption\n")
+    release.set()
+    execution.join(10)
+    done = h.store.load_task(task.id)
+    assert (done.status, done.percent, done.msg) == (TaskStatus.COMPLETE, 95, "after the re-adoption")
+    assert not task_dir.exists()

@@ -36,7 +36,7 @@ WAKE_CHECK_S = 1.0  # a wait re-checks this often (a NOTIFY lost, the service st
 MAX_LOG_CHUNK = 1024 * 1024
 MAX_IDS = 10_000
 # The events a runner writes itself; the others follow from its reports.
-RUNNER_EVENTS = frozenset({EventKind.CONTAINER_CREATED, EventKind.READOPTED})
+RUNNER_EVENTS = frozenset({EventKind.CONTAINER_CREATED, EventKind.READOPTED, EventKind.PROGRESS_REFUSED})
 TaskId = Annotated[str, Path(max_length=100)]
 
 
@@ -342,6 +342,19 @@ async def append_log(
         svc.store.append_log_at, task_id, caller.runner_id, start, data, output_bytes
     )
     return {"log_size": size}
+
+
+class ProgressReportIn(Strict):
+    percent: int | None = None
+    msg: str | None = None
+
+
+@router.post("/2/runner/tasks/{task_id}/progress")
+def report_progress(
+    svc: ServicesDep, caller: RunnerDep, task_id: TaskId, body: ProgressReportIn
+) -> dict[str, bool]:
+    """The worker's progress, as its channel said (``ok`` False when the lease is lost)."""
+    return {"ok": svc.store.report_progress(task_id, caller.runner_id, body.percent, body.msg)}
 
 
 class EventIn(Strict):

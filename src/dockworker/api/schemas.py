@@ -8,11 +8,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import timeutil
-from ..models import Code, CodeRevision, RunnerInfo, Schedule, Task
+from ..models import MAX_PROGRESS_MSG, Code, CodeRevision, RunnerInfo, Schedule, Task
 
 NAME_PATTERN = re.compile(r"^[^\x00-\x1f\x7f/\\]+$")
 ENV_NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-RESERVED_ENV = frozenset({"TASK_ID", "TASK_DIR", "PAYLOAD_FILE", "CONFIG_FILE", "CODE_DIR", "HOME"})
+RESERVED_ENV = frozenset(
+    {"TASK_ID", "TASK_DIR", "PAYLOAD_FILE", "CONFIG_FILE", "PROGRESS_FILE", "CODE_DIR", "HOME"}
+)
 IMAGE_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._/:@-]*$")
 FILTERED = "[FILTERED]"  # shown instead of a secret value
 
@@ -109,7 +111,7 @@ class TasksIn(Strict):
 
 class ProgressIn(Strict):
     percent: Annotated[int | None, Field(ge=0, le=100)] = None
-    msg: Annotated[str | None, Field(max_length=65536)] = None
+    msg: Annotated[str | None, Field(max_length=MAX_PROGRESS_MSG)] = None
 
 
 class RetryIn(Strict):

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -27,10 +27,14 @@ from .bundle import zip_directory
 from .common import CommandOpt, EnvOpt, FileNameOpt, ImageOpt, RuntimeOpt, StackOpt, parse_env, read_arg
 from .follow import describe as describe_task
 
+if TYPE_CHECKING:
+    from ..runner.progress import Progress
+
 RUNNER_ID = "run-local"
 # Containers of run-local carry this installation label: no service's reaper touches them.
 INSTALLATION_ID = "run-local"
 EXIT_FAILED = 1
+PROGRESS_NOTE_CHARS = 200
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -132,7 +136,8 @@ def execute(
     from ..engine import DockerEngine
     from ..errors import ImageMissing
     from ..ids import new_id
-    from ..runner.container_run import run_container
+    from ..names import PROGRESS_NAME
+    from ..runner.container_run import RunHooks, run_container
     from ..runner.contract import (
         TaskFiles,
         container_spec,
@@ -141,6 +146,7 @@ def execute(
         with_build_hint,
         write_task_files,
     )
+    from ..runner.progress import ProgressPipe, ProgressRelay, make_fifo
 
     task_id = new_id()
     engine = DockerEngine(settings.docker_host)
@@ -154,7 +160,14 @@ def execute(
             code_dir = unpack_code(run.directory, work / "code", settings)
             uid, gid = parse_user(settings.task_user)
             write_task_files(work / "task", run.payload, run.spec.config, uid, gid)
-            files = TaskFiles(task_dir=work / "task", code_dir=code_dir, hosts_file=ensure_hosts_file(work))
+            fifo = make_fifo(work / "task", PROGRESS_NAME, gid)
+            files = TaskFiles(
+                task_dir=work / "task",
+                code_dir=code_dir,
+                hosts_file=ensure_hosts_file(work),
+                progress_fifo=fifo,
+            )
+            progress = ProgressRelay(ProgressPipe.open(fifo), TerminalProgress(), name=task_id)
             try:
                 container = container_spec(
                     spec=run.spec,
@@ -171,17 +184,34 @@ def execute(
                         sink=sink or write_output,
                         timeout_s=run.timeout_s,
                         stop=stop,
+                        hooks=RunHooks(on_tick=progress.tick),
                         name=task_id,
                     )
+                progress.finish()
             except ImageMissing as exc:
                 return task_id, TaskOutcome(
                     status=TaskStatus.ERROR, msg=with_build_hint(run.spec, exc.message)
                 )
             except TaskSetupError as exc:
                 return task_id, TaskOutcome(status=TaskStatus.ERROR, msg=exc.message)
+            finally:
+                progress.close()
             return task_id, result.outcome
     finally:
         engine.close()
+
+
+class TerminalProgress:
+    """The worker's progress reports, as notes on stderr."""
+
+    def report(self, progress: Progress) -> bool:
+        percent = "" if progress.percent is None else f" {progress.percent}%"
+        msg = "" if progress.msg is None else f" {output.flat(progress.msg)[:PROGRESS_NOTE_CHARS]}"
+        output.note(f"[progress{percent}]{msg}")
+        return True
+
+    def refused(self, reason: str) -> None:
+        output.note(f"[progress line refused: {reason}]")
 
 
 def unpack_code(directory: Path, target: Path, settings: Settings) -> Path | None:

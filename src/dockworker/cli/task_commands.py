@@ -21,6 +21,7 @@ STATUS_KEYS = (
     "code_name",
     "code_rev",
     "status",
+    "percent",
     "msg",
     "exit_code",
     "priority",

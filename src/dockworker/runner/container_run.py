@@ -59,13 +59,19 @@ def _always_proceed(started_at: float) -> bool:
     return True
 
 
+def _no_tick() -> None:
+    """The default on_tick hook."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunHooks:
-    """What the caller does at two points of the run. on_started gets the start time (epoch
-    seconds) and returns False to have the container killed at once (ending as cancelled)."""
+    """What the caller does at points of the run. on_started gets the start time (epoch
+    seconds) and returns False to have the container killed at once (ending as cancelled);
+    on_tick is called at every tick of the supervision while the container runs."""
 
     on_created: Callable[[str], None] = _ignore_created
     on_started: Callable[[float], bool] = _always_proceed
+    on_tick: Callable[[], None] = _no_tick
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,7 +109,9 @@ def run_container(
         if not hooks.on_started(timeutil.now()):
             _kill_and_drain(engine, container_id, pump)
             return _measured(engine, container_id, RunResult(outcome=_cancelled(), stopped=True), name)
-        result = _supervise(engine, container_id, spec.memory_bytes // MB, pump, deadline, timeout_s, stop)
+        result = _supervise(
+            engine, container_id, spec.memory_bytes // MB, pump, deadline, timeout_s, stop, hooks.on_tick
+        )
         return _measured(engine, container_id, result, name)
     finally:
         _remove(engine, container_id, name)
@@ -121,6 +129,7 @@ def follow_container(
     timeout_s: int,
     stop: threading.Event,
     name: str,
+    on_tick: Callable[[], None] = _no_tick,
 ) -> RunResult:
     """Re-adopt a container started by an earlier process of this runner: resume its log after
     the ``skip`` bytes already consumed, then supervise it to its end as run_container does
@@ -132,7 +141,7 @@ def follow_container(
         )
         pump.start()
         deadline = time.monotonic() + seconds_left
-        result = _supervise(engine, container_id, memory_mb, pump, deadline, timeout_s, stop)
+        result = _supervise(engine, container_id, memory_mb, pump, deadline, timeout_s, stop, on_tick)
         return _measured(engine, container_id, result, name)
     finally:
         _remove(engine, container_id, name)
@@ -146,10 +155,12 @@ def _supervise(
     deadline: float,
     timeout_s: int,
     stop: threading.Event,
+    on_tick: Callable[[], None],
 ) -> RunResult:
     """Wait for the container's output to end, the deadline, or stop."""
     while not pump.done.wait(SUPERVISE_TICK_S):
         pump.flush()
+        on_tick()
         if stop.is_set():
             _kill_and_drain(engine, container_id, pump)
             return RunResult(outcome=_cancelled(), stopped=True)

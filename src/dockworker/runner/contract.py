@@ -17,6 +17,7 @@ from ..names import (
     CONFIG_NAME,
     INSTALLATION_LABEL,
     PAYLOAD_NAME,
+    PROGRESS_NAME,
     RUNNER_LABEL,
     TASK_DIR,
     TASK_LABEL,
@@ -24,6 +25,7 @@ from ..names import (
 from ..settings import MB, Settings
 from ..stacks.catalog import get_stack, legacy_command, stack_for_runtime
 
+PROGRESS_PATH = f"{TASK_DIR}/{PROGRESS_NAME}"
 HOSTS_FILE = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
@@ -34,6 +36,8 @@ class TaskFiles:
     task_dir: Path
     code_dir: Path | None
     hosts_file: Path
+    # The progress channel's FIFO (runner/progress.py); None: the task gets no channel.
+    progress_fifo: Path | None = None
 
 
 def check_launch(
@@ -155,6 +159,9 @@ def container_spec(
         )
     if files.code_dir is not None:
         binds.append(Bind(source=str(files.code_dir.resolve()), target=CODE_DIR, read_only=True))
+    if files.progress_fifo is not None:
+        # Writable: it is a pipe to the runner, and a mount point the task cannot replace.
+        binds.append(Bind(source=str(files.progress_fifo.resolve()), target=PROGRESS_PATH, read_only=False))
     # The package's variables, secret ones included (names the contract sets are refused at
     # upload, and the contract's values win anyway).
     env = {**spec.env_vars, **spec.secret_env_vars}
@@ -167,6 +174,8 @@ def container_spec(
     )
     if files.code_dir is not None:
         env["CODE_DIR"] = CODE_DIR
+    if files.progress_fifo is not None:
+        env["PROGRESS_FILE"] = PROGRESS_PATH
     return ContainerSpec(
         image=resolve_image(spec),
         command=resolve_command(spec, task_id, has_config),

@@ -24,10 +24,11 @@ from ..errors import (
 )
 from ..logsetup import Throttled
 from ..models import CodeSpec, Task, TaskOutcome
+from ..names import PROGRESS_NAME
 from ..settings import Settings
 from ..states import CANCELLED_MSG, EventKind, TaskStatus
 from .codecache import CodeCache
-from .container_run import RunHooks, follow_container, run_container
+from .container_run import RunHooks, RunResult, follow_container, run_container
 from .contract import (
     TaskFiles,
     container_spec,
@@ -37,6 +38,7 @@ from .contract import (
     write_task_files,
 )
 from .link import RunnerLink
+from .progress import Progress, ProgressPipe, ProgressRelay, close_relay, make_fifo, open_relay
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -46,6 +48,21 @@ log = logging.getLogger("dockworker.runner")
 REPORT_RETRY_FIRST_S = 0.1
 REPORT_RETRY_MAX_S = 5.0
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+@dataclass(frozen=True, kw_only=True)
+class StoreProgressSink:
+    """A task's progress reports, to the store under this runner's lease."""
+
+    store: RunnerLink
+    task_id: str
+    runner_id: str
+
+    def report(self, progress: Progress) -> bool:
+        return self.store.report_progress(self.task_id, self.runner_id, progress.percent, progress.msg)
+
+    def refused(self, reason: str) -> None:
+        self.store.add_event(self.task_id, EventKind.PROGRESS_REFUSED, f"progress line refused: {reason}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +100,7 @@ class TaskExecution:
         self.engine_unreachable = False
         self.host_storage_full = False
         self._task_dir = context.settings.task_dirs / task.id
+        self._progress: ProgressRelay | None = None
         self._report_log = Throttled(log, interval_s=30.0)
 
     @property
@@ -194,6 +212,11 @@ class TaskExecution:
             code_dir = ctx.code_cache.directory_for(revision)
             uid, gid = parse_user(ctx.settings.task_user)
             write_task_files(self._task_dir, self._payload(), revision.spec.config, uid, gid)
+            progress_fifo = make_fifo(self._task_dir, PROGRESS_NAME, gid)
+            # Open before the container starts: a worker's open for writing waits for a reader.
+            self._progress = ProgressRelay(
+                ProgressPipe.open(progress_fifo), self._progress_sink(), name=self.task.id
+            )
             hosts_file = ensure_hosts_file(ctx.settings.data_dir)
         except (ClientError, NotFound) as exc:
             raise TaskSetupError(f"cannot unpack the code package: {exc}") from exc
@@ -201,7 +224,10 @@ class TaskExecution:
             if exc.errno in _NO_SPACE:
                 raise HostStorageFull(f"cannot prepare the task's files: {exc.strerror}") from exc
             raise
-        return revision.spec, TaskFiles(task_dir=self._task_dir, code_dir=code_dir, hosts_file=hosts_file)
+        files = TaskFiles(
+            task_dir=self._task_dir, code_dir=code_dir, hosts_file=hosts_file, progress_fifo=progress_fifo
+        )
+        return revision.spec, files
 
     def _payload(self) -> str:
         """The payload as the worker reads it: opened here when it was encrypted for the
@@ -264,15 +290,27 @@ class TaskExecution:
                 sink=lambda data, consumed: ctx.store.append_log(task_id, data, consumed),
                 timeout_s=self.task.timeout,
                 stop=self._cancel,
-                hooks=RunHooks(on_created=on_created, on_started=on_started),
+                hooks=RunHooks(on_created=on_created, on_started=on_started, on_tick=self._tick_progress),
                 name=task_id,
                 already_kept=already_kept,
             )
         except ImageMissing as exc:
             raise TaskSetupError(with_build_hint(spec, exc.message)) from exc
+        return self._ended(result)
+
+    def _ended(self, result: RunResult) -> TaskOutcome:
         if result.stopped and self._interrupt_reason is not None:
             raise InfrastructureError(self._interrupt_reason)
+        if self._progress is not None:
+            self._progress.finish()  # what the worker wrote last, while the lease is still held
         return result.outcome
+
+    def _progress_sink(self) -> StoreProgressSink:
+        return StoreProgressSink(store=self._ctx.store, task_id=self.task.id, runner_id=self._ctx.runner_id)
+
+    def _tick_progress(self) -> None:
+        if self._progress is not None:
+            self._progress.tick()
 
     def _follow(self, container_id: str) -> TaskOutcome:
         ctx = self._ctx
@@ -283,6 +321,8 @@ class TaskExecution:
             f"runner {ctx.runner_id} follows container {container_id[:12]}",
             container_id,
         )
+        # The FIFO outlived the earlier runner process: its worker's writes resume here.
+        self._progress = open_relay(self._task_dir / PROGRESS_NAME, self._progress_sink(), name=task.id)
         result = follow_container(
             ctx.engine,
             container_id,
@@ -294,10 +334,10 @@ class TaskExecution:
             timeout_s=task.timeout,
             stop=self._cancel,
             name=task.id,
+            on_tick=self._tick_progress,
         )
-        if result.stopped and self._interrupt_reason is not None:
-            raise InfrastructureError(self._interrupt_reason)
-        return result.outcome
+        return self._ended(result)
 
     def _cleanup(self) -> None:
+        close_relay(self._progress)
         shutil.rmtree(self._task_dir, ignore_errors=True)

@@ -317,6 +317,12 @@ class RemoteLink:
         self._forget_log(task_id)
         return bool(data["ok"])
 
+    def report_progress(self, task_id: str, runner_id: str, percent: int | None, msg: str | None) -> bool:
+        """Sent as it comes (the relay already keeps it to one a second); not retried here: the
+        relay keeps what failed and tries again with the next report."""
+        body = {"percent": percent, "msg": msg}
+        return bool(self._call("POST", f"/2/runner/tasks/{task_id}/progress", payload=body)["ok"])
+
     def add_event(
         self, task_id: str, kind: EventKind, detail: str = "", container_id: str | None = None
     ) -> None:

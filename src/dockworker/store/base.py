@@ -260,8 +260,9 @@ class Store(Protocol):
         ...
 
     def mark_running(self, task_id: str, runner_id: str, start_time: float, container_id: str = "") -> bool:
-        """preparing → running, counting the container start. False when the lease is lost
-        (or the task is not preparing): nothing is written."""
+        """preparing → running, counting the container start, with the progress (percent, msg)
+        cleared for the new attempt. False when the lease is lost (or the task is not
+        preparing): nothing is written."""
         ...
 
     def record_unreported_start(self, task_id: str, container_id: str, runner_id: str) -> bool:
@@ -271,9 +272,17 @@ class Store(Protocol):
 
     def finish(self, task_id: str, runner_id: str, outcome: TaskOutcome) -> bool:
         """Write the terminal outcome (a user retry follows ``error``/``timeout`` when the budget
-        allows). False when the lease is lost or the table forbids the move from the current
-        state (``complete`` from ``preparing``...): nothing changes but a
-        ``late_report_refused`` event."""
+        allows); an outcome with an empty ``msg`` keeps the task's (the worker's progress msg).
+        False when the lease is lost or the table forbids the move from the current state
+        (``complete`` from ``preparing``...): nothing changes but a ``late_report_refused``
+        event."""
+        ...
+
+    def report_progress(self, task_id: str, runner_id: str, percent: int | None, msg: str | None) -> bool:
+        """Set the progress a running task's worker reported (None leaves a field as it is).
+        False when the lease is lost: nothing is written, and no event recorded (reports come
+        often). ClientError for a percent outside 0-100, a msg over 64 KiB characters or with a
+        NUL."""
         ...
 
     def requeue_after_infra_failure(

@@ -14,8 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from .. import timeutil
-from ..errors import NotFound
-from ..models import Task, TaskOutcome
+from ..errors import ClientError, NotFound
+from ..models import MAX_PROGRESS_MSG, Task, TaskOutcome
 from ..states import CANCELLED_MSG, EventKind, TaskStatus
 from .codes_sql import code_by_id
 from .schema import task_events, tasks
@@ -74,6 +74,9 @@ class LeaseQueries(Transactional):
                 start_time=start_time,
                 attempts=tasks.c.attempts + 1,
                 updated_at=timeutil.now(),
+                # progress belongs to an attempt; a msg left from the queue (why it waited) is moot
+                percent=None,
+                msg=None,
             )
             if moved:
                 detail = f"container {_short(container_id)} started by runner {runner_id}"
@@ -103,20 +106,39 @@ class LeaseQueries(Transactional):
                 record_event(conn, task_id, EventKind.STARTED, detail, container_id)
             return bool(updated)
 
+    def report_progress(self, task_id: str, runner_id: str, percent: int | None, msg: str | None) -> bool:
+        if percent is not None and not 0 <= percent <= 100:
+            raise ClientError(f"percent {percent} is not within 0-100")
+        if msg is not None and len(msg) > MAX_PROGRESS_MSG:
+            raise ClientError(f"msg is longer than {MAX_PROGRESS_MSG} characters")
+        if msg is not None and "\x00" in msg:  # PostgreSQL's text cannot hold it
+            raise ClientError("msg contains a NUL character")
+        values: dict[str, Any] = {"updated_at": timeutil.now()}
+        if percent is not None:
+            values["percent"] = percent
+        if msg is not None:
+            values["msg"] = msg
+        with self._write() as conn:
+            return bool(
+                conn.execute(tasks.update().where(leased(task_id, runner_id)).values(**values)).rowcount
+            )
+
     def finish(self, task_id: str, runner_id: str, outcome: TaskOutcome) -> bool:
         now = timeutil.now()
+        # An outcome without a message (complete) keeps the worker's last progress msg.
+        msg = {"msg": outcome.msg} if outcome.msg else {}
         with self._write() as conn:
             moved = transition(
                 conn,
                 outcome.status,
                 leased(task_id, runner_id),
-                msg=outcome.msg,
                 exit_code=outcome.exit_code,
                 cpu_time_ms=outcome.cpu_time_ms,
                 peak_memory_bytes=outcome.peak_memory_bytes,
                 end_time=now,
                 lease_expires_at=None,
                 updated_at=now,
+                **msg,
             )
             if not moved:
                 self._refuse(conn, task_id, runner_id, str(outcome.status))
