@@ -125,6 +125,32 @@ def test_fork_bomb_is_contained_by_the_pids_limit(store: Store, project: str, st
     assert other.status is TaskStatus.COMPLETE
 
 
+def test_the_log_keeps_the_order_the_worker_wrote_in_across_stdout_and_stderr(
+    store: Store, project: str, start_runner
+) -> None:
+    script = 'i=0; while [ $i -lt 200 ]; do echo "out $i"; echo "err $i" >&2; i=$((i+1)); done'
+    save_code(store, project, CodeSpec(name="both", stack="busybox", command="sh run.sh"), {"run.sh": script})
+    start_runner()
+    tasks = [queue(store, project, "both") for _ in range(3)]
+    expected = "".join(f"out {i}\nerr {i}\n" for i in range(200))
+    for task in tasks:
+        done = wait_for(store, task.id)
+        assert done.status is TaskStatus.COMPLETE, done.msg
+        assert store.read_log(task.id).decode() == expected
+
+
+def test_an_images_own_entrypoint_and_command_still_run(
+    store: Store, project: str, start_runner, engine: DockerEngine
+) -> None:
+    """A package without a command runs its image's default command (and an entrypoint, were
+    there one) exactly as the engine would, stderr on stdout or not."""
+    save_code(store, project, CodeSpec(name="default", stack="busybox"), None)
+    start_runner()
+    done = wait_for(store, queue(store, project, "default").id)
+    # the busybox stack's default command is a shell with no input: it ends at once
+    assert done.status is TaskStatus.COMPLETE, done.msg
+
+
 def test_command_not_found(store: Store, project: str, start_runner) -> None:
     save_code(store, project, CodeSpec(name="nocmd", stack="busybox", command="no-such-binary --flag"))
     start_runner()

@@ -142,6 +142,7 @@ def execute(
         TaskFiles,
         container_spec,
         ensure_hosts_file,
+        ensure_one_stream_shell,
         parse_user,
         with_build_hint,
         write_task_files,
@@ -166,6 +167,7 @@ def execute(
                 code_dir=code_dir,
                 hosts_file=ensure_hosts_file(work),
                 progress_fifo=fifo,
+                one_stream_shell=ensure_one_stream_shell(work),
             )
             progress = ProgressRelay(ProgressPipe.open(fifo), TerminalProgress(), name=task_id)
             try:

@@ -4,6 +4,7 @@ dockworker's error families; nothing from ``docker`` or ``requests`` escapes thi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import socket
 import threading
@@ -26,6 +27,19 @@ from .types import UNKNOWN_USAGE, ContainerInfo, ContainerSpec, ExitInfo, Resour
 log = logging.getLogger("dockworker.engine")
 
 SIGKILL_EXIT = 128 + 9
+# The one-stream shell (ContainerSpec.one_stream_shell) inside the container, and what it runs:
+# the command found on PATH by hand (busybox's shell would run its own applet of that name
+# first), started with its stderr on its stdout. Exit status 127 when it is not found, as an
+# engine's init answers.
+ONE_STREAM_TARGET = "/.dockworker/busybox"
+ONE_STREAM_SCRIPT = r"""c=$1; shift
+case $c in
+*/*) ;;
+*) p=; IFS=:; for d in $PATH; do if [ -f "$d/$c" ] && [ -x "$d/$c" ]; then p=$d/$c; break; fi; done; unset IFS
+   if [ -z "$p" ]; then echo "dockworker: $c: command not found" >&2; exit 127; fi; c=$p ;;
+esac
+exec "$c" "$@" 2>&1"""
+IMAGE_START_TTL_S = 5.0
 OOM_RECHECKS = 5
 OOM_RECHECK_INTERVAL_S = 0.1
 
@@ -139,6 +153,7 @@ class DockerEngine:
         self._accounting_lock = threading.Lock()
         self._accounting_checked = False
         self._parents: AccountingParents | None = None
+        self._image_starts: dict[str, tuple[float, list[str], list[str]]] = {}
 
     @staticmethod
     def _negotiate_version(base_url: str) -> str:
@@ -272,6 +287,8 @@ class DockerEngine:
         binds: dict[str, Mapping[str, str]] = {
             b.source: {"bind": b.target, "mode": "ro" if b.read_only else "rw"} for b in spec.binds
         }
+        if spec.one_stream_shell is not None:
+            spec = self._one_stream(spec, binds)
         parent = self._make_parent(spec)
         try:
             return self._create(spec, binds, parent)
@@ -301,6 +318,7 @@ class DockerEngine:
             created = self._api.create_container(
                 spec.image,
                 spec.command,
+                entrypoint=spec.entrypoint,
                 environment=spec.env,
                 labels=spec.labels,
                 working_dir=spec.working_dir,
@@ -311,6 +329,34 @@ class DockerEngine:
                 tty=False,
             )
         return str(created["Id"])
+
+    def _one_stream(self, spec: ContainerSpec, binds: dict[str, Mapping[str, str]]) -> ContainerSpec:
+        """The spec with its command started by the mounted static shell, stderr on stdout. The
+        image's own entrypoint and default command run as Docker would have run them."""
+        entrypoint, default = self._image_start(spec.image)
+        argv = [*entrypoint, *(spec.command or default)]
+        if not argv or spec.one_stream_shell is None:
+            return spec  # nothing to start: let the engine say so
+        binds[spec.one_stream_shell] = {"bind": ONE_STREAM_TARGET, "mode": "ro"}
+        return dataclasses.replace(
+            spec, entrypoint=[ONE_STREAM_TARGET, "sh", "-c", ONE_STREAM_SCRIPT, "dockworker"], command=argv
+        )
+
+    def _image_start(self, ref: str) -> tuple[list[str], list[str]]:
+        """The image's Entrypoint and Cmd, asked of the engine at most every few seconds per
+        reference (a create must not pay an inspect each time)."""
+        now = time.monotonic()
+        cached = self._image_starts.get(ref)
+        if cached is not None and now - cached[0] < IMAGE_START_TTL_S:
+            return cached[1], cached[2]
+        try:
+            with _classified("inspect image"):
+                config = self._api.inspect_image(ref).get("Config") or {}  # type: ignore[no-untyped-call]
+        except ImageMissing:
+            return [], []  # the create that follows says so, as it always has
+        found = (now, list(config.get("Entrypoint") or []), list(config.get("Cmd") or []))
+        self._image_starts[ref] = found
+        return found[1], found[2]
 
     def attach(self, container_id: str) -> Iterator[bytes]:
         """Stdout and stderr, interleaved in the order the engine received them. Call before

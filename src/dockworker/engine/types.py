@@ -17,6 +17,7 @@ class Bind:
 class ContainerSpec:
     image: str
     command: list[str]
+    entrypoint: list[str] | None = None  # None: the image's own
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
     binds: tuple[Bind, ...] = ()
@@ -29,6 +30,11 @@ class ContainerSpec:
     log_max_bytes: int = 8 * 1024 * 1024
     network_disabled: bool = True
     read_only_root: bool = True
+    # A static shell on the engine's host (a copy of busybox-static) that starts the command
+    # with its stderr on its stdout, so that the log keeps the order in which the worker wrote
+    # across both (Docker reads them through two pipes). None: two streams, as the engine has
+    # them. Backends that give the process one pipe already ignore it.
+    one_stream_shell: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

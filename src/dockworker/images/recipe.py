@@ -14,7 +14,8 @@ from ..stacks.catalog import DEBIAN_SUITE, DEBIAN_VARIANT
 
 # Bump when the way the service images are built changes, so that both are rebuilt.
 IMAGE_BUILDER_VERSION = 1
-PACKAGES = ("python3", "python3-venv", "ca-certificates")
+# busybox-static: the one-stream shell that task containers start their command with (contract.py)
+PACKAGES = ("python3", "python3-venv", "ca-certificates", "busybox-static")
 VENV = "/opt/dockworker"
 DATA_DIR = "/var/lib/dockworker"
 UID = GID = 1000

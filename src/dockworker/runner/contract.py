@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
+import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,8 @@ class TaskFiles:
     hosts_file: Path
     # The progress channel's FIFO (runner/progress.py); None: the task gets no channel.
     progress_fifo: Path | None = None
+    # See ContainerSpec.one_stream_shell (ensure_one_stream_shell); None: two streams.
+    one_stream_shell: Path | None = None
 
 
 def check_launch(
@@ -130,6 +135,60 @@ def ensure_hosts_file(data_dir: Path) -> Path:
     return path
 
 
+STATIC_SHELL = Path("/bin/busybox")  # Debian's busybox-static (scripts/setup.sh installs it)
+_shell_copies: dict[Path, Path | None] = {}
+_shell_copying = threading.Lock()  # task threads start together
+
+
+def ensure_one_stream_shell(data_dir: Path, source: Path = STATIC_SHELL) -> Path | None:
+    """A copy of the host's static busybox in the data directory (``bin/busybox``), for
+    ``ContainerSpec.one_stream_shell``: in the data directory so that a runner that itself runs
+    in a container (the dockworker/runner image) names a path that the engine's host has too.
+    None, and a warning once, when the host has no static busybox: a log then keeps stdout's
+    and stderr's lines each in order, but not always in order with each other."""
+    with _shell_copying:
+        if data_dir not in _shell_copies:
+            _shell_copies[data_dir] = _copy_shell(data_dir, source)
+        return _shell_copies[data_dir]
+
+
+def _copy_shell(data_dir: Path, source: Path) -> Path | None:
+    target = data_dir / "bin" / "busybox"
+    copy: Path | None = target
+    try:
+        head = source.read_bytes()[:20]
+        static = head[:4] == b"\x7fELF" and _is_static(source)
+        if not static:
+            raise OSError(f"{source} is not a static binary")
+        if not target.exists() or target.stat().st_size != source.stat().st_size:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temporary = target.with_suffix(f".{os.getpid()}.tmp")  # processes may share the directory
+            shutil.copyfile(source, temporary)
+            temporary.chmod(0o755)
+            temporary.replace(target)
+    except OSError as exc:
+        logging.getLogger("dockworker.runner").warning(
+            "runner.two_streams: %s; install busybox-static so that a task's log keeps its order", exc
+        )
+        copy = None
+    return copy
+
+
+def _is_static(binary: Path) -> bool:
+    """No program interpreter (PT_INTERP) among the ELF program headers: statically linked."""
+    data = binary.read_bytes()
+    if len(data) < 64 or data[4] != 2:  # 64-bit only
+        return False
+    phoff = int.from_bytes(data[32:40], "little")
+    entry_size = int.from_bytes(data[54:56], "little")
+    count = int.from_bytes(data[56:58], "little")
+    for index in range(count):
+        start = phoff + index * entry_size
+        if int.from_bytes(data[start : start + 4], "little") == 3:  # PT_INTERP
+            return False
+    return True
+
+
 def parse_user(user: str) -> tuple[int, int]:
     uid, _, gid = user.partition(":")
     return int(uid), int(gid or uid)
@@ -192,4 +251,5 @@ def container_spec(
             TASK_DIR: f"rw,exec,nosuid,nodev,size={limits.task_dir_mb}m,mode=0755,uid={uid},gid={gid}",
         },
         log_max_bytes=limits.log_bytes,
+        one_stream_shell=None if files.one_stream_shell is None else str(files.one_stream_shell.resolve()),
     )

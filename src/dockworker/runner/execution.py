@@ -33,6 +33,7 @@ from .contract import (
     TaskFiles,
     container_spec,
     ensure_hosts_file,
+    ensure_one_stream_shell,
     parse_user,
     with_build_hint,
     write_task_files,
@@ -225,7 +226,11 @@ class TaskExecution:
                 raise HostStorageFull(f"cannot prepare the task's files: {exc.strerror}") from exc
             raise
         files = TaskFiles(
-            task_dir=self._task_dir, code_dir=code_dir, hosts_file=hosts_file, progress_fifo=progress_fifo
+            task_dir=self._task_dir,
+            code_dir=code_dir,
+            hosts_file=hosts_file,
+            progress_fifo=progress_fifo,
+            one_stream_shell=ensure_one_stream_shell(ctx.settings.data_dir),
         )
         return revision.spec, files
 
