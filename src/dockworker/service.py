@@ -26,6 +26,7 @@ from .engine.oci.choose import open_task_engine
 from .errors import ClientError
 from .logsetup import configure_logging
 from .runner import Runner
+from .runner.metering import EngineMeter, MeteredEngine, NoMeter
 from .runner.runner import THREAD_JOIN_S, resolve_runner_id
 from .scheduler import Housekeeper, Scheduler
 from .settings import Settings
@@ -233,8 +234,10 @@ def _serve(settings: Settings, store: Store, holds: _Holds, on_ready: str | None
     the_runner: Runner | None = None
     engine: Engine | None = None
     if holds.identity is not None:
-        engine = open_task_engine(settings, pool_size=max(16, 4 * settings.slots))
+        engine = MeteredEngine(open_task_engine(settings, pool_size=max(16, 4 * settings.slots)))
         engine.ping()
+        if holds.listener is None:
+            engine.meter = _runner_metrics_port(settings)
         the_runner = Runner(settings, store, engine, identity=holds.identity)
         threads.append(threading.Thread(target=the_runner.run, args=(stop,), name="runner"))
         log.info(
@@ -305,6 +308,8 @@ def _serve_api(
         stopping=signals.stop,
         engine_ping=engine.ping if engine is not None else None,
     )
+    if isinstance(engine, MeteredEngine):
+        engine.meter = app.state.runner_metrics  # the runner's measurements on the API's /metrics
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -370,9 +375,10 @@ def run_remote_runner(settings: Settings, options: RemoteRunnerOptions, on_ready
             heartbeat_interval_s=session.heartbeat_interval_s,
             limits=dataclasses.replace(settings.limits, memory_mb=session.memory_mb),
         )
-        engine = open_task_engine(settings, pool_size=max(16, 4 * settings.slots))
+        engine = MeteredEngine(open_task_engine(settings, pool_size=max(16, 4 * settings.slots)))
         try:
             engine.ping()
+            engine.meter = _runner_metrics_port(settings)
             runner = Runner(settings, link, engine, identity=identity, payload_key=key)
             _run_until_signalled(runner, settings, link.refused, on_ready)
         finally:
@@ -383,6 +389,24 @@ def run_remote_runner(settings: Settings, options: RemoteRunnerOptions, on_ready
         raise TokenRevoked(
             "the API refused this runner's cluster token (revoked or rotated): start it with the current one"
         )
+
+
+def _runner_metrics_port(settings: Settings) -> EngineMeter:
+    """The runner's metrics on ``metrics_host:metrics_port`` (when a port is set)."""
+    if not settings.metrics_port:
+        return NoMeter()
+    from .runner.prometheus import serve_runner_metrics
+
+    try:
+        meter = serve_runner_metrics(settings.metrics_host, settings.metrics_port)
+    except OSError as exc:
+        raise ClientError(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc.strerror}"
+        ) from None
+    log.info(
+        "runner.metrics", extra={"url": f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"}
+    )
+    return meter
 
 
 def _run_until_signalled(

@@ -69,6 +69,9 @@ class Settings:
     max_batch_tasks: int = 1000
     task_user: str = "1000:1000"
     metrics_token: str | None = None  # besides an admin token, this bearer token may read /metrics
+    # A runner without the API in its process serves its own metrics here (0: it does not).
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     hud_session_s: int = 8 * 3600  # a HUD login lasts this long
     limits: Limits = field(default_factory=Limits)
 

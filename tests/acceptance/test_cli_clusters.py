@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from .cli_support import cli, cli_env, ok
-from .support import LOOPBACK, Service, dockworker_command, upload_script
+from .support import LOOPBACK, Service, dockworker_command, free_port, upload_script
 
 pytestmark = pytest.mark.docker
 
@@ -30,6 +31,8 @@ def runner_process(service: Service, tmp_path: Path) -> Iterator[list[subprocess
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def _created(text: str) -> dict[str, str]:
@@ -64,8 +67,18 @@ def test_a_cluster_made_from_the_cli_runs_encrypted_tasks_on_its_own_runner(
         CLUSTER_TOKEN=cluster["token"],
         DECRYPTION_KEY_FILE=str(keys) + ".pem",
     )
+    metrics_port = free_port()
     runner = subprocess.Popen(
-        [*dockworker_command(), "runner", "--data-dir", str(tmp_path / "runner"), "--slots", "2"],
+        [
+            *dockworker_command(),
+            "runner",
+            "--data-dir",
+            str(tmp_path / "runner"),
+            "--slots",
+            "2",
+            "--metrics-port",
+            str(metrics_port),
+        ],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
@@ -78,6 +91,11 @@ def test_a_cluster_made_from_the_cli_runs_encrypted_tasks_on_its_own_runner(
     )
     assert waited.returncode == 0, waited.stderr
     assert waited.stdout == '{"pin": 1234}'
+    # The runner's own metrics port: what the engine took to create and start the container.
+    with urllib.request.urlopen(f"http://{LOOPBACK}:{metrics_port}/metrics", timeout=10) as answer:
+        metrics = answer.read().decode()
+    assert "dockworker_container_start_seconds_count 1.0" in metrics
+    assert 'dockworker_engine_errors_total{operation="create"} 0.0' in metrics
     stats = json.loads(ok(service, "clusters", "stats", "edge", "--json"))
     assert [r["id"].split("@")[1] for r in stats["runners"]] == [cluster["id"]]
 

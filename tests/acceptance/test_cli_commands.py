@@ -202,3 +202,17 @@ def test_sigterm_on_up_ends_log_follow_with_a_closing_line(tmp_path: Path) -> No
     # line rather than being cut at the end of uvicorn's grace period.
     last_line = f"[dockworker] the server is stopping: this log stream ends here, with task {task_id} still "
     assert rest == "" or rest.startswith(last_line)
+
+
+def test_up_shows_what_its_runner_measured_of_the_engine_on_metrics(service: Service, packages: None) -> None:
+    finished(service, "fail")
+    admin = re.search(r"ADMIN TOKEN.*?\n\n    (\S+)\n", service.log_tail(1_000_000), re.S)
+    assert admin is not None, "dockworker up printed no admin token on its first start"
+    conn = http.client.HTTPConnection(LOOPBACK, service.port, timeout=15)
+    try:
+        conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {admin[1]}"})
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    started = re.search(r"^dockworker_container_start_seconds_count (\S+)$", text, re.M)
+    assert started is not None and float(started[1]) >= 1, text[:2000]

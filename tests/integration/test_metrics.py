@@ -124,7 +124,7 @@ def test_figures_follow_the_store(scrape: tuple[TestClient, str, str], store: St
     assert found[("dockworker_project_info", (("name", "p"), ("project", project_id)))] == 1
     # Measured by the process that runs containers; present (at zero) before any runner does.
     assert found[("dockworker_container_start_seconds_count", ())] == 0
-    assert found[("dockworker_engine_errors_total", ())] == 0
+    assert found[("dockworker_engine_errors_total", (("operation", "create"),))] == 0
     # No task id in any label.
     task_ids = {done.id, failed.id, retried.id, running.id}
     assert not {v for _, label_set in found for _, v in label_set} & task_ids

@@ -38,6 +38,7 @@ from prometheus_client.registry import Collector
 
 from ..errors import Unauthorized
 from ..models import RunnerInfo, StatusCount, TaskFact
+from ..runner.prometheus import RunnerMetrics
 from ..settings import Settings
 from ..states import TERMINAL, TaskStatus
 from ..store import Store, StoreUnavailable
@@ -50,7 +51,6 @@ router = APIRouter(tags=["metrics"])
 DURATION_BOUNDS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 CPU_BOUNDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400)
 WAIT_BOUNDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
-CONTAINER_START_BOUNDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 PRIORITIES = (0, 1, 2)
 _TERMINAL = sorted(s.value for s in TERMINAL)
 STARTED, INFRA_RETRY = "started", "infra_retry"
@@ -60,24 +60,6 @@ STARTED, INFRA_RETRY = "started", "infra_retry"
 LATE_COMMIT_IDS = 2000
 
 Key = tuple[str, str]  # (project id, package name)
-
-
-class RunnerMetrics:
-    """Measurements of the process that runs containers. The runner records them (see
-    docs/hud.md for where); until a runner runs in this process they stay at zero."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.container_start_seconds = Histogram(
-            "dockworker_container_start_seconds",
-            "Time the engine took to create and start a task's container",
-            buckets=CONTAINER_START_BOUNDS,
-            registry=registry,
-        )
-        self.engine_errors = Counter(
-            "dockworker_engine_errors_total",
-            "Errors the Docker engine answered (or failures to reach it) in this process",
-            registry=registry,
-        )
 
 
 class EventObserver:

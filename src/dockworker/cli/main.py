@@ -121,6 +121,18 @@ def runner(
     cluster_token: Annotated[
         str | None, typer.Option(help="With --api: the cluster's token [env: CLUSTER_TOKEN]")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Serve this runner's metrics (container start times, engine errors) on this port"
+            " [env: DOCKWORKER_METRICS_PORT]",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str | None, typer.Option(help="Address of the metrics port (default 127.0.0.1)")
+    ] = None,
     decryption_key_file: Annotated[
         Path | None,
         typer.Option(
@@ -143,6 +155,8 @@ def runner(
         runner_id=runner_id,
         clusters=tuple(cluster) if cluster else None,
         runtime=runtime,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
     key = _decryption_key(decryption_key_file)
     if not api_urls:
