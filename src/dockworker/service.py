@@ -280,7 +280,7 @@ def _join_all(threads: list[threading.Thread], within_s: float) -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
     for thread in threads:
         if thread.is_alive():
-            log.warning("service.thread_still_running", extra={"thread": thread.name})
+            log.warning("service.thread_still_running", extra={"thread_name": thread.name})
 
 
 def _force_on(force: threading.Event, runner: Runner) -> None:
