@@ -406,6 +406,7 @@ def _run_until_signalled(
     while not stop.wait(0.5):
         if refused.is_set():
             log.error("runner.token_refused: stopping; tasks go back to the queue")
+            runner.abandon_reports()  # none can be written with this token
             stop.set()
             force.set()
     _join_all([thread], settings.shutdown_grace_s + THREAD_JOIN_S + 5.0)

@@ -204,6 +204,8 @@ class RemoteLink:
         self._client.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        if self.refused.is_set():  # it will not be accepted again: fail at once
+            raise TokenRefused("the API refused this runner's cluster token")
         try:
             return self._client.call(method, path, **kwargs).json()
         except SessionLost:
@@ -386,6 +388,8 @@ class RemoteLink:
                 entry = self._logs.get(task_id)
                 if entry is None or entry.lost or not entry.pending:
                     return
+                if self.refused.is_set():
+                    raise TokenRefused("the API refused this runner's cluster token")
                 if time.monotonic() > deadline or self._closed.is_set():
                     raise ApiUnreachable(f"the log of task {task_id} could not be shipped yet")
                 self._log_lock.notify_all()
