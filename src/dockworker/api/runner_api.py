@@ -177,6 +177,7 @@ async def claim(svc: ServicesDep, caller: RunnerDep, body: ClaimIn, request: Req
         raise ClientError(f"wait_s must be between 0 and {MAX_CLAIM_WAIT_S:.0f}")
     settings = svc.settings
     deadline = time.monotonic() + body.wait_s
+    token = _cluster_token(request)
     while True:
         task = await anyio.to_thread.run_sync(
             lambda: svc.store.claim(
@@ -196,6 +197,9 @@ async def claim(svc: ServicesDep, caller: RunnerDep, body: ClaimIn, request: Req
         await anyio.to_thread.run_sync(
             svc.store.wait_for_work, min(left, WAKE_CHECK_S), limiter=_waiter_threads()
         )
+        # A token revoked or rotated during the wait leases nothing more: refused at once.
+        if await anyio.to_thread.run_sync(svc.store.authenticate_cluster, token) is None:
+            raise Unauthorized("Invalid or revoked cluster token")
 
 
 @router.get("/2/runner/tasks/{task_id}")
