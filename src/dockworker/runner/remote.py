@@ -111,6 +111,7 @@ class RemoteLink:
         self._session_ok = threading.Event()
         self.refused = threading.Event()  # the token no longer works: the runner must stop
         self._closed = threading.Event()
+        self._stopping = threading.Event()
         self._throttled = Throttled(log)
         self._logs: dict[str, _TaskLog] = {}
         self._log_lock = threading.Condition()
@@ -250,11 +251,25 @@ class RemoteLink:
         """A long poll: the server answers when a task of the cluster is leased to this runner,
         or after the wait. Sent once: a claim repeated blindly could lease a task nobody sees."""
         wait = min(self._claim_wait_s, self.session.max_claim_wait_s)
-        data = self._call("POST", "/2/runner/claim", payload={"wait_s": wait}, timeout=wait + 30, once=True)
+        try:
+            data = self._call(
+                "POST", "/2/runner/claim", payload={"wait_s": wait}, timeout=wait + 30, once=True
+            )
+        except ApiUnreachable:
+            if self._stopping.is_set():
+                return None  # cut by stop_claiming
+            raise
         task = None if data["task"] is None else task_from_wire(data["task"])
         if task is not None:
             self._know_log(task)
         return task
+
+    def stop_claiming(self) -> None:
+        """The runner is stopping: end a long-poll claim in flight now rather than when the
+        server answers (up to CLAIM_WAIT_S later). The server hands back a task it had just
+        leased when it finds the connection gone."""
+        self._stopping.set()
+        self._client.interrupt()
 
     def wait_for_work(self, timeout: float) -> None:
         """Nothing to do: the claim itself waited for work."""
