@@ -117,6 +117,7 @@ class RemoteLink:
         self._log_lock = threading.Condition()
         self._buffered = 0
         self._checksums: dict[str, str | None] = {}
+        self._unreported_starts: dict[str, str] = {}  # task id -> container id
         self._cancels: tuple[float, set[str]] = (0.0, set())
         self._running = 0
         self._shipper = threading.Thread(target=self._ship_logs, name="log-shipper", daemon=True)
@@ -216,10 +217,10 @@ class RemoteLink:
             self.refused.set()
             raise
 
-    def _call_retrying(self, method: str, path: str, within_s: float = URGENT_RETRY_S, **kwargs: Any) -> Any:
-        """Retried with backoff while the API cannot be reached, for ``within_s`` seconds (for
-        requests whose repetition writes nothing twice)."""
-        deadline = time.monotonic() + within_s
+    def _call_retrying(self, method: str, path: str, within_s: float | None = None, **kwargs: Any) -> Any:
+        """Retried with backoff while the API cannot be reached, for ``within_s`` seconds
+        (default URGENT_RETRY_S; for requests whose repetition writes nothing twice)."""
+        deadline = time.monotonic() + (URGENT_RETRY_S if within_s is None else within_s)
         delay = RETRY_FIRST_S
         while True:
             try:
@@ -300,8 +301,27 @@ class RemoteLink:
         return task
 
     def mark_running(self, task_id: str, runner_id: str, start_time: float, container_id: str = "") -> bool:
+        """When the API stays away, the runner stops the container and hands the task back; the
+        container did start, so that start is reported before the hand-back (an attempt)."""
         body = {"start_time": start_time, "container_id": container_id}
-        return bool(self._call_retrying("POST", f"/2/runner/tasks/{task_id}/running", payload=body)["ok"])
+        try:
+            return bool(self._call_retrying("POST", f"/2/runner/tasks/{task_id}/running", payload=body)["ok"])
+        except ApiUnreachable:
+            if container_id:
+                with self._log_lock:
+                    self._unreported_starts[task_id] = container_id
+            raise
+
+    def _report_unreported_start(self, task_id: str) -> None:
+        """Before a task's final report: the start that mark_running could not report."""
+        with self._log_lock:
+            container_id = self._unreported_starts.get(task_id)
+        if container_id is None:
+            return
+        body = {"container_id": container_id, "owner": self.session.runner_id}
+        self._call("POST", f"/2/runner/tasks/{task_id}/unreported_start", payload=body)
+        with self._log_lock:
+            self._unreported_starts.pop(task_id, None)
 
     def record_unreported_start(self, task_id: str, container_id: str, runner_id: str) -> bool:
         body = {"container_id": container_id, "owner": runner_id}
@@ -309,6 +329,7 @@ class RemoteLink:
 
     def finish(self, task_id: str, runner_id: str, outcome: TaskOutcome) -> bool:
         self._ship_before_report(task_id)
+        self._report_unreported_start(task_id)
         data = self._call("POST", f"/2/runner/tasks/{task_id}/finish", payload=outcome_to_wire(outcome))
         self._forget_log(task_id)
         return bool(data["ok"])
@@ -324,12 +345,14 @@ class RemoteLink:
     ) -> Task | None:
         """The server's budget and backoff apply, not this runner's."""
         self._ship_before_report(task_id)
+        self._report_unreported_start(task_id)
         data = self._call("POST", f"/2/runner/tasks/{task_id}/requeue", payload={"reason": reason})
         self._forget_log(task_id)
         return None if data["task"] is None else task_from_wire(data["task"])
 
     def release(self, task_id: str, runner_id: str, reason: str) -> bool:
         self._ship_before_report(task_id)
+        self._report_unreported_start(task_id)
         data = self._call("POST", f"/2/runner/tasks/{task_id}/release", payload={"reason": reason})
         self._forget_log(task_id)
         return bool(data["ok"])
