@@ -77,8 +77,9 @@ class Timing:
 
 
 class Rig:
-    """The database, the processes and the clients of one chaos run. ``remote``: the runners
-    are a cluster's, in that namespace; the API servers listen on its link."""
+    """The database, the processes and the clients of one run (a chaos run, a multi-host
+    test). ``remote``: the runners are a cluster's, in that namespace; the API servers listen
+    on its link."""
 
     def __init__(
         self,
