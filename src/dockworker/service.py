@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -32,6 +33,9 @@ from .scheduler import Housekeeper, Scheduler
 from .settings import Settings
 from .store import Store, open_store
 from .store.identity import FileLock, RunnerIdentity, hold_data_dir
+
+if TYPE_CHECKING:
+    from .runner.remote import RemoteLink
 
 log = logging.getLogger("dockworker")
 
@@ -283,7 +287,7 @@ def _join_all(threads: list[threading.Thread], within_s: float) -> None:
         thread.join(max(0.0, deadline - time.monotonic()))
     for thread in threads:
         if thread.is_alive():
-            log.warning("service.thread_still_running", extra={"thread": thread.name})
+            log.warning("service.thread_still_running", extra={"thread_name": thread.name})
 
 
 def _force_on(force: threading.Event, runner: Runner) -> None:
@@ -380,7 +384,7 @@ def run_remote_runner(settings: Settings, options: RemoteRunnerOptions, on_ready
             engine.ping()
             engine.meter = _runner_metrics_port(settings)
             runner = Runner(settings, link, engine, identity=identity, payload_key=key)
-            _run_until_signalled(runner, settings, link.refused, on_ready)
+            _run_until_signalled(runner, settings, link, on_ready)
         finally:
             engine.close()
     finally:
@@ -409,9 +413,7 @@ def _runner_metrics_port(settings: Settings) -> EngineMeter:
     return meter
 
 
-def _run_until_signalled(
-    runner: Runner, settings: Settings, refused: threading.Event, on_ready: str | None
-) -> None:
+def _run_until_signalled(runner: Runner, settings: Settings, link: RemoteLink, on_ready: str | None) -> None:
     stop, force = threading.Event(), threading.Event()
     _Signals(stop, force).install()
     threading.Thread(target=_force_on, args=(force, runner), daemon=True).start()
@@ -428,8 +430,10 @@ def _run_until_signalled(
     if on_ready:
         log.info("%s", on_ready)
     while not stop.wait(0.5):
-        if refused.is_set():
+        if link.refused.is_set():
             log.error("runner.token_refused: stopping; tasks go back to the queue")
+            runner.abandon_reports()  # none can be written with this token
             stop.set()
             force.set()
+    link.stop_claiming()  # a long poll in flight would hold the stop back
     _join_all([thread], settings.shutdown_grace_s + THREAD_JOIN_S + 5.0)

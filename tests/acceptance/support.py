@@ -1,7 +1,8 @@
 """Helpers of the acceptance tier: a real ``dockworker up`` process, the CLI as a subprocess, a
 tiny HTTP client for checks, and the Docker containers of a task.
 
-Everything talks to 127.0.0.1 only, and every wait is bounded."""
+Everything talks to 127.0.0.1 only (or to the test's own veth links, see netns.py), and every
+wait is bounded."""
 
 from __future__ import annotations
 
@@ -69,13 +70,14 @@ def zip_names(data: bytes) -> list[str]:
 class Api:
     """A minimal IronWorker v2 client over http.client (no proxies, no retries)."""
 
-    def __init__(self, port: int, project_id: str, token: str) -> None:
+    def __init__(self, port: int, project_id: str, token: str, host: str = LOOPBACK) -> None:
+        self.host = host
         self.port = port
         self.prefix = f"/2/projects/{project_id}"
         self.token = token
 
     def request(self, method: str, path: str, body: Any = None, timeout: float = 15) -> tuple[int, Any]:
-        conn = http.client.HTTPConnection(LOOPBACK, self.port, timeout=timeout)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         try:
             headers = {"Authorization": f"OAuth {self.token}", "Accept": "application/json"}
             encoded = None
@@ -125,8 +127,8 @@ class Api:
             self.request("POST", f"/tasks/{task_id}/cancel")
 
 
-def version_answers(port: int, timeout: float = 1.0) -> bool:
-    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+def version_answers(port: int, timeout: float = 1.0, host: str = LOOPBACK) -> bool:
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
     try:
         conn.request("GET", "/version")
         response = conn.getresponse()

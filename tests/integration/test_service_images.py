@@ -15,7 +15,14 @@ from pathlib import Path
 import pytest
 
 from dockworker import __version__
+from dockworker.api import create_app
 from dockworker.engine import DockerEngine
+from dockworker.models import CodeSpec, Task
+from dockworker.settings import Settings
+from dockworker.store import Store
+from tests.helpers import queue, save_code
+
+from .live_server import serving
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -117,3 +124,76 @@ def test_the_server_image_serves_the_api_from_its_volume(server_container: tuple
     database = data / "dockworker.db"
     assert database.is_file()
     assert database.stat().st_uid == 1000
+
+
+# --- the runner image runs a task end to end ----------------------------------------------------
+
+HELLO_SH = 'echo "hello from $TASK_ID"\necho "payload: $(cat "$PAYLOAD_FILE")"\n'
+
+
+def _docker(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _wait_terminal(store: Store, task_id: str, runner: str) -> Task:
+    deadline = time.monotonic() + 90
+    while not (task := store.load_task(task_id)).status.is_terminal:
+        state = _docker("inspect", "--format", "{{.State.Status}}", runner).stdout.strip()
+        logs = _docker("logs", runner)
+        assert state == "running", f"the runner container is {state}:\n{logs.stdout}{logs.stderr}"
+        assert time.monotonic() < deadline, f"task {task.status}:\n{logs.stdout[-3000:]}{logs.stderr[-3000:]}"
+        time.sleep(0.1)
+    return task
+
+
+def test_the_runner_image_runs_a_task_end_to_end(
+    built_images: None, engine: DockerEngine, settings: Settings, store: Store, tmp_path: Path
+) -> None:
+    """``docker run`` of dockworker/runner, as non-root (uid 1000, plus the group of the engine's
+    socket), against an API server of this test on 127.0.0.1 (``--network host``), its data
+    directory mounted at the same path inside and out: the task containers' bind mounts are
+    resolved by the host's engine."""
+    project = store.create_project("images").id
+    token, cluster = store.create_cluster(project, "edge", 256)
+    save_code(
+        store, project, CodeSpec(name="hello", stack="busybox", command="sh hello.sh"), {"hello.sh": HELLO_SH}
+    )
+    data = tmp_path / "runner-data"
+    data.mkdir()
+    os.chown(data, 1000, 1000)
+    socket_gid = os.stat("/var/run/docker.sock").st_gid
+    name = f"dockworker-test-runner-{os.getpid()}"
+    with serving(create_app(settings, store)) as port:
+        started = _docker(
+            "run", "-d", "--name", name, "--network", "host",
+            "--group-add", str(socket_gid),
+            "-v", "/var/run/docker.sock:/var/run/docker.sock",
+            "-v", f"{data}:{data}",
+            "-e", f"DOCKWORKER_API=http://127.0.0.1:{port}",
+            "-e", f"CLUSTER_ID={cluster.id}", "-e", f"CLUSTER_TOKEN={token}",
+            "-e", f"DOCKWORKER_DATA_DIR={data}", "-e", "DOCKWORKER_SLOTS=1",
+            RUNNER_IMAGE,
+        )  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        try:
+            task = queue(store, project, "hello", payload="42", cluster=cluster.id)
+            done = _wait_terminal(store, task.id, name)
+            assert done.status.value == "complete", done.msg
+            assert store.read_log(task.id).decode() == f"hello from {task.id}\npayload: 42\n"
+            assert engine.list_labelled(f"dockworker.task={task.id}") == []
+            assert (data / "code-cache").is_dir() and (data / "runner-session.json").stat().st_uid == 1000
+
+            who = (
+                _docker("exec", name, "id", "-u").stdout.split(),
+                _docker("exec", name, "id", "-G").stdout.split(),
+            )
+            assert who[0] == ["1000"] and str(socket_gid) in who[1], who
+            stopped = _docker("stop", "--time", "30", name)
+            assert stopped.returncode == 0, stopped.stderr
+            exit_code = _docker("inspect", "--format", "{{.State.ExitCode}}", name).stdout.strip()
+            assert exit_code == "0", _docker("logs", name).stderr[-3000:]
+        finally:
+            logs = _docker("logs", name)
+            _docker("rm", "-f", name)
+            print(logs.stdout[-2000:], logs.stderr[-2000:])
+    assert _docker("ps", "-a", "-q", "--filter", f"name=^{name}$").stdout.strip() == ""

@@ -26,7 +26,7 @@ from ..errors import ClientError, Conflict, NotFound, Unauthorized
 from ..models import Cluster
 from ..states import EventKind, TaskStatus
 from ..wire import outcome_from_wire, revision_to_wire, task_to_wire
-from .deps import ServicesDep
+from .deps import Services, ServicesDep
 from .schemas import Strict, check_name
 
 router = APIRouter(tags=["runner"])
@@ -177,6 +177,7 @@ async def claim(svc: ServicesDep, caller: RunnerDep, body: ClaimIn, request: Req
         raise ClientError(f"wait_s must be between 0 and {MAX_CLAIM_WAIT_S:.0f}")
     settings = svc.settings
     deadline = time.monotonic() + body.wait_s
+    token = _cluster_token(request)
     while True:
         task = await anyio.to_thread.run_sync(
             lambda: svc.store.claim(
@@ -196,6 +197,9 @@ async def claim(svc: ServicesDep, caller: RunnerDep, body: ClaimIn, request: Req
         await anyio.to_thread.run_sync(
             svc.store.wait_for_work, min(left, WAKE_CHECK_S), limiter=_waiter_threads()
         )
+        # A token revoked or rotated during the wait leases nothing more: refused at once.
+        if await anyio.to_thread.run_sync(svc.store.authenticate_cluster, token) is None:
+            raise Unauthorized("Invalid or revoked cluster token")
 
 
 @router.get("/2/runner/tasks/{task_id}")
@@ -248,6 +252,13 @@ def leased_revision_archive(svc: ServicesDep, caller: RunnerDep, revision_id: Ta
 # --- reports (each conditional on the lease) -------------------------------------------------
 
 
+def _of_the_cluster(svc: Services, caller: RunnerCaller, task_id: str) -> None:
+    """NotFound unless the task is one of the caller's cluster's: a report about any other task
+    writes nothing, not even the refusal in that task's history."""
+    if not svc.store.cluster_task_ids([task_id], caller.cluster.id, active_only=False):
+        raise NotFound("Task not found in this cluster")
+
+
 class RunningIn(Strict):
     start_time: float
     container_id: str = ""
@@ -255,6 +266,7 @@ class RunningIn(Strict):
 
 @router.post("/2/runner/tasks/{task_id}/running")
 def report_running(svc: ServicesDep, caller: RunnerDep, task_id: TaskId, body: RunningIn) -> dict[str, bool]:
+    _of_the_cluster(svc, caller, task_id)
     store = svc.store
     ok = store.mark_running(task_id, caller.runner_id, body.start_time, body.container_id)
     if not ok and store.cluster_task_ids([task_id], caller.cluster.id, active_only=True):
@@ -289,11 +301,11 @@ def finish(svc: ServicesDep, caller: RunnerDep, task_id: TaskId, body: dict[str,
         outcome = outcome_from_wire(body)
     except (TypeError, ValueError, KeyError) as exc:
         raise ClientError(f"not a task outcome: {exc}") from None
+    _of_the_cluster(svc, caller, task_id)
     store = svc.store
     if task_id not in store.leased_task_ids(caller.runner_id):
-        done = store.cluster_task_ids([task_id], caller.cluster.id, active_only=False)
-        task = store.load_task(task_id) if done else None
-        if task is not None and task.runner_id == caller.runner_id and task.status is outcome.status:
+        task = store.load_task(task_id)
+        if task.runner_id == caller.runner_id and task.status is outcome.status:
             return {"ok": True}  # an earlier try of this request wrote it
     return {"ok": store.finish(task_id, caller.runner_id, outcome)}
 
@@ -305,6 +317,7 @@ class ReasonIn(Strict):
 @router.post("/2/runner/tasks/{task_id}/requeue")
 def requeue(svc: ServicesDep, caller: RunnerDep, task_id: TaskId, body: ReasonIn) -> dict[str, Any]:
     """Back to the queue after an infrastructure failure, on the server's budget and backoff."""
+    _of_the_cluster(svc, caller, task_id)
     settings = svc.settings
     task = svc.store.requeue_after_infra_failure(
         task_id,
@@ -319,6 +332,7 @@ def requeue(svc: ServicesDep, caller: RunnerDep, task_id: TaskId, body: ReasonIn
 
 @router.post("/2/runner/tasks/{task_id}/release")
 def release(svc: ServicesDep, caller: RunnerDep, task_id: TaskId, body: ReasonIn) -> dict[str, bool]:
+    _of_the_cluster(svc, caller, task_id)
     return {"ok": svc.store.release(task_id, caller.runner_id, body.reason[:2000])}
 
 

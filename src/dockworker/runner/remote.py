@@ -111,11 +111,13 @@ class RemoteLink:
         self._session_ok = threading.Event()
         self.refused = threading.Event()  # the token no longer works: the runner must stop
         self._closed = threading.Event()
+        self._stopping = threading.Event()
         self._throttled = Throttled(log)
         self._logs: dict[str, _TaskLog] = {}
         self._log_lock = threading.Condition()
         self._buffered = 0
         self._checksums: dict[str, str | None] = {}
+        self._unreported_starts: dict[str, str] = {}  # task id -> container id
         self._cancels: tuple[float, set[str]] = (0.0, set())
         self._running = 0
         self._shipper = threading.Thread(target=self._ship_logs, name="log-shipper", daemon=True)
@@ -204,6 +206,8 @@ class RemoteLink:
         self._client.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        if self.refused.is_set():  # it will not be accepted again: fail at once
+            raise TokenRefused("the API refused this runner's cluster token")
         try:
             return self._client.call(method, path, **kwargs).json()
         except SessionLost:
@@ -213,10 +217,10 @@ class RemoteLink:
             self.refused.set()
             raise
 
-    def _call_retrying(self, method: str, path: str, within_s: float = URGENT_RETRY_S, **kwargs: Any) -> Any:
-        """Retried with backoff while the API cannot be reached, for ``within_s`` seconds (for
-        requests whose repetition writes nothing twice)."""
-        deadline = time.monotonic() + within_s
+    def _call_retrying(self, method: str, path: str, within_s: float | None = None, **kwargs: Any) -> Any:
+        """Retried with backoff while the API cannot be reached, for ``within_s`` seconds
+        (default URGENT_RETRY_S; for requests whose repetition writes nothing twice)."""
+        deadline = time.monotonic() + (URGENT_RETRY_S if within_s is None else within_s)
         delay = RETRY_FIRST_S
         while True:
             try:
@@ -248,11 +252,25 @@ class RemoteLink:
         """A long poll: the server answers when a task of the cluster is leased to this runner,
         or after the wait. Sent once: a claim repeated blindly could lease a task nobody sees."""
         wait = min(self._claim_wait_s, self.session.max_claim_wait_s)
-        data = self._call("POST", "/2/runner/claim", payload={"wait_s": wait}, timeout=wait + 30, once=True)
+        try:
+            data = self._call(
+                "POST", "/2/runner/claim", payload={"wait_s": wait}, timeout=wait + 30, once=True
+            )
+        except ApiUnreachable:
+            if self._stopping.is_set():
+                return None  # cut by stop_claiming
+            raise
         task = None if data["task"] is None else task_from_wire(data["task"])
         if task is not None:
             self._know_log(task)
         return task
+
+    def stop_claiming(self) -> None:
+        """The runner is stopping: end a long-poll claim in flight now rather than when the
+        server answers (up to CLAIM_WAIT_S later). The server hands back a task it had just
+        leased when it finds the connection gone."""
+        self._stopping.set()
+        self._client.interrupt()
 
     def wait_for_work(self, timeout: float) -> None:
         """Nothing to do: the claim itself waited for work."""
@@ -283,8 +301,27 @@ class RemoteLink:
         return task
 
     def mark_running(self, task_id: str, runner_id: str, start_time: float, container_id: str = "") -> bool:
+        """When the API stays away, the runner stops the container and hands the task back; the
+        container did start, so that start is reported before the hand-back (an attempt)."""
         body = {"start_time": start_time, "container_id": container_id}
-        return bool(self._call_retrying("POST", f"/2/runner/tasks/{task_id}/running", payload=body)["ok"])
+        try:
+            return bool(self._call_retrying("POST", f"/2/runner/tasks/{task_id}/running", payload=body)["ok"])
+        except ApiUnreachable:
+            if container_id:
+                with self._log_lock:
+                    self._unreported_starts[task_id] = container_id
+            raise
+
+    def _report_unreported_start(self, task_id: str) -> None:
+        """Before a task's final report: the start that mark_running could not report."""
+        with self._log_lock:
+            container_id = self._unreported_starts.get(task_id)
+        if container_id is None:
+            return
+        body = {"container_id": container_id, "owner": self.session.runner_id}
+        self._call("POST", f"/2/runner/tasks/{task_id}/unreported_start", payload=body)
+        with self._log_lock:
+            self._unreported_starts.pop(task_id, None)
 
     def record_unreported_start(self, task_id: str, container_id: str, runner_id: str) -> bool:
         body = {"container_id": container_id, "owner": runner_id}
@@ -292,6 +329,7 @@ class RemoteLink:
 
     def finish(self, task_id: str, runner_id: str, outcome: TaskOutcome) -> bool:
         self._ship_before_report(task_id)
+        self._report_unreported_start(task_id)
         data = self._call("POST", f"/2/runner/tasks/{task_id}/finish", payload=outcome_to_wire(outcome))
         self._forget_log(task_id)
         return bool(data["ok"])
@@ -307,12 +345,14 @@ class RemoteLink:
     ) -> Task | None:
         """The server's budget and backoff apply, not this runner's."""
         self._ship_before_report(task_id)
+        self._report_unreported_start(task_id)
         data = self._call("POST", f"/2/runner/tasks/{task_id}/requeue", payload={"reason": reason})
         self._forget_log(task_id)
         return None if data["task"] is None else task_from_wire(data["task"])
 
     def release(self, task_id: str, runner_id: str, reason: str) -> bool:
         self._ship_before_report(task_id)
+        self._report_unreported_start(task_id)
         data = self._call("POST", f"/2/runner/tasks/{task_id}/release", payload={"reason": reason})
         self._forget_log(task_id)
         return bool(data["ok"])
@@ -392,6 +432,8 @@ class RemoteLink:
                 entry = self._logs.get(task_id)
                 if entry is None or entry.lost or not entry.pending:
                     return
+                if self.refused.is_set():
+                    raise TokenRefused("the API refused this runner's cluster token")
                 if time.monotonic() > deadline or self._closed.is_set():
                     raise ApiUnreachable(f"the log of task {task_id} could not be shipped yet")
                 self._log_lock.notify_all()

@@ -8,9 +8,11 @@ answers turned into dockworker's error families once, here.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import queue
+import socket
 import ssl
 import threading
 import time
@@ -99,6 +101,19 @@ class ApiClient:
             "User-Agent": f"dockworker-runner/{__version__}",
         }
         self.session_headers: dict[str, str] = {}
+        self._once_in_flight: set[http.client.HTTPConnection] = set()
+        self._interrupted = False
+
+    def interrupt(self) -> None:
+        """Cut the requests sent ``once`` that are in flight (a long-poll claim), and refuse
+        new ones: the runner is stopping and must not wait for the server's answer."""
+        with self._lock:
+            self._interrupted = True
+            connections = list(self._once_in_flight)
+        for connection in connections:
+            if connection.sock is not None:
+                with contextlib.suppress(OSError):
+                    connection.sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
         while True:
@@ -164,6 +179,11 @@ class ApiClient:
         for _ in range(1 if once else len(self.endpoints) + 1):
             index, connection = self._fresh() if fresh else self._borrow()
             endpoint = self.endpoints[index]
+            if once:
+                with self._lock:
+                    if self._interrupted:
+                        raise ApiUnreachable("the runner is stopping: no more long polls")
+                    self._once_in_flight.add(connection)
             try:
                 connection.timeout = timeout
                 if connection.sock is not None:
@@ -174,11 +194,17 @@ class ApiClient:
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
                 last_error = exc
+                if self._interrupted and once:
+                    raise ApiUnreachable("the runner is stopping: its long poll was cut") from None
                 if isinstance(exc, _STALE) and not fresh:
                     fresh = True  # the next try on a new connection, to the same address
                 else:
                     self._failed_over(index)
                 continue
+            finally:
+                if once:
+                    with self._lock:
+                        self._once_in_flight.discard(connection)
             if response.will_close:
                 connection.close()
             else:

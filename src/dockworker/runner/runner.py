@@ -105,6 +105,12 @@ class Runner:
         """Skip the grace period: running tasks go back to the queue now."""
         self._force.set()
 
+    def abandon_reports(self) -> None:
+        """Give up the reports that keep failing now rather than after the shutdown's wait (the
+        link will never accept one again: its token was refused); the tasks' leases expire and
+        they run again."""
+        self._context.abandon.set()
+
     def running_task_ids(self) -> set[str]:
         with self._lock:
             return set(self._executions)
