@@ -182,7 +182,10 @@ class Runner:
                     )
             except Exception as exc:
                 self._throttled(
-                    logging.ERROR, "runner.claim_failed", {**self._ids, "error": str(exc)}, exc_info=True
+                    logging.ERROR,
+                    "runner.claim_failed",
+                    {**self._ids, "error": str(exc)},
+                    exc_info=not isinstance(exc, InfrastructureError),  # a bug's trace, not an outage's
                 )
                 stop.wait(self.settings.poll_interval_s)
                 continue
