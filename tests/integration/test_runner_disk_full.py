@@ -18,7 +18,7 @@ from dockworker.runner import runner as runner_module
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
-from tests.conftest import require
+from tests.conftest import StartRunner, require
 from tests.helpers import queue, save_code, wait_for
 
 pytestmark = pytest.mark.docker
@@ -66,7 +66,7 @@ def test_a_full_disk_holds_the_queue_until_space_is_back(
     store: Store,
     settings: Settings,
     full_disk: SmallDisk,
-    start_runner,
+    start_runner: StartRunner,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -9,13 +9,14 @@ from dockworker.models import CodeSpec
 from dockworker.settings import Limits, Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
+from tests.conftest import StartRunner
 from tests.helpers import queue, save_code, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.dialects("sqlite", "postgresql")]
 
 
 def test_a_failed_final_report_is_retried_and_the_task_runs_once(
-    store: Store, settings: Settings, start_runner, monkeypatch: pytest.MonkeyPatch
+    store: Store, settings: Settings, start_runner: StartRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = store.create_project("p").id
     save_code(store, project, CodeSpec(name="once", stack="busybox", command="echo ran"))
@@ -39,7 +40,7 @@ def test_a_failed_final_report_is_retried_and_the_task_runs_once(
 
 
 def test_the_log_cap_counts_what_earlier_attempts_wrote(
-    store: Store, settings: Settings, start_runner
+    store: Store, settings: Settings, start_runner: StartRunner
 ) -> None:
     project = store.create_project("p").id
     command = "sh -c 'yes flood | head -c 100000; echo'"
