@@ -4,6 +4,7 @@ run. (Network probes stay on the container's own loopback: nothing is sent anywh
 from __future__ import annotations
 
 import time
+from typing import TypedDict, Unpack
 
 import pytest
 from fastapi.testclient import TestClient
@@ -31,10 +32,20 @@ def project(store: Store) -> str:
     return project
 
 
-def run(store: Store, project: str, name: str, script: str, timeout: int = 30, **spec: object) -> Task:
+class SpecLimits(TypedDict, total=False):
+    """The limits a :func:`run` may set on its code (the rest of its :class:`CodeSpec` is fixed)."""
+
+    memory_mb: int | None
+    cpus: float | None
+    pids: int | None
+
+
+def run(
+    store: Store, project: str, name: str, script: str, timeout: int = 30, **spec: Unpack[SpecLimits]
+) -> Task:
     save_code(
         store, project, CodeSpec(name=name, stack="busybox", command="sh run.sh", **spec), {"run.sh": script}
-    )  # type: ignore[arg-type]
+    )
     return wait_for(store, queue(store, project, name, timeout=timeout).id, timeout=timeout + 30)
 
 

@@ -23,6 +23,7 @@ from dockworker.models import TaskFilter, TaskOutcome
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
+from tests.conftest import StartRunner
 from tests.helpers import make_zip, wait_for
 
 PROJECT = "/2/projects/{project_id}"
@@ -419,7 +420,7 @@ def test_bad_secret_fields_are_refused(world: World, fields: dict[str, Any], mes
 
 @pytest.mark.docker
 def test_secrets_reach_the_task_but_not_the_service_log(
-    world: World, start_runner: Any, caplog: pytest.LogCaptureFixture
+    world: World, start_runner: StartRunner, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     a = world.a
