@@ -20,7 +20,7 @@ from dockworker.names import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from dockworker.runner import Runner
 from dockworker.scheduler import Housekeeper
 from dockworker.settings import Settings
-from dockworker.states import TaskStatus
+from dockworker.states import EventKind, TaskStatus
 from dockworker.store import Store
 from tests.conftest import BUSYBOX_IMAGE, StartRunner
 from tests.helpers import queue, save_code, wait_for
@@ -164,7 +164,7 @@ def test_engine_errors_retry_on_their_own_budget_then_error(
     # the user's retries (3 for this package) are not spent on infrastructure failures
     assert done.retry_count == 0 and done.retry_task_id is None
     kinds = [e.kind for e in store.list_events(task.id)]
-    assert kinds.count("infra_retry") == 2 and kinds[-1] == "error"
+    assert kinds.count(EventKind.INFRA_RETRY) == 2 and kinds[-1] == EventKind.ERROR
     flaky.close()
 
 
@@ -184,7 +184,7 @@ def test_an_unreachable_engine_holds_tasks_queued_until_it_answers(
     assert (held.msg or "").startswith("waiting: the Docker engine became unreachable")
     assert held.infra_attempts == 0 and held.attempts == 0 and held.retry_count == 0
     kinds = [e.kind for e in store.list_events(task.id)]
-    assert kinds.count("claimed") == 1 and kinds.count("released") == 1
+    assert kinds.count(EventKind.CLAIMED) == 1 and kinds.count(EventKind.RELEASED) == 1
     proxy.restore()
     done = wait_for(store, task.id, timeout=30)
     assert done.status is TaskStatus.COMPLETE, done.msg

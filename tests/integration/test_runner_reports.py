@@ -7,7 +7,7 @@ import pytest
 
 from dockworker.models import CodeSpec
 from dockworker.settings import Limits, Settings
-from dockworker.states import TaskStatus
+from dockworker.states import EventKind, TaskStatus
 from dockworker.store import Store
 from tests.conftest import StartRunner
 from tests.helpers import queue, save_code, wait_for
@@ -36,7 +36,7 @@ def test_a_failed_final_report_is_retried_and_the_task_runs_once(
     assert done.attempts == 1 and done.infra_attempts == 0
     assert store.read_log(task.id) == b"ran\n"
     kinds = [e.kind for e in store.list_events(task.id)]
-    assert kinds.count("started") == 1 and "late_report_refused" not in kinds, kinds
+    assert kinds.count(EventKind.STARTED) == 1 and EventKind.LATE_REPORT_REFUSED not in kinds, kinds
 
 
 def test_the_log_cap_counts_what_earlier_attempts_wrote(
