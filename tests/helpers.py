@@ -11,6 +11,9 @@ from typing import TypedDict, Unpack
 from dockworker.models import CodeSpec, NewTask, Task
 from dockworker.store import Store
 
+# A multipart upload as TestClient takes it: field -> (file name or None, content[, content type]).
+Upload = dict[str, tuple[str | None, str | bytes] | tuple[str | None, str | bytes, str]]
+
 
 def make_zip(files: dict[str, str | bytes], modes: dict[str, int] | None = None) -> bytes:
     buffer = io.BytesIO()
