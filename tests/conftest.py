@@ -11,7 +11,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psycopg
 import pytest
@@ -20,6 +20,9 @@ from dockworker.runner import Runner
 from dockworker.settings import Limits, Settings, load_settings
 from dockworker.store import Store, open_store
 from tests.pgdb import PG_URL, Databases
+
+if TYPE_CHECKING:
+    from dockworker.engine import DockerEngine, Engine
 
 IN_CI = os.environ.get("CI") == "true"
 DIALECTS = ("sqlite", "postgresql")
@@ -129,7 +132,7 @@ def store(store_url: str) -> Iterator[Store]:
 
 
 @pytest.fixture(scope="session")
-def engine() -> Iterator[object]:
+def engine() -> Iterator[DockerEngine]:
     from dockworker.engine import DockerEngine
     from dockworker.errors import DockworkerError
 
@@ -155,6 +158,15 @@ def python_stack(engine: object) -> None:
     )
 
 
+class StartRunner(Protocol):
+    """The ``start_runner`` fixture: start a runner thread with these settings (the test's
+    ``settings`` by default) on this engine (the test's ``engine`` by default)."""
+
+    def __call__(
+        self, runner_settings: Settings | None = None, runner_engine: Engine | None = None
+    ) -> Runner: ...
+
+
 class RunningRunner:
     def __init__(self, runner: Runner, stop: threading.Event, thread: threading.Thread) -> None:
         self.runner = runner
@@ -163,13 +175,13 @@ class RunningRunner:
 
 
 @pytest.fixture
-def start_runner(settings: Settings, store: Store, engine: object) -> Iterator[object]:
+def start_runner(settings: Settings, store: Store, engine: Engine) -> Iterator[StartRunner]:
     """Start a runner thread on the test's store; stopped (and checked for leaks) at teardown.
     ``engine`` is the Docker engine, or the OCI backend where a module runs on both."""
     started: list[RunningRunner] = []
 
-    def start(runner_settings: Settings | None = None, runner_engine: object = None) -> Runner:
-        runner = Runner(runner_settings or settings, store, runner_engine or engine)  # type: ignore[arg-type]
+    def start(runner_settings: Settings | None = None, runner_engine: Engine | None = None) -> Runner:
+        runner = Runner(runner_settings or settings, store, runner_engine or engine)
         stop = threading.Event()
         thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
         thread.start()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from dockworker.engine import ContainerInfo, ContainerSpec, ExitInfo, ResourceUsage
 from dockworker.errors import ContainerGone, ImageMissing, InfrastructureError
@@ -25,7 +25,7 @@ from dockworker.runner.execution import RunnerContext, TaskExecution
 from dockworker.settings import Limits, load_settings
 from dockworker.stacks.catalog import get_stack
 from dockworker.store import open_store
-from tests.helpers import queue, save_code
+from tests.helpers import QueueOptions, queue, save_code
 
 KILLED_EXIT = 128 + 9
 STEPS = (
@@ -344,7 +344,7 @@ class Harness:
         spec.setdefault("command", "sh main.sh")
         save_code(self.store, self.project, CodeSpec(name=name, **spec), files or {"main.sh": "true"})
 
-    def claimed(self, name: str = "hello", **task: Any) -> Task:
+    def claimed(self, name: str = "hello", **task: Unpack[QueueOptions]) -> Task:
         """A task of package ``name``, claimed by this runner."""
         queued = queue(self.store, self.project, name, **task)
         claimed = self.store.claim(self.context.runner_id, ["default"], self.settings.lease_ttl_s)

@@ -6,9 +6,13 @@ import hashlib
 import io
 import time
 import zipfile
+from typing import TypedDict, Unpack
 
 from dockworker.models import CodeSpec, NewTask, Task
 from dockworker.store import Store
+
+# A multipart upload as TestClient takes it: field -> (file name or None, content[, content type]).
+Upload = dict[str, tuple[str | None, str | bytes] | tuple[str | None, str | bytes, str]]
 
 
 def make_zip(files: dict[str, str | bytes], modes: dict[str, int] | None = None) -> bytes:
@@ -30,12 +34,36 @@ def save_code(
     store.save_code(project_id, spec, archive, checksum)
 
 
+class TaskOptions(TypedDict, total=False):
+    """The rest of a :class:`NewTask`, for :func:`queue` (its defaults are the dataclass's)."""
+
+    priority: int | None
+    delay: int
+    label: str | None
+    cluster: str
+    retries: int | None
+    retries_delay: int | None
+    schedule_id: str | None
+
+
+class QueueOptions(TaskOptions, total=False):
+    """What :func:`queue` takes besides the package's name."""
+
+    payload: str
+    timeout: int
+
+
 def queue(
-    store: Store, project_id: str, code_name: str, payload: str = "", timeout: int = 60, **kw: object
+    store: Store,
+    project_id: str,
+    code_name: str,
+    payload: str = "",
+    timeout: int = 60,
+    **kw: Unpack[TaskOptions],
 ) -> Task:
     return store.enqueue(
         project_id, [NewTask(code_name=code_name, payload=payload, timeout=timeout, **kw)], 3600
-    )[0]  # type: ignore[arg-type]
+    )[0]
 
 
 def wait_for(store: Store, task_id: str, statuses: set[str] | None = None, timeout: float = 60) -> Task:

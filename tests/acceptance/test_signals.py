@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from dockworker.models import CodeSpec, Task
+from dockworker.states import EventKind
 from dockworker.store import Store, open_store
 
 from .support import (
@@ -341,7 +342,7 @@ def test_a_second_runner_with_the_same_id_refuses_at_once_and_touches_nothing(
         done = _wait_status(store, task_id, {"complete", "error", "killed", "queued"})
         assert done.status.value == "complete", done.msg
         kinds = [e.kind for e in store.list_events(task_id)]
-        assert "late_report_refused" not in kinds and kinds.count("claimed") == 1, kinds
+        assert EventKind.LATE_REPORT_REFUSED not in kinds and kinds.count(EventKind.CLAIMED) == 1, kinds
         assert store.read_log(task_id).decode() == UNTIL_LOG
     finally:
         assert _stop(first) == 0, first_log.read_text()[-4000:]

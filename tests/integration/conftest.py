@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from dockworker.api import create_app
 from dockworker.settings import Settings
 from dockworker.store import Store
+from tests.helpers import Upload
 
 
 class Api:
@@ -26,7 +27,7 @@ class Api:
         return self.client.request(method, self.base + path, headers=headers, **kwargs)
 
     def upload(self, data: dict[str, Any] | str, archive: bytes | None = None) -> Any:
-        files: dict[str, Any] = {"data": (None, data if isinstance(data, str) else json.dumps(data))}
+        files: Upload = {"data": (None, data if isinstance(data, str) else json.dumps(data))}
         if archive is not None:
             files["file"] = ("code.zip", archive, "application/zip")
         return self.call("POST", "/codes", files=files)

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
-from dockworker.engine import DockerEngine
+from dockworker.engine import DockerEngine, Engine
 from dockworker.engine.cgroupfs import CgroupLayout
 from dockworker.engine.oci import OciEngine
 from dockworker.engine.oci.cgroups import SCOPE_DIR
 from dockworker.runner import Runner
 from dockworker.settings import Settings
-from tests.conftest import require
+from tests.conftest import StartRunner, require
 
 RUNTIMES = ("crun", "runc")
 # The OCI runtime the shared suites (hostile tasks, runner outcomes) run on besides Docker.
@@ -81,8 +82,15 @@ def oci_engine(oci_root: Path, runtime: str, engine: DockerEngine) -> Iterator[O
     assert left == []
 
 
+class StartOciRunner(Protocol):
+    """The ``start_oci_runner`` fixture: start a runner with these settings (the test's
+    ``settings`` by default) on the test's OCI engine."""
+
+    def __call__(self, runner_settings: Settings | None = None) -> Runner: ...
+
+
 @pytest.fixture
-def start_oci_runner(oci_engine: OciEngine, start_runner: Callable[..., Runner]) -> Callable[..., Runner]:
+def start_oci_runner(oci_engine: OciEngine, start_runner: StartRunner) -> StartOciRunner:
     """Start a runner on the OCI engine (stopped before the engine is checked for leftovers)."""
 
     def start(runner_settings: Settings | None = None) -> Runner:
@@ -94,7 +102,7 @@ def start_oci_runner(oci_engine: OciEngine, start_runner: Callable[..., Runner])
 @pytest.fixture(name="engine", params=["docker", "oci"])
 def both_backends(
     request: pytest.FixtureRequest, engine: DockerEngine, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[object]:
+) -> Iterator[Engine]:
     """The task engine of a test suite that must hold on both backends: the Docker engine, or
     the OCI backend (over the Docker engine's images). A module opts in with
     ``engine = oci_fixtures.both_backends``; its runners (``start_runner``) and its own engine

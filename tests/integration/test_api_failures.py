@@ -209,15 +209,15 @@ def full_disk_store(
     space, name = f"dw_small_{os.getpid()}", f"dw_{os.getpid()}_on_small_disk"
     shutil.chown(disk.path, "postgres", "postgres")
     admin = psycopg.connect(libpq_url(PG_URL), autocommit=True)
-    store: Store | None = None
+    pg_store: Store | None = None
     try:
         admin.execute(f"CREATE TABLESPACE {space} LOCATION '{disk.path}'")
         admin.execute(f"CREATE DATABASE {name} TEMPLATE {databases.template} TABLESPACE {space}")
-        store = open_store(databases.url(name))
-        yield store, disk
+        pg_store = open_store(databases.url(name))
+        yield pg_store, disk
     finally:
-        if store is not None:
-            store.close()
+        if pg_store is not None:
+            pg_store.close()
         (disk.path / "filler").unlink(missing_ok=True)
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.execute(f"DROP TABLESPACE IF EXISTS {space}")

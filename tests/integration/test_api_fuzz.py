@@ -18,7 +18,7 @@ from schemathesis import checks
 from dockworker.api import create_app
 from dockworker.settings import load_settings
 from dockworker.store import open_store
-from tests.helpers import make_zip
+from tests.helpers import Upload, make_zip
 
 # schemathesis reads the schema when the module is collected, so the app is built here, on a
 # throw-away SQLite store removed when the module's tests end.
@@ -50,7 +50,10 @@ CHECKS = [
 def _store_with_a_package() -> Iterator[None]:
     with TestClient(APP) as client:
         data = '{"name": "hello", "stack": "busybox", "command": "sh hello.sh"}'
-        files = {"data": (None, data), "file": ("c.zip", make_zip({"hello.sh": "echo"}), "application/zip")}
+        files: Upload = {
+            "data": (None, data),
+            "file": ("c.zip", make_zip({"hello.sh": "echo"}), "application/zip"),
+        }
         assert client.post(f"/2/projects/{_PROJECT}/codes", files=files, headers=AUTH).status_code == 200
     yield
     _STORE.close()

@@ -18,7 +18,7 @@ from dockworker import ids, payload_crypto
 from dockworker.api import create_app
 from dockworker.settings import Settings
 from dockworker.store import Store
-from tests.helpers import make_zip
+from tests.helpers import Upload, make_zip
 
 CODE = "a-code"
 
@@ -56,7 +56,7 @@ def _project(client: TestClient, store: Store, name: str) -> Project:
     project = store.create_project(name).id
     token, _ = store.create_token(project, name)
     upload = json.dumps({"name": CODE, "stack": "busybox", "command": "true"})
-    files = {"data": (None, upload), "file": ("c.zip", make_zip({"run.sh": "x"}))}
+    files: Upload = {"data": (None, upload), "file": ("c.zip", make_zip({"run.sh": "x"}))}
     answer = client.post(
         f"/2/projects/{project}/codes", files=files, headers={"Authorization": f"OAuth {token}"}
     )

@@ -16,6 +16,7 @@ from dockworker.models import CodeSpec
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
+from tests.conftest import StartRunner
 from tests.helpers import queue, wait_for
 from tests.integration.conftest import Api
 
@@ -53,7 +54,7 @@ def test_the_upload_refuses_a_chain_of_links_that_climbs_out(api: Api) -> None:
 
 
 def test_an_archive_already_in_the_store_is_checked_again_when_a_task_runs(
-    store: Store, settings: Settings, start_runner: object
+    store: Store, settings: Settings, start_runner: StartRunner
 ) -> None:
     project = store.create_project("p").id
     archive = _escaping_zip()
@@ -64,7 +65,7 @@ def test_an_archive_already_in_the_store_is_checked_again_when_a_task_runs(
         archive,
         hashlib.sha256(archive).hexdigest(),
     )
-    start_runner()  # type: ignore[operator]
+    start_runner()
     task = wait_for(store, queue(store, project, "evil").id)
     assert task.status is TaskStatus.ERROR
     assert "cannot unpack the code package" in (task.msg or "")

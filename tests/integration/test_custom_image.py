@@ -16,7 +16,7 @@ from dockworker.errors import TaskSetupError
 from dockworker.models import CodeSpec
 from dockworker.states import TaskStatus
 from dockworker.store import Store
-from tests.conftest import BUSYBOX_IMAGE
+from tests.conftest import BUSYBOX_IMAGE, StartRunner
 from tests.helpers import queue, save_code, wait_for
 
 pytestmark = pytest.mark.docker
@@ -65,7 +65,7 @@ def project(store: Store) -> str:
 
 
 def test_a_code_package_runs_in_a_custom_image_with_its_default_command(
-    store: Store, project: str, start_runner, custom_image: str
+    store: Store, project: str, start_runner: StartRunner, custom_image: str
 ) -> None:
     save_code(store, project, CodeSpec(name="custom", image=custom_image))
     start_runner()
@@ -77,7 +77,7 @@ def test_a_code_package_runs_in_a_custom_image_with_its_default_command(
 
 
 def test_a_custom_image_gets_the_contract_and_the_limits(
-    store: Store, project: str, start_runner, custom_image: str
+    store: Store, project: str, start_runner: StartRunner, custom_image: str
 ) -> None:
     probe = "\n".join(
         [
@@ -112,7 +112,7 @@ def test_a_custom_image_gets_the_contract_and_the_limits(
 
 
 def test_a_missing_custom_image_fails_at_once_without_a_build_hint(
-    store: Store, project: str, start_runner
+    store: Store, project: str, start_runner: StartRunner
 ) -> None:
     save_code(store, project, CodeSpec(name="ghost", image="dockworker-test/never-built:1", command="true"))
     start_runner()

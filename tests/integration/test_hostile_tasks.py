@@ -4,6 +4,7 @@ run. (Network probes stay on the container's own loopback: nothing is sent anywh
 from __future__ import annotations
 
 import time
+from typing import TypedDict, Unpack
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,6 +14,7 @@ from dockworker.models import CodeSpec, Task
 from dockworker.settings import Limits, Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
+from tests.conftest import StartRunner
 from tests.helpers import queue, save_code, wait_for
 
 from . import oci_fixtures
@@ -30,10 +32,20 @@ def project(store: Store) -> str:
     return project
 
 
-def run(store: Store, project: str, name: str, script: str, timeout: int = 30, **spec: object) -> Task:
+class SpecLimits(TypedDict, total=False):
+    """The limits a :func:`run` may set on its code (the rest of its :class:`CodeSpec` is fixed)."""
+
+    memory_mb: int | None
+    cpus: float | None
+    pids: int | None
+
+
+def run(
+    store: Store, project: str, name: str, script: str, timeout: int = 30, **spec: Unpack[SpecLimits]
+) -> Task:
     save_code(
         store, project, CodeSpec(name=name, stack="busybox", command="sh run.sh", **spec), {"run.sh": script}
-    )  # type: ignore[arg-type]
+    )
     return wait_for(store, queue(store, project, name, timeout=timeout).id, timeout=timeout + 30)
 
 
@@ -42,7 +54,9 @@ def others_still_run(store: Store, project: str) -> None:
     assert done.status is TaskStatus.COMPLETE and store.read_log(done.id) == b"fine\n"
 
 
-def test_cpu_spin_is_held_to_its_quota(store: Store, project: str, settings: Settings, start_runner) -> None:
+def test_cpu_spin_is_held_to_its_quota(
+    store: Store, project: str, settings: Settings, start_runner: StartRunner
+) -> None:
     start_runner()
     save_code(
         store,
@@ -67,7 +81,7 @@ def test_cpu_spin_is_held_to_its_quota(store: Store, project: str, settings: Set
 
 
 def test_log_flood_is_capped_and_the_api_stays_responsive(
-    store: Store, project: str, settings: Settings, start_runner
+    store: Store, project: str, settings: Settings, start_runner: StartRunner
 ) -> None:
     start_runner(settings.replace(limits=Limits(memory_mb=128, log_bytes=200_000)))
     save_code(store, project, CodeSpec(name="flood", stack="busybox", command="yes flooding-the-log"))
@@ -89,7 +103,7 @@ def test_log_flood_is_capped_and_the_api_stays_responsive(
     others_still_run(store, project)
 
 
-def test_no_network_but_loopback(store: Store, project: str, start_runner) -> None:
+def test_no_network_but_loopback(store: Store, project: str, start_runner: StartRunner) -> None:
     start_runner()
     script = "\n".join(
         [
@@ -108,7 +122,9 @@ def test_no_network_but_loopback(store: Store, project: str, start_runner) -> No
     assert "pong" in log  # loopback inside the container works
 
 
-def test_host_files_and_the_docker_socket_are_out_of_reach(store: Store, project: str, start_runner) -> None:
+def test_host_files_and_the_docker_socket_are_out_of_reach(
+    store: Store, project: str, start_runner: StartRunner
+) -> None:
     start_runner()
     script = "\n".join(
         [
@@ -126,7 +142,9 @@ def test_host_files_and_the_docker_socket_are_out_of_reach(store: Store, project
     assert "pid1:/sbin/docker-init" in log
 
 
-def test_setuid_and_capability_tricks_have_no_effect(store: Store, project: str, start_runner) -> None:
+def test_setuid_and_capability_tricks_have_no_effect(
+    store: Store, project: str, start_runner: StartRunner
+) -> None:
     start_runner()
     script = "\n".join(
         [
@@ -148,7 +166,9 @@ def test_setuid_and_capability_tricks_have_no_effect(store: Store, project: str,
     assert "NoNewPrivs:\t1" in log
 
 
-def test_a_task_ignoring_sigterm_is_killed_at_its_timeout(store: Store, project: str, start_runner) -> None:
+def test_a_task_ignoring_sigterm_is_killed_at_its_timeout(
+    store: Store, project: str, start_runner: StartRunner
+) -> None:
     start_runner()
     started = time.monotonic()
     done = run(
@@ -161,7 +181,7 @@ def test_a_task_ignoring_sigterm_is_killed_at_its_timeout(store: Store, project:
 
 
 def test_filling_tmp_hits_its_size_limit(
-    store: Store, project: str, start_runner, settings: Settings
+    store: Store, project: str, start_runner: StartRunner, settings: Settings
 ) -> None:
     start_runner()
     script = "dd if=/dev/zero of=/tmp/big bs=1M count=500 2>&1 | grep -i space; df -m /tmp | tail -1"
@@ -172,7 +192,9 @@ def test_filling_tmp_hits_its_size_limit(
     others_still_run(store, project)
 
 
-def test_memory_bomb_is_reported_and_others_run(store: Store, project: str, start_runner) -> None:
+def test_memory_bomb_is_reported_and_others_run(
+    store: Store, project: str, start_runner: StartRunner
+) -> None:
     start_runner()
     done = run(
         store, project, "bomb", "x=$(head -c 300000000 /dev/zero | tr '\\0' a)\necho survived", memory_mb=48
@@ -183,7 +205,7 @@ def test_memory_bomb_is_reported_and_others_run(store: Store, project: str, star
 
 
 def test_filling_the_task_dir_hits_its_size_limit(
-    store: Store, project: str, start_runner, settings: Settings
+    store: Store, project: str, start_runner: StartRunner, settings: Settings
 ) -> None:
     small = settings.replace(limits=Limits(memory_mb=128, task_dir_mb=16))
     start_runner(small)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dockworker.engine import ContainerSpec, DockerEngine
+from dockworker.engine import ContainerSpec, DockerEngine, Engine
 from dockworker.engine.oci import OciEngine
 from dockworker.runner.container_run import run_container
 from tests.conftest import BUSYBOX_IMAGE
@@ -60,10 +60,10 @@ def layered_image(engine: DockerEngine) -> Iterator[str]:
     engine.remove_image(tag)
 
 
-def output_of(engine: object, spec: ContainerSpec) -> bytes:
+def output_of(engine: Engine, spec: ContainerSpec) -> bytes:
     chunks: list[bytes] = []
     result = run_container(
-        engine,  # type: ignore[arg-type]
+        engine,
         spec,
         sink=lambda data, consumed: chunks.append(data),
         timeout_s=30,

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
 from dockworker.engine.oci import OciEngine
 from dockworker.models import CodeSpec
 from dockworker.names import TASK_LABEL
-from dockworker.runner import Runner
 from dockworker.settings import Limits, Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
@@ -32,8 +31,6 @@ others_still_run = test_hostile_tasks.others_still_run
 
 pytestmark = pytest.mark.docker
 
-StartRunner = Callable[..., Runner]
-
 
 @pytest.fixture
 def host_listener() -> Iterator[int]:
@@ -46,7 +43,7 @@ def host_listener() -> Iterator[int]:
 
 
 def test_the_sandbox_from_inside(
-    store: Store, project: str, start_oci_runner: StartRunner, host_listener: int
+    store: Store, project: str, start_oci_runner: oci_fixtures.StartOciRunner, host_listener: int
 ) -> None:
     start_oci_runner()
     script = "\n".join(
@@ -118,7 +115,7 @@ def test_the_sandbox_from_inside(
 
 
 def test_memory_bomb_is_reported_as_out_of_memory(
-    store: Store, project: str, start_oci_runner: StartRunner
+    store: Store, project: str, start_oci_runner: oci_fixtures.StartOciRunner
 ) -> None:
     start_oci_runner()
     done = run(
@@ -131,7 +128,7 @@ def test_memory_bomb_is_reported_as_out_of_memory(
 
 
 def test_memory_within_the_limit_is_not_an_oom(
-    store: Store, project: str, start_oci_runner: StartRunner
+    store: Store, project: str, start_oci_runner: oci_fixtures.StartOciRunner
 ) -> None:
     start_oci_runner()
     done = run(
@@ -142,7 +139,7 @@ def test_memory_within_the_limit_is_not_an_oom(
 
 
 def test_fork_bomb_is_held_by_the_pids_limit(
-    store: Store, project: str, start_oci_runner: StartRunner
+    store: Store, project: str, start_oci_runner: oci_fixtures.StartOciRunner
 ) -> None:
     start_oci_runner()
     script = "i=0; while [ $i -lt 2000 ]; do sleep 30 & i=$((i+1)); done; echo spawned-all"
@@ -153,7 +150,7 @@ def test_fork_bomb_is_held_by_the_pids_limit(
 
 
 def test_tmpfs_sizes_hold(
-    store: Store, project: str, start_oci_runner: StartRunner, settings: Settings
+    store: Store, project: str, start_oci_runner: oci_fixtures.StartOciRunner, settings: Settings
 ) -> None:
     start_oci_runner(settings.replace(limits=Limits(memory_mb=256, tmp_mb=32, task_dir_mb=16)))
     script = "\n".join(
@@ -171,7 +168,7 @@ def test_tmpfs_sizes_hold(
 
 
 def test_a_task_ignoring_sigterm_is_killed_at_its_timeout(
-    store: Store, project: str, start_oci_runner: StartRunner
+    store: Store, project: str, start_oci_runner: oci_fixtures.StartOciRunner
 ) -> None:
     start_oci_runner()
     done = run(
@@ -183,7 +180,9 @@ def test_a_task_ignoring_sigterm_is_killed_at_its_timeout(
     others_still_run(store, project)
 
 
-def test_cancel_kills_within_a_second(store: Store, project: str, start_oci_runner: StartRunner) -> None:
+def test_cancel_kills_within_a_second(
+    store: Store, project: str, start_oci_runner: oci_fixtures.StartOciRunner
+) -> None:
     save_code(
         store, project, CodeSpec(name="long", stack="busybox", command="sh -c 'echo started; sleep 300'")
     )
@@ -199,7 +198,7 @@ def test_cancel_kills_within_a_second(store: Store, project: str, start_oci_runn
 
 
 def test_log_is_capped_with_a_marker_and_the_flood_keeps_running(
-    store: Store, project: str, start_oci_runner: StartRunner, settings: Settings
+    store: Store, project: str, start_oci_runner: oci_fixtures.StartOciRunner, settings: Settings
 ) -> None:
     start_oci_runner(settings.replace(limits=Limits(memory_mb=128, log_bytes=200_000)))
     save_code(store, project, CodeSpec(name="flood", stack="busybox", command="yes flooding-the-log"))
@@ -212,7 +211,7 @@ def test_log_is_capped_with_a_marker_and_the_flood_keeps_running(
 
 
 def test_output_keeps_the_order_of_stdout_and_stderr(
-    store: Store, project: str, start_oci_runner: StartRunner, runtime: str
+    store: Store, project: str, start_oci_runner: oci_fixtures.StartOciRunner, runtime: str
 ) -> None:
     start_oci_runner()
     done = run(store, project, "order", "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; done")
@@ -226,7 +225,7 @@ def test_output_keeps_the_order_of_stdout_and_stderr(
 
 
 def test_sigterm_from_outside_ends_the_task_with_143(
-    store: Store, project: str, start_oci_runner: StartRunner, oci_engine: OciEngine
+    store: Store, project: str, start_oci_runner: oci_fixtures.StartOciRunner, oci_engine: OciEngine
 ) -> None:
     save_code(store, project, CodeSpec(name="victim", stack="busybox", command="sh -c 'echo up; sleep 300'"))
     start_oci_runner()
@@ -239,7 +238,9 @@ def test_sigterm_from_outside_ends_the_task_with_143(
     assert done.msg == "killed by signal 15 from outside the task (an operator or the host)"
 
 
-def test_contract_and_exit_codes(store: Store, project: str, start_oci_runner: StartRunner) -> None:
+def test_contract_and_exit_codes(
+    store: Store, project: str, start_oci_runner: oci_fixtures.StartOciRunner
+) -> None:
     script = "\n".join(
         [
             'echo "id=$TASK_ID dir=$TASK_DIR home=$HOME"',
@@ -269,7 +270,9 @@ def test_contract_and_exit_codes(store: Store, project: str, start_oci_runner: S
     )
 
 
-def test_a_missing_image_fails_cleanly(store: Store, project: str, start_oci_runner: StartRunner) -> None:
+def test_a_missing_image_fails_cleanly(
+    store: Store, project: str, start_oci_runner: oci_fixtures.StartOciRunner
+) -> None:
     save_code(store, project, CodeSpec(name="ghost", image="dockworker-test/missing:1", command="true"))
     start_oci_runner()
     done = wait_for(store, queue(store, project, "ghost").id)
@@ -278,7 +281,7 @@ def test_a_missing_image_fails_cleanly(store: Store, project: str, start_oci_run
 
 
 def test_the_python_stack_runs(
-    store: Store, project: str, start_oci_runner: StartRunner, python_stack: None
+    store: Store, project: str, start_oci_runner: oci_fixtures.StartOciRunner, python_stack: None
 ) -> None:
     save_code(
         store,

@@ -154,7 +154,12 @@ def test_a_container_whose_supervisor_was_killed_is_reaped(
 
 @pytest.mark.dialects("sqlite", "postgresql")
 def test_a_runner_re_adopts_a_task_whose_container_a_killed_process_started(
-    store: Store, settings: Settings, oci_root: Path, runtime: str, start_oci_runner, gate: Path
+    store: Store,
+    settings: Settings,
+    oci_root: Path,
+    runtime: str,
+    start_oci_runner: oci_fixtures.StartOciRunner,
+    gate: Path,
 ) -> None:
     project = store.create_project("crash").id
     save_code(store, project, CodeSpec(name="hello", stack="busybox", command="echo hello"))

@@ -79,8 +79,9 @@ def mounts(config: dict[str, Any]) -> list[tuple[str, str, str, tuple[str, ...]]
 def oci_engine_policy_mounts(config: dict[str, Any]) -> list[dict[str, Any]]:
     """The mounts up to the init binary's (the engine's own and the init)."""
     init = config["process"]["args"][0]
-    targets = [m["destination"] for m in config["mounts"]]
-    return config["mounts"][: targets.index(init) + 1]
+    all_mounts: list[dict[str, Any]] = config["mounts"]
+    targets = [m["destination"] for m in all_mounts]
+    return all_mounts[: targets.index(init) + 1]
 
 
 def environment(config: dict[str, Any]) -> dict[str, str]:

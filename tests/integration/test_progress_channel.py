@@ -16,17 +16,15 @@ from dockworker.api import create_app
 from dockworker.engine import Bind, ContainerSpec, DockerEngine
 from dockworker.models import CodeSpec, Task
 from dockworker.names import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
-from dockworker.runner import Runner
 from dockworker.runner.progress import make_fifo
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
-from tests.conftest import BUSYBOX_IMAGE
+from tests.conftest import BUSYBOX_IMAGE, StartRunner
 from tests.helpers import queue, save_code, wait_for
 
 from . import oci_fixtures
 
-StartRunner = Callable[..., Runner]
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
 # every test here runs on the Docker engine and on the OCI backend

@@ -4,21 +4,19 @@ service path: the store must end with the example's report."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from dockworker.engine import DockerEngine
 from dockworker.models import CodeSpec
-from dockworker.runner import Runner
 from dockworker.stacks import STACKS, Stack
 from dockworker.states import TaskStatus
 from dockworker.store import Store
+from tests.conftest import StartRunner
 from tests.helpers import queue, save_code, wait_for
 from tests.integration.stack_workers import HELLO_WORLDS, require_stack
 
-StartRunner = Callable[..., Runner]
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 
 README = Path(__file__).resolve().parents[2] / "README.md"

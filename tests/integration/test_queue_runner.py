@@ -17,6 +17,7 @@ from dockworker.scheduler.timing import cadence_of
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
+from tests.conftest import StartRunner
 from tests.helpers import queue, save_code, wait_for
 
 # The runner's side of the store, so on every dialect.
@@ -35,7 +36,7 @@ def _code_id(store: Store, project: str, name: str) -> str:
 
 
 def test_one_slot_runs_by_priority_then_fifo(
-    store: Store, project: str, settings: Settings, start_runner
+    store: Store, project: str, settings: Settings, start_runner: StartRunner
 ) -> None:
     save_code(store, project, CodeSpec(name="p", stack="busybox", command="true"))
     store.set_paused(project, _code_id(store, project, "p"), True)
@@ -49,7 +50,7 @@ def test_one_slot_runs_by_priority_then_fifo(
 
 
 def test_max_concurrency_holds_across_two_runners(
-    store: Store, project: str, settings: Settings, start_runner
+    store: Store, project: str, settings: Settings, start_runner: StartRunner
 ) -> None:
     save_code(store, project, CodeSpec(name="one", stack="busybox", command="sleep 0.5", max_concurrency=1))
     tasks = [queue(store, project, "one") for _ in range(4)]
@@ -63,7 +64,7 @@ def test_max_concurrency_holds_across_two_runners(
 
 
 def test_clusters_route_tasks_to_their_runners(
-    store: Store, project: str, settings: Settings, start_runner
+    store: Store, project: str, settings: Settings, start_runner: StartRunner
 ) -> None:
     save_code(store, project, CodeSpec(name="c", stack="busybox", command="true"))
     gpu_runner = start_runner(settings.replace(runner_id=f"{settings.runner_id}-gpu", clusters=("gpu",)))
@@ -79,7 +80,9 @@ def test_clusters_route_tasks_to_their_runners(
     assert store.load_task(orphan.id).status is TaskStatus.QUEUED
 
 
-def test_schedule_fires_into_a_runner(store: Store, project: str, settings: Settings, start_runner) -> None:
+def test_schedule_fires_into_a_runner(
+    store: Store, project: str, settings: Settings, start_runner: StartRunner
+) -> None:
     save_code(store, project, CodeSpec(name="tick", stack="busybox", command="sh -c 'cat $PAYLOAD_FILE'"))
     start_runner()
     (schedule,) = store.create_schedules(
@@ -99,7 +102,7 @@ def test_schedule_fires_into_a_runner(store: Store, project: str, settings: Sett
         assert done.status is TaskStatus.COMPLETE and store.read_log(task.id) == b"tock"
 
 
-def test_pause_holds_tasks_until_resume(store: Store, project: str, start_runner) -> None:
+def test_pause_holds_tasks_until_resume(store: Store, project: str, start_runner: StartRunner) -> None:
     save_code(store, project, CodeSpec(name="held", stack="busybox", command="true"))
     code_id = _code_id(store, project, "held")
     store.set_paused(project, code_id, True)
@@ -124,7 +127,7 @@ def test_cancel_of_a_claimed_task_whose_runner_died(store: Store, project: str, 
 
 
 def test_webhook_payload_reaches_the_worker(
-    store: Store, project: str, settings: Settings, start_runner, engine: DockerEngine
+    store: Store, project: str, settings: Settings, start_runner: StartRunner, engine: DockerEngine
 ) -> None:
     save_code(store, project, CodeSpec(name="hook", stack="busybox", command="sh -c 'cat $PAYLOAD_FILE'"))
     runner = start_runner()

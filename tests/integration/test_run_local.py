@@ -19,6 +19,7 @@ from dockworker.engine.cgroupfs import CgroupLayout
 from dockworker.models import CodeSpec
 from dockworker.states import TaskStatus
 from dockworker.store import Store
+from tests.conftest import StartRunner
 from tests.helpers import queue, save_code, wait_for
 
 pytestmark = pytest.mark.docker
@@ -163,7 +164,7 @@ def project(store: Store) -> str:
 
 @pytest.mark.parametrize("worker", WORKERS, ids=[w.name for w in WORKERS])
 def test_run_local_gives_the_same_log_and_status_as_the_service(
-    worker: Worker, tmp_path: Path, store: Store, project: str, start_runner, python_stack: None
+    worker: Worker, tmp_path: Path, store: Store, project: str, start_runner: StartRunner, python_stack: None
 ) -> None:
     directory = worker.write(tmp_path / worker.name)
     start_runner()
@@ -177,7 +178,7 @@ def test_run_local_gives_the_same_log_and_status_as_the_service(
 
 
 def test_the_workers_compared_really_succeed_and_fail(
-    tmp_path: Path, store: Store, project: str, start_runner, python_stack: None
+    tmp_path: Path, store: Store, project: str, start_runner: StartRunner, python_stack: None
 ) -> None:
     start_runner()
     succeeded = run_in_service(WORKERS[0], WORKERS[0].write(tmp_path / "a"), store, project)

@@ -16,9 +16,9 @@ import pytest
 from dockworker.models import CodeSpec
 from dockworker.runner import runner as runner_module
 from dockworker.settings import Settings
-from dockworker.states import TaskStatus
+from dockworker.states import EventKind, TaskStatus
 from dockworker.store import Store
-from tests.conftest import require
+from tests.conftest import StartRunner, require
 from tests.helpers import queue, save_code, wait_for
 
 pytestmark = pytest.mark.docker
@@ -66,7 +66,7 @@ def test_a_full_disk_holds_the_queue_until_space_is_back(
     store: Store,
     settings: Settings,
     full_disk: SmallDisk,
-    start_runner,
+    start_runner: StartRunner,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -106,7 +106,7 @@ def test_a_full_disk_holds_the_queue_until_space_is_back(
     assert store.read_log(task.id) == b"hello from the code\n"
     assert done.infra_attempts == 0
     kinds = [e.kind for e in store.list_events(task.id)]
-    assert kinds.count("released") == 1 and "infra_retry" not in kinds, kinds
+    assert kinds.count(EventKind.RELEASED) == 1 and EventKind.INFRA_RETRY not in kinds, kinds
     full = [r for r in caplog.records if r.getMessage().startswith("runner.host_full")]
     assert 1 <= len(full) <= 3, [r.getMessage() for r in full]
     assert not list(full_disk.path.glob(".space-probe-*"))

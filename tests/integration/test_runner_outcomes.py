@@ -12,6 +12,7 @@ from dockworker.names import RUNNER_LABEL
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
+from tests.conftest import StartRunner
 from tests.helpers import queue, save_code, wait_for
 
 from . import oci_fixtures
@@ -34,7 +35,7 @@ def _containers_of(engine: DockerEngine, settings: Settings) -> list[str]:
 
 
 def test_complete_with_contract(
-    store: Store, project: str, start_runner, engine: DockerEngine, settings: Settings
+    store: Store, project: str, start_runner: StartRunner, engine: DockerEngine, settings: Settings
 ) -> None:
     script = (
         'echo "id=$TASK_ID dir=$TASK_DIR"; cat "$PAYLOAD_FILE"; echo; cat "$CONFIG_FILE"; echo; '
@@ -73,7 +74,7 @@ def test_complete_with_contract(
     assert _containers_of(engine, settings) == []
 
 
-def test_nonzero_exit_is_error(store: Store, project: str, start_runner) -> None:
+def test_nonzero_exit_is_error(store: Store, project: str, start_runner: StartRunner) -> None:
     save_code(store, project, CodeSpec(name="fails", stack="busybox", command="sh -c 'echo bye; exit 3'"))
     start_runner()
     done = wait_for(store, queue(store, project, "fails").id)
@@ -83,7 +84,7 @@ def test_nonzero_exit_is_error(store: Store, project: str, start_runner) -> None
 
 
 def test_timeout_kills_the_container(
-    store: Store, project: str, start_runner, engine: DockerEngine, settings: Settings
+    store: Store, project: str, start_runner: StartRunner, engine: DockerEngine, settings: Settings
 ) -> None:
     save_code(store, project, CodeSpec(name="sleeper", stack="busybox", command="sleep 300"))
     start_runner()
@@ -96,7 +97,7 @@ def test_timeout_kills_the_container(
     assert _containers_of(engine, settings) == []
 
 
-def test_out_of_memory_is_reported(store: Store, project: str, start_runner) -> None:
+def test_out_of_memory_is_reported(store: Store, project: str, start_runner: StartRunner) -> None:
     # busybox's `head -c` of /dev/zero into a shell variable grows the shell past the limit
     command = "sh -c 'x=$(head -c 200000000 /dev/zero | tr \"\\\\0\" a); echo survived'"
     save_code(store, project, CodeSpec(name="hog", stack="busybox", command=command, memory_mb=32))
@@ -107,7 +108,9 @@ def test_out_of_memory_is_reported(store: Store, project: str, start_runner) -> 
     assert "32 MB" in done.msg
 
 
-def test_fork_bomb_is_contained_by_the_pids_limit(store: Store, project: str, start_runner) -> None:
+def test_fork_bomb_is_contained_by_the_pids_limit(
+    store: Store, project: str, start_runner: StartRunner
+) -> None:
     script = "i=0; while [ $i -lt 2000 ]; do sleep 30 & i=$((i+1)); done; echo spawned-all"
     save_code(
         store,
@@ -126,7 +129,7 @@ def test_fork_bomb_is_contained_by_the_pids_limit(store: Store, project: str, st
 
 
 def test_the_log_keeps_the_order_the_worker_wrote_in_across_stdout_and_stderr(
-    store: Store, project: str, start_runner
+    store: Store, project: str, start_runner: StartRunner
 ) -> None:
     script = 'i=0; while [ $i -lt 200 ]; do echo "out $i"; echo "err $i" >&2; i=$((i+1)); done'
     save_code(store, project, CodeSpec(name="both", stack="busybox", command="sh run.sh"), {"run.sh": script})
@@ -140,7 +143,7 @@ def test_the_log_keeps_the_order_the_worker_wrote_in_across_stdout_and_stderr(
 
 
 def test_an_images_own_entrypoint_and_command_still_run(
-    store: Store, project: str, start_runner, engine: DockerEngine
+    store: Store, project: str, start_runner: StartRunner, engine: DockerEngine
 ) -> None:
     """A package without a command runs its image's default command (and an entrypoint, were
     there one) exactly as the engine would, stderr on stdout or not."""
@@ -151,7 +154,7 @@ def test_an_images_own_entrypoint_and_command_still_run(
     assert done.status is TaskStatus.COMPLETE, done.msg
 
 
-def test_command_not_found(store: Store, project: str, start_runner) -> None:
+def test_command_not_found(store: Store, project: str, start_runner: StartRunner) -> None:
     save_code(store, project, CodeSpec(name="nocmd", stack="busybox", command="no-such-binary --flag"))
     start_runner()
     done = wait_for(store, queue(store, project, "nocmd").id)
@@ -160,7 +163,7 @@ def test_command_not_found(store: Store, project: str, start_runner) -> None:
     assert "no-such-binary" in done.msg  # the engine's init says which command failed
 
 
-def test_missing_image_fails_cleanly(store: Store, project: str, start_runner) -> None:
+def test_missing_image_fails_cleanly(store: Store, project: str, start_runner: StartRunner) -> None:
     save_code(store, project, CodeSpec(name="ghost", image="dockworker-test/missing:1", command="true"))
     start_runner()
     done = wait_for(store, queue(store, project, "ghost").id)
@@ -170,7 +173,7 @@ def test_missing_image_fails_cleanly(store: Store, project: str, start_runner) -
 
 
 def test_cancel_running_task_kills_it(
-    store: Store, project: str, start_runner, engine: DockerEngine, settings: Settings
+    store: Store, project: str, start_runner: StartRunner, engine: DockerEngine, settings: Settings
 ) -> None:
     save_code(
         store, project, CodeSpec(name="long", stack="busybox", command="sh -c 'echo started; sleep 300'")
@@ -187,7 +190,7 @@ def test_cancel_running_task_kills_it(
     assert _containers_of(engine, settings) == []
 
 
-def test_cancel_queued_task_never_runs(store: Store, project: str, start_runner) -> None:
+def test_cancel_queued_task_never_runs(store: Store, project: str, start_runner: StartRunner) -> None:
     save_code(store, project, CodeSpec(name="later", stack="busybox", command="echo ran"))
     task = queue(store, project, "later", delay=2)
     cancelled = store.request_cancel(project, task.id)
@@ -198,7 +201,9 @@ def test_cancel_queued_task_never_runs(store: Store, project: str, start_runner)
     assert store.read_log(task.id) == b""
 
 
-def test_log_is_capped_with_a_marker(store: Store, project: str, start_runner, settings: Settings) -> None:
+def test_log_is_capped_with_a_marker(
+    store: Store, project: str, start_runner: StartRunner, settings: Settings
+) -> None:
     from dockworker.settings import Limits
 
     small = settings.replace(limits=Limits(memory_mb=128, log_bytes=10_000))
@@ -215,7 +220,7 @@ def test_log_is_capped_with_a_marker(store: Store, project: str, start_runner, s
     assert len(log) < 10_100
 
 
-def test_isolation_defaults(store: Store, project: str, start_runner) -> None:
+def test_isolation_defaults(store: Store, project: str, start_runner: StartRunner) -> None:
     script = "\n".join(
         [
             "touch /probe 2>/dev/null && echo root-writable || echo root-readonly",
@@ -255,7 +260,7 @@ def test_isolation_defaults(store: Store, project: str, start_runner) -> None:
     assert "lo" in interfaces
 
 
-def test_legacy_runtime_upload_gets_arguments(store: Store, project: str, start_runner) -> None:
+def test_legacy_runtime_upload_gets_arguments(store: Store, project: str, start_runner: StartRunner) -> None:
     save_code(
         store,
         project,
@@ -274,7 +279,7 @@ def test_legacy_runtime_upload_gets_arguments(store: Store, project: str, start_
 
 
 def test_many_tasks_run_concurrently_and_leave_nothing(
-    store: Store, project: str, start_runner, engine: DockerEngine, settings: Settings
+    store: Store, project: str, start_runner: StartRunner, engine: DockerEngine, settings: Settings
 ) -> None:
     script = "until [ -e /mnt/code/release ]; do sleep 0.1; done"
     save_code(
@@ -297,7 +302,7 @@ def test_many_tasks_run_concurrently_and_leave_nothing(
 
 
 def test_container_killed_from_outside_is_killed(
-    store: Store, project: str, start_runner, engine: DockerEngine, settings: Settings
+    store: Store, project: str, start_runner: StartRunner, engine: DockerEngine, settings: Settings
 ) -> None:
     save_code(store, project, CodeSpec(name="victim", stack="busybox", command="sh -c 'echo up; sleep 300'"))
     start_runner()
@@ -312,7 +317,9 @@ def test_container_killed_from_outside_is_killed(
     assert _containers_of(engine, settings) == []
 
 
-def test_the_event_history_tells_the_whole_story(store: Store, project: str, start_runner) -> None:
+def test_the_event_history_tells_the_whole_story(
+    store: Store, project: str, start_runner: StartRunner
+) -> None:
     save_code(store, project, CodeSpec(name="story", stack="busybox", command="sh -c 'exit 4'", retries=1))
     save_code(store, project, CodeSpec(name="story-ok", stack="busybox", command="true"))
     start_runner()

@@ -20,9 +20,9 @@ from dockworker.names import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
 from dockworker.runner import Runner
 from dockworker.scheduler import Housekeeper
 from dockworker.settings import Settings
-from dockworker.states import TaskStatus
+from dockworker.states import EventKind, TaskStatus
 from dockworker.store import Store
-from tests.conftest import BUSYBOX_IMAGE
+from tests.conftest import BUSYBOX_IMAGE, StartRunner
 from tests.helpers import queue, save_code, wait_for
 
 # The runner's side of the store, so on every dialect.
@@ -150,7 +150,7 @@ def project(store: Store) -> str:
 
 
 def test_engine_errors_retry_on_their_own_budget_then_error(
-    store: Store, project: str, settings: Settings, proxy: EngineProxy, start_runner
+    store: Store, project: str, settings: Settings, proxy: EngineProxy, start_runner: StartRunner
 ) -> None:
     flaky = DockerEngine(proxy.url)
     proxy.answer_500()
@@ -164,12 +164,12 @@ def test_engine_errors_retry_on_their_own_budget_then_error(
     # the user's retries (3 for this package) are not spent on infrastructure failures
     assert done.retry_count == 0 and done.retry_task_id is None
     kinds = [e.kind for e in store.list_events(task.id)]
-    assert kinds.count("infra_retry") == 2 and kinds[-1] == "error"
+    assert kinds.count(EventKind.INFRA_RETRY) == 2 and kinds[-1] == EventKind.ERROR
     flaky.close()
 
 
 def test_an_unreachable_engine_holds_tasks_queued_until_it_answers(
-    store: Store, project: str, settings: Settings, proxy: EngineProxy, start_runner
+    store: Store, project: str, settings: Settings, proxy: EngineProxy, start_runner: StartRunner
 ) -> None:
     flaky = DockerEngine(proxy.url)
     proxy.cut()
@@ -184,7 +184,7 @@ def test_an_unreachable_engine_holds_tasks_queued_until_it_answers(
     assert (held.msg or "").startswith("waiting: the Docker engine became unreachable")
     assert held.infra_attempts == 0 and held.attempts == 0 and held.retry_count == 0
     kinds = [e.kind for e in store.list_events(task.id)]
-    assert kinds.count("claimed") == 1 and kinds.count("released") == 1
+    assert kinds.count(EventKind.CLAIMED) == 1 and kinds.count(EventKind.RELEASED) == 1
     proxy.restore()
     done = wait_for(store, task.id, timeout=30)
     assert done.status is TaskStatus.COMPLETE, done.msg
@@ -194,7 +194,12 @@ def test_an_unreachable_engine_holds_tasks_queued_until_it_answers(
 
 
 def test_engine_cut_while_running_leaves_no_container(
-    store: Store, project: str, settings: Settings, proxy: EngineProxy, start_runner, engine: DockerEngine
+    store: Store,
+    project: str,
+    settings: Settings,
+    proxy: EngineProxy,
+    start_runner: StartRunner,
+    engine: DockerEngine,
 ) -> None:
     # The task runs until the test lets it end (a file it adds to the task's code directory, which
     # the container sees through its bind mount): the cut falls while it runs, whatever the load.
@@ -220,7 +225,7 @@ def test_engine_cut_while_running_leaves_no_container(
 
 
 def test_orphans_are_removed_at_start_but_not_other_installations(
-    store: Store, settings: Settings, engine: DockerEngine, start_runner
+    store: Store, settings: Settings, engine: DockerEngine, start_runner: StartRunner
 ) -> None:
     ours = {TASK_LABEL: "0" * 24, RUNNER_LABEL: "someone-else", INSTALLATION_LABEL: store.installation_id()}
     theirs = {**ours, INSTALLATION_LABEL: "another-installation"}
@@ -243,7 +248,7 @@ def test_orphans_are_removed_at_start_but_not_other_installations(
 
 
 def test_tasks_leased_to_an_earlier_process_are_recovered(
-    store: Store, project: str, settings: Settings, start_runner
+    store: Store, project: str, settings: Settings, start_runner: StartRunner
 ) -> None:
     task = queue(store, project, "hello")
     claimed = store.claim(settings.runner_id or "", ["default"], 300)
@@ -262,7 +267,7 @@ def test_unreachable_engine_is_classified(tmp_path: Path) -> None:
 
 
 def test_a_container_started_by_a_runner_that_died_before_saying_so_is_adopted(
-    store: Store, project: str, settings: Settings, engine: DockerEngine, start_runner
+    store: Store, project: str, settings: Settings, engine: DockerEngine, start_runner: StartRunner
 ) -> None:
     task = queue(store, project, "hello")
     runner_id = settings.runner_id or ""
@@ -286,7 +291,7 @@ def test_a_container_started_by_a_runner_that_died_before_saying_so_is_adopted(
 
 
 def test_a_start_never_reported_is_counted_when_its_container_is_reaped(
-    store: Store, project: str, settings: Settings, engine: DockerEngine, start_runner
+    store: Store, project: str, settings: Settings, engine: DockerEngine, start_runner: StartRunner
 ) -> None:
     task = queue(store, project, "hello")
     assert store.claim("dead-runner", ["default"], lease_ttl=0.2) is not None

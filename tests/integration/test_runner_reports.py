@@ -7,15 +7,16 @@ import pytest
 
 from dockworker.models import CodeSpec
 from dockworker.settings import Limits, Settings
-from dockworker.states import TaskStatus
+from dockworker.states import EventKind, TaskStatus
 from dockworker.store import Store
+from tests.conftest import StartRunner
 from tests.helpers import queue, save_code, wait_for
 
 pytestmark = [pytest.mark.docker, pytest.mark.dialects("sqlite", "postgresql")]
 
 
 def test_a_failed_final_report_is_retried_and_the_task_runs_once(
-    store: Store, settings: Settings, start_runner, monkeypatch: pytest.MonkeyPatch
+    store: Store, settings: Settings, start_runner: StartRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = store.create_project("p").id
     save_code(store, project, CodeSpec(name="once", stack="busybox", command="echo ran"))
@@ -35,11 +36,11 @@ def test_a_failed_final_report_is_retried_and_the_task_runs_once(
     assert done.attempts == 1 and done.infra_attempts == 0
     assert store.read_log(task.id) == b"ran\n"
     kinds = [e.kind for e in store.list_events(task.id)]
-    assert kinds.count("started") == 1 and "late_report_refused" not in kinds, kinds
+    assert kinds.count(EventKind.STARTED) == 1 and EventKind.LATE_REPORT_REFUSED not in kinds, kinds
 
 
 def test_the_log_cap_counts_what_earlier_attempts_wrote(
-    store: Store, settings: Settings, start_runner
+    store: Store, settings: Settings, start_runner: StartRunner
 ) -> None:
     project = store.create_project("p").id
     command = "sh -c 'yes flood | head -c 100000; echo'"

@@ -21,7 +21,7 @@ from dockworker.runner.remote_http import ApiClient
 from dockworker.settings import Settings
 from dockworker.states import EventKind, TaskStatus
 from dockworker.store import Store
-from tests.helpers import make_zip
+from tests.helpers import Upload, make_zip
 from tests.integration.live_server import serving
 from tests.integration.test_tenancy import app_routes
 
@@ -115,7 +115,7 @@ def world(settings: Settings, store: Store) -> Iterator[World]:
         project = store.create_project("p").id
         token, _ = store.create_token(project, "t")
         upload = json.dumps({"name": CODE, "stack": "busybox", "command": "true"})
-        files = {"data": (None, upload), "file": ("c.zip", make_zip({"run.sh": "x"}))}
+        files: Upload = {"data": (None, upload), "file": ("c.zip", make_zip({"run.sh": "x"}))}
         answer = client.post(
             f"/2/projects/{project}/codes", files=files, headers={"Authorization": f"OAuth {token}"}
         )
@@ -148,8 +148,8 @@ def test_every_runner_route_refuses_what_is_not_a_runner_of_the_cluster(world: W
             assert answer.status_code == 401, (method, path, who, answer.text)
         if path != RUNNER + "/session" or method != "POST":
             assert world.call(no_session, method, url, **body).status_code == 401, (method, path)
-            for who in (stolen, forged):
-                answer = world.call(who, method, url, **body)
+            for impostor in (stolen, forged):
+                answer = world.call(impostor, method, url, **body)
                 assert answer.status_code == 409, (method, path, answer.text)
                 assert "session" in answer.json()["msg"]
     after = world.store.load_task(task)
@@ -235,7 +235,7 @@ def test_bad_reports_are_refused(world: World) -> None:
     runner = world.open(world.cluster_token, "r")
     task = world.queue(world.cluster)
     world.claim(runner)
-    for path, body, message in [
+    cases: list[tuple[str, dict[str, Any], str]] = [
         (f"/tasks/{task}/finish", {"json": {"status": "running", "msg": ""}}, "not a task outcome"),
         (
             f"/tasks/{task}/finish",
@@ -246,7 +246,8 @@ def test_bad_reports_are_refused(world: World) -> None:
         (f"/tasks/{task}/log", {"params": {"start": 0}, "content": b""}, "empty log chunk"),
         ("/claim", {"json": {"wait_s": 31}}, "wait_s must be between 0 and 30"),
         ("/active", {"json": {"task_ids": ["x"] * 10_001}}, "at most 10000"),
-    ]:
+    ]
+    for path, body, message in cases:
         answer = world.call(runner, "POST", RUNNER + path, **body)
         assert answer.status_code == 400 and message in answer.json()["msg"], (path, answer.text)
     assert world.store.load_task(task).status is TaskStatus.PREPARING

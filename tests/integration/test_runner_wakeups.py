@@ -12,6 +12,7 @@ from dockworker.models import CodeSpec
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store, open_store
+from tests.conftest import StartRunner
 from tests.helpers import queue, save_code, wait_for
 
 pytestmark = pytest.mark.docker
@@ -36,7 +37,7 @@ def _claim_latency(store: Store, task_id: str, queued_at: float) -> float:
 
 @pytest.mark.dialects("sqlite", "postgresql")
 def test_an_idle_runner_woken_in_process_claims_at_once(
-    store: Store, project: str, settings: Settings, start_runner, dialect: str
+    store: Store, project: str, settings: Settings, start_runner: StartRunner, dialect: str
 ) -> None:
     runner = start_runner(settings.replace(poll_interval_s=SLOW_POLL_S))
     time.sleep(0.5)  # idle: its first claims found nothing
@@ -50,7 +51,7 @@ def test_an_idle_runner_woken_in_process_claims_at_once(
 
 @pytest.mark.dialects("postgresql")
 def test_an_idle_runner_claims_at_once_a_task_queued_by_another_process(
-    store: Store, project: str, settings: Settings, start_runner, store_url: str
+    store: Store, project: str, settings: Settings, start_runner: StartRunner, store_url: str
 ) -> None:
     start_runner(settings.replace(poll_interval_s=SLOW_POLL_S))
     time.sleep(0.5)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dockworker.engine.adapter import ContainerSpec, DockerEngine
+from dockworker.engine import ContainerSpec, DockerEngine
 from dockworker.errors import DockworkerError
 from dockworker.stacks import STACKS, build_stack, stack_status
 from tests.conftest import require

@@ -11,6 +11,7 @@ from dockworker.models import CodeSpec
 from dockworker.stacks import RUNTIME_ALIASES, STACKS, Stack
 from dockworker.states import TaskStatus
 from dockworker.store import Store
+from tests.conftest import StartRunner
 from tests.helpers import queue, save_code, wait_for
 from tests.integration.stack_workers import HELLO_WORLDS, PAYLOAD, expected_lines, require_stack
 
@@ -34,7 +35,7 @@ def test_every_stack_has_a_hello_world_for_one_of_its_runtimes() -> None:
 
 @pytest.mark.parametrize("stack", STACKS.values(), ids=list(STACKS))
 def test_hello_world_runs_through_the_service(
-    stack: Stack, store: Store, project: str, start_runner, engine: DockerEngine
+    stack: Stack, store: Store, project: str, start_runner: StartRunner, engine: DockerEngine
 ) -> None:
     require_stack(engine, stack)
     hello = HELLO_WORLDS[stack.name]
@@ -61,7 +62,7 @@ def test_hello_world_runs_through_the_service(
 
 
 def test_a_stack_whose_image_is_missing_fails_with_the_command_that_builds_it(
-    store: Store, project: str, start_runner, monkeypatch: pytest.MonkeyPatch
+    store: Store, project: str, start_runner: StartRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ghost = Stack(
         name="ghost", version="0", description="never built", packages=("ghost",), legacy_command="sh {file}"

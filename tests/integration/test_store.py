@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from dockworker.errors import ClientError, Conflict, NotFound
 from dockworker.models import CodeSpec, NewTask, TaskFilter, TaskOutcome
-from dockworker.states import TaskStatus
+from dockworker.states import EventKind, TaskStatus
 from dockworker.store import Store, open_store
 from dockworker.store.sql import SqlStore
 from tests.helpers import queue, save_code
@@ -88,7 +88,7 @@ def test_terminal_state_is_written_once(store: Store, project: str) -> None:
     assert not store.finish(task.id, "intruder", TaskOutcome(status=TaskStatus.ERROR, msg="x"))
     final = store.load_task(task.id)
     assert final.status is TaskStatus.COMPLETE
-    assert [e.kind for e in store.list_events(task.id)].count("late_report_refused") == 2
+    assert [e.kind for e in store.list_events(task.id)].count(EventKind.LATE_REPORT_REFUSED) == 2
 
 
 def test_expired_lease_is_requeued_once_then_the_late_report_is_refused(store: Store, project: str) -> None:

@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from dockworker.models import CodeSpec, NewTask, TaskOutcome
-from dockworker.states import TaskStatus
+from dockworker.states import EventKind, TaskStatus
 from dockworker.store import Store, open_store
 from dockworker.store.postgres import CLAIM, LISTENER_APPLICATION_NAME, PostgresStore
 from tests.helpers import queue, save_code
@@ -224,7 +224,7 @@ def test_concurrent_housekeepers_expire_each_lease_once(pg: PostgresStore, proje
     assert sorted(expired) == sorted(t.id for t in queued)
     for t in queued:
         assert pg.load_task(t.id).infra_attempts == 1
-        assert [e.kind for e in pg.list_events(t.id)].count("infra_retry") == 1
+        assert [e.kind for e in pg.list_events(t.id)].count(EventKind.INFRA_RETRY) == 1
 
 
 # --- wake-ups -------------------------------------------------------------------------------------

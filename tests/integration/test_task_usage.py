@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from dockworker.runner import Runner
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
-from tests.conftest import BUSYBOX_IMAGE, PYTHON_IMAGE, require
+from tests.conftest import BUSYBOX_IMAGE, PYTHON_IMAGE, StartRunner, require
 from tests.helpers import queue, save_code, wait_for
 
 from . import oci_fixtures
@@ -30,7 +29,6 @@ pytestmark = pytest.mark.docker
 
 # every test here runs on the Docker engine and on the OCI backend
 engine = oci_fixtures.both_backends
-StartRunner = Callable[..., Runner]
 
 MiB = 1024 * 1024
 TOUCH_150_MIB = """\

@@ -23,7 +23,8 @@ from dockworker.models import TaskFilter, TaskOutcome
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
-from tests.helpers import make_zip, wait_for
+from tests.conftest import StartRunner
+from tests.helpers import Upload, make_zip, wait_for
 
 PROJECT = "/2/projects/{project_id}"
 # Every route under a project. A new one must be added here, and given a body below if it
@@ -66,12 +67,12 @@ CODE = "a-code"
 
 
 def app_routes(app: Any) -> set[tuple[str, str]]:
-    return {
-        (method, context.path)
-        for context in iter_route_contexts(app.routes)
-        if isinstance(context.original_route, APIRoute)
-        for method in context.methods or ()
-    }
+    routes: set[tuple[str, str]] = set()
+    for context in iter_route_contexts(app.routes):
+        if isinstance(context.original_route, APIRoute):
+            assert context.path is not None, context  # an API route always has one
+            routes |= {(method, context.path) for method in context.methods or ()}
+    return routes
 
 
 def request_body(method: str, path: str) -> dict[str, Any]:
@@ -149,7 +150,7 @@ def _tenant(client: TestClient, store: Store, name: str) -> Tenant:
             "config_secret": True,
         }
     )
-    files = {"data": (None, data), "file": ("c.zip", make_zip({"run.sh": "echo hi"}))}
+    files: Upload = {"data": (None, data), "file": ("c.zip", make_zip({"run.sh": "echo hi"}))}
     uploaded = client.post(f"{base}/codes", files=files, headers=auth)
     assert uploaded.status_code == 200, uploaded.text
     cluster = f"only-{name}"  # so that this claim takes this task
@@ -168,7 +169,7 @@ def _tenant(client: TestClient, store: Store, name: str) -> Tenant:
         headers=auth,
     )
     assert schedule.status_code == 200, schedule.text
-    _, cluster = store.create_cluster(project, f"{name}-cluster", 256)
+    _, own_cluster = store.create_cluster(project, f"{name}-cluster", 256)
     return Tenant(
         project=project,
         token=token,
@@ -176,7 +177,7 @@ def _tenant(client: TestClient, store: Store, name: str) -> Tenant:
         queued_task=queued.json()["tasks"][0]["id"],
         done_task=done_id,
         schedule_id=schedule.json()["schedules"][0]["id"],
-        cluster_id=cluster.id,
+        cluster_id=own_cluster.id,
         revision_id=uploaded.json()["latest_history_id"],
     )
 
@@ -419,7 +420,7 @@ def test_bad_secret_fields_are_refused(world: World, fields: dict[str, Any], mes
 
 @pytest.mark.docker
 def test_secrets_reach_the_task_but_not_the_service_log(
-    world: World, start_runner: Any, caplog: pytest.LogCaptureFixture
+    world: World, start_runner: StartRunner, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
     a = world.a

@@ -3,6 +3,8 @@ are classified into task outcomes."""
 
 from __future__ import annotations
 
+from typing import cast
+
 import docker.errors
 import pytest
 import requests
@@ -24,7 +26,8 @@ from dockworker.states import TaskStatus
 def _api_error(status: int, explanation: str | bytes) -> docker.errors.APIError:
     response = requests.Response()
     response.status_code = status
-    return docker.errors.APIError("engine said no", response=response, explanation=explanation)
+    # docker-stubs type it str | None; the adapter also decodes a bytes one, which this checks
+    return docker.errors.APIError("engine said no", response=response, explanation=cast(str, explanation))
 
 
 def _classify(exc: Exception, action: str = "create container") -> DockworkerError:

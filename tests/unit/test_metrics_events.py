@@ -9,8 +9,8 @@ from typing import Any, cast
 from prometheus_client import CollectorRegistry
 
 from dockworker.api.metrics import EventObserver
+from dockworker.models import TaskFact
 from dockworker.store import Store
-from dockworker.store.analytics_sql import TaskFact
 
 
 def _fact(event_id: int, kind: str = "infra_retry", cpu_time_ms: int | None = None) -> TaskFact:

@@ -116,7 +116,12 @@ def test_cancel_kills_and_ends_cancelled(h: Harness) -> None:
     task = h.claimed()
     execution_done = threading.Event()
     execution = TaskExecution(task, h.context)
-    thread = threading.Thread(target=lambda: (execution.run(), execution_done.set()))
+
+    def run_then_say_so() -> None:
+        execution.run()
+        execution_done.set()
+
+    thread = threading.Thread(target=run_then_say_so)
     thread.start()
     h.engine.wait_until(lambda: h.store.load_task(task.id).status is TaskStatus.RUNNING)
     execution.cancel()

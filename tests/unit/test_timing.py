@@ -15,8 +15,8 @@ RIGA = ZoneInfo("Europe/Riga")
 NEW_YORK = ZoneInfo("America/New_York")
 
 
-def at(tz: ZoneInfo, *parts: int) -> float:
-    return datetime(*parts, tzinfo=tz).timestamp()  # type: ignore[misc]
+def at(tz: ZoneInfo, year: int, month: int, day: int, hour: int, minute: int) -> float:
+    return datetime(year, month, day, hour, minute, tzinfo=tz).timestamp()
 
 
 def local(tz: ZoneInfo, moment: float) -> str:
