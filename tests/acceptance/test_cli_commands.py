@@ -204,8 +204,9 @@ def test_sigterm_on_up_ends_log_follow_with_a_closing_line(tmp_path: Path) -> No
     assert rest == "" or rest.startswith(last_line)
 
 
-def test_up_shows_what_its_runner_measured_of_the_engine_on_metrics(service: Service, packages: None) -> None:
-    finished(service, "fail")
+def test_up_shows_what_its_runner_measured_of_the_engine_on_metrics(service: Service, tmp_path: Path) -> None:
+    upload_script(service, tmp_path / "quick", "quick", "echo quick\n")
+    finished(service, "quick")
     admin = re.search(r"ADMIN TOKEN.*?\n\n    (\S+)\n", service.log_tail(1_000_000), re.S)
     assert admin is not None, "dockworker up printed no admin token on its first start"
     conn = http.client.HTTPConnection(LOOPBACK, service.port, timeout=15)
