@@ -208,10 +208,31 @@ app.add_typer(images_app, name="images")
 app.command("run-local")(run_local)
 
 
+def only_the_command_asked(typer_app: typer.Typer, argv: list[str]) -> None:
+    """Keep only the command (or group) that ``argv`` names: building every command's options
+    costs more than the command itself (Typer reads each one's signature and annotations at
+    each start). Without a name it knows (no argument, ``--help``, a typo), everything stays, so
+    that help and "no such command" are whole."""
+    asked = next((arg for arg in argv if not arg.startswith("-")), None)
+    if asked is None or any(arg in ("--help", "-h", "--version") for arg in argv[: argv.index(asked)]):
+        return
+    commands = [
+        info
+        for info in typer_app.registered_commands
+        if (info.name or typer.main.get_command_name(info.callback.__name__ if info.callback else ""))
+        == asked
+    ]
+    groups = [info for info in typer_app.registered_groups if info.name == asked]
+    if commands or groups:
+        typer_app.registered_commands = commands
+        typer_app.registered_groups = groups
+
+
 def main() -> None:
     # None: started with the descriptor closed (">&-"): as good as /dev/null.
     sys.stdout = output.ReaderGuard(sys.stdout or open(os.devnull, "w"))  # noqa: SIM115
     sys.stderr = output.QuietWhenGone(sys.stderr or open(os.devnull, "w"))  # noqa: SIM115
+    only_the_command_asked(app, sys.argv[1:])
     try:
         try:
             app()
