@@ -250,6 +250,40 @@ class RunnerInfo:
     stopped_at: float | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cluster:
+    """A named group of runners that its owner's tasks (and those of the projects it is shared
+    with) can be sent to with ``cluster``: its id. Its runners authenticate with the cluster's
+    token, kept as a digest only (``token_active`` False: revoked, no runner may connect)."""
+
+    id: str
+    project_id: str  # the owner
+    name: str
+    description: str | None
+    memory_mb: int
+    public_key: str | None  # PEM: payloads queued for this cluster must be encrypted for it
+    shared_with: tuple[str, ...]
+    token_active: bool
+    token_created_at: float | None
+    created_at: float
+    updated_at: float
+
+    def usable_by(self, project_id: str) -> bool:
+        return project_id == self.project_id or project_id in self.shared_with
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClusterChanges:
+    """What ``update_cluster`` sets; ``None`` leaves a field as it is (``clear_public_key``
+    removes the key)."""
+
+    name: str | None = None
+    description: str | None = None
+    memory_mb: int | None = None
+    public_key: str | None = None
+    clear_public_key: bool = False
+
+
 # --- what the HUD and /metrics read (store/analytics_sql.py) ---------------------------------
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import signal
@@ -321,3 +322,92 @@ def _serve_api(
     if on_ready:
         log.info("%s", on_ready)
     server.run(sockets=[listener])
+
+
+@dataclass(frozen=True, kw_only=True)
+class RemoteRunnerOptions:
+    """``dockworker runner --api URL --cluster-id ID --cluster-token TOKEN``."""
+
+    api_urls: tuple[str, ...]
+    cluster_id: str
+    cluster_token: str
+    name: str | None = None
+    decryption_key: bytes | None = None  # PEM
+
+
+class TokenRevoked(ClientError):
+    """The API refused the cluster token while the runner ran."""
+
+
+def run_remote_runner(settings: Settings, options: RemoteRunnerOptions, on_ready: str | None = None) -> None:
+    """A runner that reaches only the API: no store, no database credentials on its host. It
+    stops (TokenRevoked) when the API refuses its token."""
+    from . import __version__, payload_crypto
+    from .runner.remote import open_remote_link
+
+    key = payload_crypto.load_private_key(options.decryption_key) if options.decryption_key else None
+    link = open_remote_link(
+        options.api_urls,
+        options.cluster_token,
+        settings.data_dir,
+        name=options.name,
+        slots=settings.slots,
+        version=__version__,
+    )
+    identity = link.hold_runner_identity()
+    try:
+        session = link.session
+        if session.cluster_id != options.cluster_id:
+            raise ClientError(
+                f"the cluster token is the token of cluster {session.cluster_id}, not of {options.cluster_id}"
+            )
+        if session.encrypted_payloads and key is None:
+            raise ClientError(
+                f"cluster {session.cluster_name!r} takes encrypted payloads: start its runners with its"
+                " private key (--decryption-key-file PATH, or DECRYPTION_KEY)"
+            )
+        settings = settings.replace(
+            clusters=(session.cluster_id,),
+            lease_ttl_s=session.lease_ttl_s,
+            heartbeat_interval_s=session.heartbeat_interval_s,
+            limits=dataclasses.replace(settings.limits, memory_mb=session.memory_mb),
+        )
+        engine = open_task_engine(settings, pool_size=max(16, 4 * settings.slots))
+        try:
+            engine.ping()
+            runner = Runner(settings, link, engine, identity=identity, payload_key=key)
+            _run_until_signalled(runner, settings, link.refused, on_ready)
+        finally:
+            engine.close()
+    finally:
+        identity.release()
+    if link.refused.is_set():
+        raise TokenRevoked(
+            "the API refused this runner's cluster token (revoked or rotated): start it with the current one"
+        )
+
+
+def _run_until_signalled(
+    runner: Runner, settings: Settings, refused: threading.Event, on_ready: str | None
+) -> None:
+    stop, force = threading.Event(), threading.Event()
+    _Signals(stop, force).install()
+    threading.Thread(target=_force_on, args=(force, runner), daemon=True).start()
+    thread = threading.Thread(target=runner.run, args=(stop,), name="runner")
+    thread.start()
+    log.info(
+        "runner.starting",
+        extra={
+            "runner_id": runner.runner_id,
+            "slots": settings.slots,
+            "clusters": ",".join(settings.clusters),
+        },
+    )
+    if on_ready:
+        log.info("%s", on_ready)
+    while not stop.wait(0.5):
+        if refused.is_set():
+            log.error("runner.token_refused: stopping; tasks go back to the queue")
+            stop.set()
+            force.set()
+    _join_all([thread], settings.shutdown_grace_s + THREAD_JOIN_S + 5.0)

@@ -16,7 +16,19 @@ from fastapi.staticfiles import StaticFiles
 from .. import __version__
 from ..settings import Settings
 from ..store import Store
-from . import admin, codes, health, metrics, projects, runners, schedules, tasks, webhooks
+from . import (
+    admin,
+    clusters,
+    codes,
+    health,
+    metrics,
+    projects,
+    runner_api,
+    runners,
+    schedules,
+    tasks,
+    webhooks,
+)
 from .deps import Services
 from .errors import AnswerUnexpectedErrors, install_error_handlers
 from .hud import install_hud
@@ -51,7 +63,7 @@ def create_app(
     app.state.services = Services(
         settings=settings,
         store=store,
-        on_enqueue=on_enqueue or (lambda: None),
+        on_enqueue=on_enqueue or store.notify_work,
         image_present=image_present or (lambda _image: None),
         stopping=stopping or threading.Event(),
         engine_ping=engine_ping,
@@ -64,6 +76,8 @@ def create_app(
     app.include_router(tasks.router, responses=ERROR_RESPONSES)
     app.include_router(schedules.router, responses=ERROR_RESPONSES)
     app.include_router(runners.router, responses=ADMIN_RESPONSES)
+    app.include_router(clusters.router, responses=ERROR_RESPONSES)
+    app.include_router(runner_api.router, responses=ERROR_RESPONSES)
     app.include_router(admin.router, responses=ADMIN_RESPONSES)
     app.include_router(health.router)
     metrics.install_metrics(app, store, settings)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -107,11 +108,34 @@ def runner(
     runtime: Annotated[
         str | None, typer.Option(help="How tasks run: docker (through dockerd) or oci (crun/runc directly)")
     ] = None,
+    api: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="The API's address (repeatable: tried in turn). The runner then reaches only the API,"
+            " with a cluster's token, and no store [env: DOCKWORKER_API, comma-separated]"
+        ),
+    ] = None,
+    cluster_id: Annotated[
+        str | None, typer.Option(help="With --api: the cluster whose tasks it runs [env: CLUSTER_ID]")
+    ] = None,
+    cluster_token: Annotated[
+        str | None, typer.Option(help="With --api: the cluster's token [env: CLUSTER_TOKEN]")
+    ] = None,
+    decryption_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="The cluster's private key (PEM), for payloads encrypted end to end"
+            " [env: DECRYPTION_KEY_FILE, or the key itself in DECRYPTION_KEY]"
+        ),
+    ] = None,
 ) -> None:
-    """Run a task runner against the store."""
-    from ..service import configure_logging, run_service
+    """Run a task runner: against the store (--store, or the data directory's SQLite), or, with
+    --api, as a cluster's runner that reaches only the API."""
+    from ..service import RemoteRunnerOptions, configure_logging, run_remote_runner, run_service
 
     configure_logging()
+    env = os.environ
+    api_urls = tuple(api or [u for u in env.get("DOCKWORKER_API", "").split(",") if u.strip()])
     settings = load_settings(
         data_dir=data_dir,
         store_url=store,
@@ -120,7 +144,42 @@ def runner(
         clusters=tuple(cluster) if cluster else None,
         runtime=runtime,
     )
-    run_service(settings, api=False, runner=True, on_ready="runner started")
+    key = _decryption_key(decryption_key_file)
+    if not api_urls:
+        if cluster_id or cluster_token:
+            raise ClientError(
+                "--cluster-id and --cluster-token go with --api URL (a runner that reaches the API)"
+            )
+        if key is not None:
+            raise ClientError("--decryption-key-file is for a cluster's runner: give --api URL too")
+        run_service(settings, api=False, runner=True, on_ready="runner started")
+        return
+    if store:
+        raise ClientError("a runner with --api reaches no store: leave out --store")
+    options = RemoteRunnerOptions(
+        api_urls=api_urls,
+        cluster_id=cluster_id or env.get("CLUSTER_ID", ""),
+        cluster_token=cluster_token or env.get("CLUSTER_TOKEN", ""),
+        name=runner_id or env.get("DOCKWORKER_RUNNER_ID") or None,
+        decryption_key=key,
+    )
+    if not options.cluster_id or not options.cluster_token:
+        raise ClientError(
+            "a runner with --api needs --cluster-id and --cluster-token (or CLUSTER_ID, CLUSTER_TOKEN)"
+        )
+    run_remote_runner(settings, options, on_ready=f"runner of cluster {options.cluster_id} started")
+
+
+def _decryption_key(path: Path | None) -> bytes | None:
+    if path is None and os.environ.get("DECRYPTION_KEY_FILE"):
+        path = Path(os.environ["DECRYPTION_KEY_FILE"])
+    if path is not None:
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot read the decryption key {path}: {exc.strerror}") from None
+    inline = os.environ.get("DECRYPTION_KEY")
+    return inline.encode() if inline else None
 
 
 # --- using the service ------------------------------------------------------------------------

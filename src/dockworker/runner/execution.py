@@ -9,7 +9,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from .. import payload_crypto
 from ..engine import Engine
 from ..errors import (
     ClientError,
@@ -36,6 +38,9 @@ from .contract import (
 )
 from .link import RunnerLink
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
 log = logging.getLogger("dockworker.runner")
 
 REPORT_RETRY_FIRST_S = 0.1
@@ -60,6 +65,8 @@ class RunnerContext:
     # Held by a claim and by clearing engine_ok/host_ok: a claim under way when a task is
     # handed back because of them cannot take that task again.
     claim_gate: threading.Lock = field(default_factory=threading.Lock)
+    # The cluster's private key, for payloads encrypted end to end (payload_crypto.py).
+    payload_key: rsa.RSAPrivateKey | None = None
 
 
 class TaskExecution:
@@ -186,7 +193,7 @@ class TaskExecution:
         try:
             code_dir = ctx.code_cache.directory_for(revision)
             uid, gid = parse_user(ctx.settings.task_user)
-            write_task_files(self._task_dir, self.task.payload, revision.spec.config, uid, gid)
+            write_task_files(self._task_dir, self._payload(), revision.spec.config, uid, gid)
             hosts_file = ensure_hosts_file(ctx.settings.data_dir)
         except (ClientError, NotFound) as exc:
             raise TaskSetupError(f"cannot unpack the code package: {exc}") from exc
@@ -195,6 +202,23 @@ class TaskExecution:
                 raise HostStorageFull(f"cannot prepare the task's files: {exc.strerror}") from exc
             raise
         return revision.spec, TaskFiles(task_dir=self._task_dir, code_dir=code_dir, hosts_file=hosts_file)
+
+    def _payload(self) -> str:
+        """The payload as the worker reads it: opened here when it was encrypted for the
+        cluster (never written anywhere but the task's own directory)."""
+        payload = self.task.payload
+        if not payload_crypto.is_envelope(payload):
+            return payload
+        key = self._ctx.payload_key
+        if key is None:
+            raise TaskSetupError(
+                "the payload is encrypted, and this runner has no decryption key"
+                " (start it with --decryption-key-file, or DECRYPTION_KEY)"
+            )
+        try:
+            return payload_crypto.decrypt(payload, key)
+        except payload_crypto.PayloadNotDecryptable as exc:
+            raise TaskSetupError(exc.message) from exc
 
     def _execute(self) -> TaskOutcome:
         if self._adopt is not None:

@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..engine import Engine
@@ -24,6 +25,9 @@ from ..store.identity import RunnerIdentity
 from .codecache import CodeCache
 from .execution import RunnerContext, TaskExecution
 from .link import RunnerLink
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 log = logging.getLogger("dockworker.runner")
 
@@ -57,6 +61,7 @@ class Runner:
         runner_id: str | None = None,
         *,
         identity: RunnerIdentity | None = None,
+        payload_key: rsa.RSAPrivateKey | None = None,
     ) -> None:
         """``identity``: the runner id already held by the caller (see
         ``Store.hold_runner_identity``); otherwise :meth:`run` takes it first."""
@@ -78,6 +83,7 @@ class Runner:
             installation_id=store.installation_id(),
             engine_ok=self._engine_ok,
             host_ok=self._host_ok,
+            payload_key=payload_key,
         )
         self._executions: dict[str, TaskExecution] = {}
         self._threads: dict[str, threading.Thread] = {}
@@ -277,7 +283,10 @@ class Runner:
                     last_reap = now
             except Exception as exc:
                 self._throttled(
-                    logging.ERROR, "runner.watch_failed", {**self._ids, "error": str(exc)}, exc_info=True
+                    logging.ERROR,
+                    "runner.watch_failed",
+                    {**self._ids, "error": str(exc)},
+                    exc_info=not isinstance(exc, InfrastructureError),  # a bug's trace, not an outage's
                 )
             else:
                 self._throttled.reset("runner.watch_failed")

@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from ..models import (
+    Cluster,
+    ClusterChanges,
     Code,
     CodeRevision,
     CodeSpec,
@@ -149,6 +151,77 @@ class Store(Protocol):
     def list_runners(self) -> list[RunnerInfo]: ...
     def live_clusters(self, max_age: float) -> set[str]: ...
     def hold_runner_identity(self, runner_id: str) -> RunnerIdentity: ...
+
+    # --- clusters (their runners connect with the cluster's token; ``project_id`` None: an admin) -
+
+    def create_cluster(
+        self,
+        project_id: str,
+        name: str,
+        memory_mb: int,
+        description: str | None = None,
+        public_key: str | None = None,
+    ) -> tuple[str, Cluster]:
+        """A new cluster owned by the project, and its token (shown once, kept as a digest).
+        Conflict when the project has a cluster of that name."""
+        ...
+
+    def get_cluster(self, project_id: str | None, cluster_id: str) -> Cluster:
+        """A cluster the project owns or is shared; NotFound otherwise."""
+        ...
+
+    def list_clusters(self, project_id: str | None) -> list[Cluster]: ...
+    def update_cluster(self, project_id: str | None, cluster_id: str, changes: ClusterChanges) -> Cluster:
+        """Owner only (Forbidden for a project it is shared with)."""
+        ...
+
+    def delete_cluster(self, project_id: str | None, cluster_id: str) -> None:
+        """Owner only; Conflict while tasks or schedules still use it."""
+        ...
+
+    def share_cluster(self, project_id: str | None, cluster_id: str, with_project: str) -> Cluster: ...
+    def unshare_cluster(self, project_id: str | None, cluster_id: str, with_project: str) -> Cluster: ...
+    def rotate_cluster_token(self, project_id: str | None, cluster_id: str) -> tuple[str, Cluster]:
+        """A new token; the old one is refused from now on."""
+        ...
+
+    def revoke_cluster_token(self, project_id: str | None, cluster_id: str) -> Cluster: ...
+    def cluster_counts(self, cluster_id: str) -> dict[str, int]:
+        """The cluster's queued and active tasks per status."""
+        ...
+
+    def authenticate_cluster(self, token: str) -> Cluster | None:
+        """The cluster whose current token this is (nothing cached), or None."""
+        ...
+
+    # --- remote runners (the API's runner routes; see ``runner/link.py``) -----------------------
+
+    def open_runner_session(
+        self, runner_id: str, cluster_id: str, host: str, ttl: float, resume: str | None = None
+    ) -> str:
+        """Hold the runner id for one process: the session's secret. AlreadyRunning while a live
+        session holds it, unless ``resume`` is that session's secret."""
+        ...
+
+    def check_runner_session(self, runner_id: str, cluster_id: str, secret: str) -> bool: ...
+    def renew_runner_session(self, runner_id: str, secret: str, ttl: float) -> bool:
+        """False when the session was taken over by another process."""
+        ...
+
+    def close_runner_session(self, runner_id: str, secret: str) -> None: ...
+    def leased_task(self, task_id: str, runner_id: str) -> Task:
+        """The task while it is leased to the runner; NotFound otherwise."""
+        ...
+
+    def leased_revision(self, revision_id: str, runner_id: str) -> CodeRevision: ...
+    def leased_revision_archive(self, revision_id: str, runner_id: str) -> bytes | None: ...
+    def cluster_task_ids(self, task_ids: Iterable[str], cluster_id: str, active_only: bool) -> set[str]: ...
+    def append_log_at(
+        self, task_id: str, runner_id: str, start: int, data: bytes, output_bytes: int | None
+    ) -> int:
+        """Append what the runner has from byte ``start`` of the log on, once whatever the
+        retries; the log's size after. LeaseLost when the task is not leased to the runner."""
+        ...
 
     # --- tasks, the API's side ------------------------------------------------------------------
 

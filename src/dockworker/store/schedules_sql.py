@@ -14,6 +14,7 @@ from ..errors import ClientError, NotFound
 from ..models import NewTask, Schedule, ScheduleSpec
 from ..states import CANCELLED_MSG
 from .base import CadenceOf
+from .clusters_sql import check_clusters
 from .schema import codes, schedule_fires, schedules
 from .task_rows import insert_tasks
 from .transactions import Transactional
@@ -65,8 +66,11 @@ class ScheduleQueries(Transactional):
         now = timeutil.now()
         new_ids: list[str] = []
         with self._write() as conn:
+            payloads: dict[str, list[str]] = {}
             for index, spec in enumerate(specs):
                 self._require_code(conn, project_id, spec.code_name, f"schedules[{index}]")
+                payloads.setdefault(spec.cluster, []).append(spec.payload)
+            check_clusters(conn, project_id, payloads)
             for spec in specs:
                 schedule_id = ids.new_id()
                 conn.execute(
@@ -114,6 +118,7 @@ class ScheduleQueries(Transactional):
             if current.status == CANCELLED:
                 raise ClientError("the schedule is cancelled")
             self._require_code(conn, project_id, spec.code_name, "schedule")
+            check_clusters(conn, project_id, {spec.cluster: [spec.payload]})
             values = self._schedule_values(spec, now, cadence_of)
             cadence = cadence_of(spec, values["start_at"])
             values["next_start"] = cadence.next_slot(max(now, values["start_at"]) - 0.001, current.run_count)

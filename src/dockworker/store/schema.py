@@ -242,3 +242,45 @@ runners = sa.Table(
     sa.Column("last_heartbeat", Time, nullable=False),
     sa.Column("stopped_at", Time, nullable=True),
 )
+
+# Clusters with their own runners (``dockworker runner --api``): a cluster's tasks carry its id
+# in ``tasks.cluster``. Its token is kept as a digest (NULL once revoked).
+clusters = sa.Table(
+    "clusters",
+    metadata,
+    sa.Column("id", Id, primary_key=True),
+    sa.Column("project_id", Id, sa.ForeignKey("projects.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("name", sa.String(100), nullable=False),
+    sa.Column("description", sa.Text, nullable=True),
+    sa.Column("memory_mb", sa.Integer, nullable=False),
+    sa.Column("public_key", sa.Text, nullable=True),
+    sa.Column("token_digest", sa.String(64), nullable=True, unique=True),
+    sa.Column("token_created_at", Time, nullable=True),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Column("updated_at", Time, nullable=False),
+    sa.UniqueConstraint("project_id", "name", name="uq_clusters_project_name"),
+)
+
+cluster_shares = sa.Table(
+    "cluster_shares",
+    metadata,
+    sa.Column("cluster_id", Id, sa.ForeignKey("clusters.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("project_id", Id, sa.ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("created_at", Time, nullable=False),
+    sa.Index("ix_cluster_shares_project", "project_id"),
+)
+
+# The live process of each remote runner id: one at a time. A session ends when its runner
+# stops, or expires when it is not renewed (its runner was killed or cut off); the same runner
+# restarted on its host resumes it with the secret it kept (never held twice: its data
+# directory is locked).
+runner_sessions = sa.Table(
+    "runner_sessions",
+    metadata,
+    sa.Column("runner_id", sa.String(200), primary_key=True),
+    sa.Column("cluster_id", Id, nullable=False),
+    sa.Column("secret_digest", sa.String(64), nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("opened_at", Time, nullable=False),
+    sa.Column("expires_at", Time, nullable=False),
+)

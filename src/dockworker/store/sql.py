@@ -10,9 +10,11 @@ import sqlalchemy as sa
 
 from .. import ids
 from .analytics_sql import AnalyticsQueries
+from .clusters_sql import ClusterQueries
 from .codes_sql import CodeQueries
 from .leases_sql import LeaseQueries
 from .logs_sql import LogQueries
+from .remote_sql import RemoteRunnerQueries
 from .runners_sql import RunnerQueries
 from .schedules_sql import ScheduleQueries
 from .schema import meta
@@ -29,6 +31,8 @@ class SqlStore(
     LogQueries,
     ScheduleQueries,
     RunnerQueries,
+    ClusterQueries,
+    RemoteRunnerQueries,
     AnalyticsQueries,
     InProcessWakeUps,
     abc.ABC,

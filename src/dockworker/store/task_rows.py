@@ -16,6 +16,7 @@ from .. import ids, timeutil
 from ..errors import ClientError, NotFound
 from ..models import Code, NewTask, Task
 from ..states import EventKind, TaskStatus
+from .clusters_sql import check_clusters
 from .codes_sql import code_by_name
 from .schema import task_events, tasks
 
@@ -174,6 +175,10 @@ def insert_tasks(
                 event_detail=f"by schedule {new.schedule_id}" if new.schedule_id else "",
             )
         )
+    payloads: dict[str, list[str]] = {}
+    for new in new_tasks:
+        payloads.setdefault(new.cluster, []).append(new.payload)
+    check_clusters(conn, project_id, payloads)
     return insert_rows(conn, rows)
 
 
