@@ -57,6 +57,7 @@ BENCH_LABEL = "dockworker.bench"
 TERMINAL = frozenset({"complete", "error", "cancelled", "killed", "timeout"})
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TASK_TIMEOUT_S = 60.0
+WAIT_S = 60  # GET /tasks/{id}?wait=: the most the API allows
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -404,17 +405,19 @@ class Service:
         body = {"tasks": [{"code_name": CODE_NAME}] * count}
         return [t["id"] for t in self.call("POST", "/tasks", json=body)["tasks"]]
 
-    def one(self, poll_s: float) -> TaskSample:
-        """Queue one task and poll it until it is terminal. The latency runs from just before
-        the POST to the first poll that sees the terminal status."""
+    def one(self, poll_s: float | None) -> TaskSample:
+        """Queue one task and learn when it ends: with ``GET /tasks/{id}?wait=`` (one request
+        that the server answers when the task ends), or, with ``poll_s``, by polling. The
+        latency runs from just before the POST to the answer that shows the terminal status."""
         assert self.http is not None
         wall0 = time.time()
         started = time.perf_counter()
         (task_id,) = self.queue(1)
         polls, rtt = 0, 0.0
+        params = {"wait": WAIT_S} if poll_s is None else None
         while True:
             sent = time.perf_counter()
-            task = self.call("GET", f"/tasks/{task_id}")
+            task = self.call("GET", f"/tasks/{task_id}", params=params)
             seen = time.perf_counter()
             polls += 1
             rtt += seen - sent
@@ -422,7 +425,8 @@ class Service:
                 break
             if seen - started > TASK_TIMEOUT_S:
                 raise RuntimeError(f"task {task_id} not done after {TASK_TIMEOUT_S} s: {task['status']}")
-            time.sleep(poll_s)
+            if poll_s is not None:
+                time.sleep(poll_s)
         latency = seen - started
         sample = TaskSample(task_id, task["status"], ms(latency), polls, ms(rtt / polls))
         kinds = self.call("GET", f"/tasks/{task_id}/events")["events"]
@@ -459,19 +463,27 @@ class Service:
         ]
         return {name: ms(b - a) for name, a, b in points if a is not None and b is not None}
 
-    def throughput(self, tasks: int, poll_s: float, meter: CpuMeter) -> dict[str, Any]:
+    def throughput(self, tasks: int, poll_s: float | None, meter: CpuMeter) -> dict[str, Any]:
         """Queue ``tasks`` in one request; the batch is done when the last task has finished
-        (its end_time; the server's clock is ours). The client polls the list of unfinished
-        tasks every ``poll_s`` to learn that; its detection time is reported too."""
+        (its end_time; the server's clock is ours). The client learns that by waiting for each
+        task in turn (``?wait=``), or, with ``poll_s``, by polling the list of unfinished tasks;
+        its detection time is reported too."""
         meter.start()
         wall0 = time.time()
         started = time.perf_counter()
         ids = self.queue(tasks)
-        pending_query = {"code_name": CODE_NAME, "queued": 1, "preparing": 1, "running": 1, "per_page": 100}
-        while self.call("GET", "/tasks", params=pending_query)["tasks"]:
-            if time.perf_counter() - started > TASK_TIMEOUT_S + tasks:
-                raise RuntimeError("batch not done in time")
-            time.sleep(poll_s)
+        if poll_s is None:
+            for task_id in ids:  # one request each: answered when that task has ended
+                waited = {"wait": WAIT_S}
+                while self.call("GET", f"/tasks/{task_id}", params=waited)["status"] not in TERMINAL:
+                    if time.perf_counter() - started > TASK_TIMEOUT_S + tasks:
+                        raise RuntimeError("batch not done in time")
+        else:
+            pending = {"code_name": CODE_NAME, "queued": 1, "preparing": 1, "running": 1, "per_page": 100}
+            while self.call("GET", "/tasks", params=pending)["tasks"]:
+                if time.perf_counter() - started > TASK_TIMEOUT_S + tasks:
+                    raise RuntimeError("batch not done in time")
+                time.sleep(poll_s)
         seen = time.perf_counter() - started
         cpu = meter.stop(tasks)
         details = [self.call("GET", f"/tasks/{task_id}") for task_id in ids]
@@ -628,11 +640,16 @@ class Options:
     concurrency: int
     warmup: int
     rounds: int
+    learn: str
     poll_ms: float
     batch_poll_ms: float
     image: str
     floor: bool
     wait_quiet_s: float
+
+    @property
+    def poll_s(self) -> float | None:
+        return self.poll_ms / 1000 if self.learn == "poll" else None
 
 
 def parse_options(argv: Sequence[str] | None = None) -> Options:
@@ -644,9 +661,17 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--concurrency", type=int, default=4, help="baseline concurrent workers (default 4)")
     parser.add_argument("--warmup", type=int, default=3, help="discarded first runs per side (default 3)")
     parser.add_argument("--rounds", type=int, default=2, help="throughput rounds, alternating (default 2)")
-    parser.add_argument("--poll-ms", type=float, default=5.0, help="single-task poll interval (default 5)")
     parser.add_argument(
-        "--batch-poll-ms", type=float, default=100.0, help="batch poll interval (default 100)"
+        "--learn",
+        choices=("wait", "poll"),
+        default="wait",
+        help="how the client learns that a task ended: GET /tasks/{id}?wait= (default), or polling",
+    )
+    parser.add_argument(
+        "--poll-ms", type=float, default=5.0, help="with --learn poll: single-task poll interval (default 5)"
+    )
+    parser.add_argument(
+        "--batch-poll-ms", type=float, default=100.0, help="with --learn poll: batch poll interval (ms)"
     )
     parser.add_argument("--image", default=IMAGE, help=f"baseline image (default {IMAGE})")
     parser.add_argument(
@@ -675,6 +700,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         concurrency=args.concurrency,
         warmup=args.warmup,
         rounds=args.rounds,
+        learn=args.learn,
         poll_ms=args.poll_ms,
         batch_poll_ms=args.batch_poll_ms,
         image=args.image,
@@ -698,7 +724,7 @@ def measure_latency(
     samples: list[TaskSample] = []
     sides: dict[str, Callable[[], None]] = {
         "baseline": lambda: base.append(ms(baseline.one())),
-        "dockworker": lambda: samples.append(service.one(options.poll_ms / 1000)),
+        "dockworker": lambda: samples.append(service.one(options.poll_s)),
     }
     if floor is not None:
         sides["floor"] = lambda: floor_runs.append(floor.one())
@@ -741,7 +767,7 @@ def measure_throughput(
     side first, as warm-up (discarded)."""
     meter_base, meter_floor = CpuMeter(), CpuMeter()
     meter_dw = CpuMeter(service_pid=service.pid)
-    batch_poll = options.batch_poll_ms / 1000
+    batch_poll = options.batch_poll_ms / 1000 if options.learn == "poll" else None
     sides: dict[str, Callable[[int], dict[str, Any]]] = {
         "baseline": lambda n: baseline.throughput(n, options.concurrency, meter_base),
         "dockworker": lambda n: service.throughput(n, batch_poll, meter_dw),
@@ -812,7 +838,8 @@ def render_header(result: dict[str, Any]) -> list[str]:
         f"dockworker {result['dockworker_version']}",
         f"run: n={options['n']} single tasks per side (+{options['warmup']} warm-up discarded, interleaved), "
         f"batch={options['batch']} x {options['rounds']} round(s), slots={options['slots']}, "
-        f"baseline concurrency={options['concurrency']}, poll {fmt(options['poll_ms'], 0)} ms",
+        f"baseline concurrency={options['concurrency']}, "
+        + ("?wait" if options["learn"] == "wait" else f"poll {fmt(options['poll_ms'], 0)} ms"),
         f"baseline: {' '.join(result['baseline_command'])}",
         "",
     ]

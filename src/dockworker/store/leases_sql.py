@@ -119,6 +119,7 @@ class LeaseQueries(Transactional):
             if not moved:
                 self._refuse(conn, task_id, runner_id, str(outcome.status))
                 return False
+            self._ended(conn, [task_id])
             exited = ""
             if outcome.exit_code is not None and not outcome.msg.startswith("exit code"):
                 exited = f"container exited with code {outcome.exit_code}"
@@ -172,6 +173,8 @@ class LeaseQueries(Transactional):
                 conn, target, leased(task_id, runner_id), lease_expires_at=None, updated_at=now, **values
             ):
                 return False
+            if target is TaskStatus.CANCELLED:
+                self._ended(conn, [task_id])
             record_event(conn, task_id, kind, f"runner {runner_id}: {reason}")
             return True
 
@@ -206,6 +209,8 @@ class LeaseQueries(Transactional):
             **values,
         ):
             record_event(conn, task.id, kind, f"attempt {attempts}: {reason}")
+            if target is not TaskStatus.QUEUED:
+                self._ended(conn, [task.id])
 
     def heartbeat(self, runner_id: str, task_ids: Iterable[str], lease_ttl: float) -> set[str]:
         wanted = list(task_ids)
