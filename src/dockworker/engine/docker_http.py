@@ -17,7 +17,7 @@ import socket
 import struct
 import threading
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import docker
@@ -92,6 +92,7 @@ class _Connections:
         self._endpoint = endpoint
         self._idle: list[http.client.HTTPConnection] = []
         self._lock = threading.Lock()
+        self._closed = False
 
     def take(self, timeout: float | None) -> tuple[http.client.HTTPConnection, bool]:
         """A connection, and whether it was used before."""
@@ -109,13 +110,15 @@ class _Connections:
 
     def give_back(self, connection: http.client.HTTPConnection) -> None:
         with self._lock:
-            if len(self._idle) < MAX_IDLE:
+            if not self._closed and len(self._idle) < MAX_IDLE:
                 self._idle.append(connection)
                 return
         connection.close()
 
     def close(self) -> None:
+        """Close the idle connections; those in use are closed when given back."""
         with self._lock:
+            self._closed = True
             idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
@@ -220,7 +223,7 @@ class LeanApiClient(docker.APIClient):
         response.encoding = "utf-8"
         return response
 
-    def attach_stream(self, container_id: str, timeout: float | None = None) -> Iterator[bytes]:
+    def attach_stream(self, container_id: str, timeout: float | None = None) -> Iterable[bytes]:
         """The container's stdout and stderr (no TTY: multiplexed frames), from its start, until
         it exits: what the SDK's ``attach(stdout, stderr, stream=True, logs=True)`` gives. The
         connection is made before this returns (call it before ``start``)."""
@@ -238,7 +241,7 @@ class LeanApiClient(docker.APIClient):
         except BaseException:
             sock.close()
             raise
-        return _frames(sock, rest)
+        return _FrameStream(sock, rest)
 
     def _upgraded(self, sock: socket.socket, path: str) -> bytes:
         """Read the answer's head; returns what followed it. Raises the SDK's error for a
@@ -275,24 +278,37 @@ class LeanApiClient(docker.APIClient):
         raise http.client.HTTPException(f"unexpected answer to attach: {status_line}")
 
 
-def _frames(sock: socket.socket, pending: bytes) -> Iterator[bytes]:
+class _FrameStream:
     """The payloads of the engine's multiplexed stream (8-byte header: stream, size), in order,
-    both streams; the socket is closed when the generator ends or is closed."""
-    buffer = bytearray(pending)
-    try:
-        while True:
-            while len(buffer) >= FRAME_HEADER.size:
-                _stream, size = FRAME_HEADER.unpack_from(buffer)
-                end = FRAME_HEADER.size + size
-                if len(buffer) < end:
-                    break
-                payload = bytes(buffer[FRAME_HEADER.size : end])
-                del buffer[:end]
-                if payload:
-                    yield payload
-            chunk = sock.recv(READ_SIZE)
-            if not chunk:
-                return
-            buffer += chunk
-    finally:
-        sock.close()
+    both streams. Its socket is closed when the iteration ends, by :meth:`close`, or when it is
+    dropped unread."""
+
+    def __init__(self, sock: socket.socket, pending: bytes) -> None:
+        self._sock = sock
+        self._pending = pending
+
+    def __iter__(self) -> Iterator[bytes]:
+        buffer = bytearray(self._pending)
+        try:
+            while True:
+                while len(buffer) >= FRAME_HEADER.size:
+                    _stream, size = FRAME_HEADER.unpack_from(buffer)
+                    end = FRAME_HEADER.size + size
+                    if len(buffer) < end:
+                        break
+                    payload = bytes(buffer[FRAME_HEADER.size : end])
+                    del buffer[:end]
+                    if payload:
+                        yield payload
+                chunk = self._sock.recv(READ_SIZE)
+                if not chunk:
+                    return
+                buffer += chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __del__(self) -> None:
+        self._sock.close()

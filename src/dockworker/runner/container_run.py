@@ -59,19 +59,26 @@ def _always_proceed(started_at: float) -> bool:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunHooks:
-    """What the caller does at two points of the run. on_started gets the start time (epoch
-    seconds) and returns False to have the container killed at once (ending as cancelled)."""
-
-    on_created: Callable[[str], None] = _ignore_created
-    on_started: Callable[[float], bool] = _always_proceed
-
-
-@dataclass(frozen=True, kw_only=True)
 class RunResult:
     outcome: TaskOutcome
     # True when the container was killed because ``stop`` was set or on_started refused.
     stopped: bool = False
+
+
+def _ignore_outcome(result: RunResult) -> None:
+    """The default on_outcome hook."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunHooks:
+    """What the caller does at three points of the run. on_started gets the start time (epoch
+    seconds) and returns False to have the container killed at once (ending as cancelled).
+    on_outcome gets the result once the container has ended and its output is all in the sink,
+    before the container is removed: the outcome can be reported without waiting for that."""
+
+    on_created: Callable[[str], None] = _ignore_created
+    on_started: Callable[[float], bool] = _always_proceed
+    on_outcome: Callable[[RunResult], None] = _ignore_outcome
 
 
 def run_container(
@@ -101,8 +108,13 @@ def run_container(
         deadline = time.monotonic() + timeout_s
         if not hooks.on_started(timeutil.now()):
             _kill_and_drain(engine, container_id, pump)
-            return RunResult(outcome=_cancelled(), stopped=True)
-        return _supervise(engine, container_id, spec.memory_bytes // MB, pump, deadline, timeout_s, stop)
+            result = RunResult(outcome=_cancelled(), stopped=True)
+        else:
+            result = _supervise(
+                engine, container_id, spec.memory_bytes // MB, pump, deadline, timeout_s, stop
+            )
+        hooks.on_outcome(result)
+        return result
     finally:
         _remove(engine, container_id, name)
 

@@ -282,7 +282,16 @@ class RemoteLink:
         self._know_log(task)
         return task
 
-    def mark_running(self, task_id: str, runner_id: str, start_time: float, container_id: str = "") -> bool:
+    def mark_running(
+        self,
+        task_id: str,
+        runner_id: str,
+        start_time: float,
+        container_id: str = "",
+        created_at: float | None = None,
+    ) -> bool:
+        if created_at is not None:  # its own request: the API's route takes no creation time
+            self.add_event(task_id, EventKind.CONTAINER_CREATED, container_id[:12], container_id)
         body = {"start_time": start_time, "container_id": container_id}
         return bool(self._call_retrying("POST", f"/2/runner/tasks/{task_id}/running", payload=body)["ok"])
 

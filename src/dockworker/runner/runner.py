@@ -363,7 +363,7 @@ class Runner:
 
     def reap_orphans(self) -> int:
         """Remove this installation's containers whose task the store no longer considers
-        running, and containers of this runner that no current execution owns."""
+        active, and containers of this runner that no current execution owns."""
         try:
             containers = self.engine.list_labelled(f"{INSTALLATION_LABEL}={self._context.installation_id}")
         except InfrastructureError as exc:
@@ -376,7 +376,8 @@ class Runner:
         for container in containers:
             task_id = container.labels.get(TASK_LABEL, "")
             owner = container.labels.get(RUNNER_LABEL)
-            orphan = task_id not in active or (owner == self.runner_id and task_id not in mine)
+            # Our own tasks' containers are our executions' to remove (just after their report).
+            orphan = task_id not in mine if owner == self.runner_id else task_id not in active
             if not orphan:
                 continue
             try:

@@ -259,9 +259,17 @@ class Store(Protocol):
         runners. None when nothing is claimable."""
         ...
 
-    def mark_running(self, task_id: str, runner_id: str, start_time: float, container_id: str = "") -> bool:
+    def mark_running(
+        self,
+        task_id: str,
+        runner_id: str,
+        start_time: float,
+        container_id: str = "",
+        created_at: float | None = None,
+    ) -> bool:
         """preparing → running, counting the container start. False when the lease is lost
-        (or the task is not preparing): nothing is written."""
+        (or the task is not preparing): nothing is written but, with ``created_at`` (when the
+        container was created), the ``container_created`` event, which is written in any case."""
         ...
 
     def record_unreported_start(self, task_id: str, container_id: str, runner_id: str) -> bool:

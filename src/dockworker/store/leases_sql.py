@@ -65,8 +65,19 @@ class LeaseQueries(Transactional):
     def _refuse(self, conn: Connection, task_id: str, runner_id: str, what: str) -> None:
         record_event(conn, task_id, EventKind.LATE_REPORT_REFUSED, f"runner {runner_id}: {what}")
 
-    def mark_running(self, task_id: str, runner_id: str, start_time: float, container_id: str = "") -> bool:
+    def mark_running(
+        self,
+        task_id: str,
+        runner_id: str,
+        start_time: float,
+        container_id: str = "",
+        created_at: float | None = None,
+    ) -> bool:
         with self._write() as conn:
+            if created_at is not None:
+                record_event(
+                    conn, task_id, EventKind.CONTAINER_CREATED, _short(container_id), container_id, created_at
+                )
             moved = transition(
                 conn,
                 TaskStatus.RUNNING,

@@ -111,10 +111,20 @@ class Transactional:
 
 
 def record_event(
-    conn: Connection, task_id: str, kind: EventKind, detail: str = "", container_id: str | None = None
+    conn: Connection,
+    task_id: str,
+    kind: EventKind,
+    detail: str = "",
+    container_id: str | None = None,
+    at: float | None = None,
 ) -> None:
+    """``at``: when it happened, if earlier than now."""
     conn.execute(
         task_events.insert().values(
-            task_id=task_id, at=timeutil.now(), kind=kind.value, detail=detail, container_id=container_id
+            task_id=task_id,
+            at=timeutil.now() if at is None else at,
+            kind=kind.value,
+            detail=detail,
+            container_id=container_id,
         )
     )
