@@ -16,7 +16,7 @@ import docker.errors
 import pytest
 
 from dockworker.engine.adapter import DockerEngine
-from dockworker.engine.docker_http import LeanApiClient, _query
+from dockworker.engine.docker_http import Endpoint, LeanApiClient, _query
 from dockworker.errors import ContainerGone, ImageMissing
 
 pytestmark = pytest.mark.timeout(20)
@@ -256,3 +256,27 @@ def test_image_missing_through_the_adapter(scripted: Callable[..., ScriptedEngin
             adapter.create(ContainerSpec(image="nope:1", command=["true"]))
     finally:
         adapter._api.close()
+
+
+@pytest.mark.parametrize(
+    ("base_url", "unix_path", "address"),
+    [
+        ("http+unix:///var/run/docker.sock", "/var/run/docker.sock", None),  # the SDK's default
+        ("unix:///run/d.sock", "/run/d.sock", None),
+        ("/run/d.sock", "/run/d.sock", None),
+        ("tcp://127.0.0.1:2375", None, ("127.0.0.1", 2375)),
+    ],
+)
+def test_where_the_engine_listens(base_url: str, unix_path: str | None, address: object) -> None:
+    assert Endpoint.supported(base_url)
+    endpoint = Endpoint(base_url)
+    assert endpoint.unix_path == unix_path
+    if address is not None:
+        assert (endpoint.host, endpoint.port) == address
+
+
+def test_the_adapter_uses_the_lighter_client_on_the_default_socket() -> None:
+    import docker.constants
+
+    assert Endpoint.supported(docker.constants.DEFAULT_UNIX_SOCKET)
+    assert not Endpoint.supported("https://engine.example:2376")

@@ -55,8 +55,8 @@ class Endpoint:
     def __init__(self, base_url: str) -> None:
         self.unix_path: str | None = None
         self.host, self.port = "localhost", 80
-        if base_url.startswith("unix://"):
-            self.unix_path = base_url.removeprefix("unix://")
+        if base_url.startswith(("unix://", "http+unix://")):
+            self.unix_path = base_url.split("://", 1)[1]
         elif base_url.startswith("/"):
             self.unix_path = base_url
         else:
@@ -65,7 +65,7 @@ class Endpoint:
 
     @staticmethod
     def supported(base_url: str) -> bool:
-        return base_url.startswith(("unix://", "/", "tcp://", "http://"))
+        return base_url.startswith(("unix://", "http+unix://", "/", "tcp://", "http://"))
 
     def connection(self, timeout: float | None) -> http.client.HTTPConnection:
         if self.unix_path is not None:
