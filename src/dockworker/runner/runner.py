@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dockworker.runner")
 
-CANCEL_POLL_S = 0.2
+# How often running tasks are checked for cancel requests (a cancel takes effect within a second).
+CANCEL_POLL_S = 0.5
 ENGINE_PING_INTERVAL_S = 1.0
 HOST_PROBE_INTERVAL_S = 1.0
 HOST_PROBE_BYTES = 64 * 1024
