@@ -235,3 +235,13 @@ def test_the_wait_is_documented(
     schema = parameter["schema"]["anyOf"][0]
     assert schema["maximum"] == tasks.MAX_WAIT_S and schema["minimum"] == 0
     assert "instead of polling" in parameter["description"]
+
+
+def test_a_task_still_queued_after_the_wait_says_why(
+    store: Store, project: tuple[str, str], served: Callable[..., tuple[Server, threading.Event]]
+) -> None:
+    server, _ = served()
+    task_id = queue(store, project[0], "w").id
+    answer = server.get(f"/tasks/{task_id}", wait=0.2).json()
+    assert answer["status"] == "queued"
+    assert answer["msg"] == "waiting: no runner serves cluster 'default'"

@@ -167,3 +167,19 @@ def test_a_revision_is_read_once(h: Harness, monkeypatch: pytest.MonkeyPatch) ->
     h.code(files={"main.sh": "echo new"})  # a new revision: read once too
     h.execute(h.claimed())
     assert len(reads) == 2 and len(set(reads)) == 2
+
+
+@pytest.mark.parametrize(("limit", "claims_again"), [(None, False), (1, True)])
+def test_an_end_claims_again_at_once_only_for_a_limited_package(
+    h: Harness, monkeypatch: pytest.MonkeyPatch, limit: int | None, claims_again: bool
+) -> None:
+    """A free slot is claimed through at once anyway; an end wakes the idle claim loop only when
+    it may have made room in its package (max_concurrency)."""
+    h.code(name="limited", max_concurrency=limit)
+    runner = Runner(h.settings, h.store, h.engine)  # type: ignore[arg-type]
+    wakes: list[int] = []
+    real = h.store.notify_work
+    monkeypatch.setattr(h.store, "notify_work", lambda: (wakes.append(1), real())[1])
+    execution = TaskExecution(h.claimed("limited"), runner._context)
+    runner._run_execution(execution)
+    assert bool(wakes) is claims_again

@@ -162,16 +162,18 @@ async def get_task(
 ) -> JSONResponse:
     """A task, with its payload."""
     if not wait:
-        task = await anyio.to_thread.run_sync(task_answer, svc, project_id, task_id)
-        return JSONResponse(task)
+        return JSONResponse(await anyio.to_thread.run_sync(task_answer, svc, project_id, task_id))
     deadline = time.monotonic() + wait
     with svc.waiters.watching(task_id) as waiter:
         while True:
-            task = await anyio.to_thread.run_sync(task_answer, svc, project_id, task_id)
+            found = await anyio.to_thread.run_sync(svc.store.get_task, project_id, task_id)
             left = deadline - time.monotonic()
-            if TaskStatus(task["status"]).is_terminal or left <= 0 or svc.stopping.is_set():
-                return JSONResponse(task)
+            if found.status.is_terminal or left <= 0 or svc.stopping.is_set():
+                break
             await waiter.wait(min(left, RECHECK_S))
+    if found.status is TaskStatus.QUEUED:  # its answer says whether a runner serves its cluster
+        return JSONResponse(await anyio.to_thread.run_sync(task_answer, svc, project_id, task_id))
+    return JSONResponse(task_json(found, with_payload=True))
 
 
 def task_answer(svc: Services, project_id: str, task_id: str) -> dict[str, Any]:

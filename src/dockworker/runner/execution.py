@@ -86,6 +86,8 @@ class TaskExecution:
         self._task_dir = context.settings.task_dirs / task.id
         self._report_log = Throttled(log, interval_s=30.0)
         self._finished = False  # the outcome is reported
+        # Whether the task's package limits its concurrency (unknown until its spec is read).
+        self.package_limited = True
 
     @property
     def _ids(self) -> dict[str, str]:
@@ -218,6 +220,7 @@ class TaskExecution:
             if exc.errno in _NO_SPACE:
                 raise HostStorageFull(f"cannot prepare the task's files: {exc.strerror}") from exc
             raise
+        self.package_limited = bool(revision.spec.max_concurrency)
         return revision.spec, TaskFiles(task_dir=self._task_dir, code_dir=code_dir, hosts_file=hosts_file)
 
     def _payload(self) -> str:

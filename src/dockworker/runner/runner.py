@@ -264,8 +264,10 @@ class Runner:
                 self._executions.pop(execution.task.id, None)
                 self._threads.pop(execution.task.id, None)
             self._slot_freed.set()
-            # Its package may have room again under max_concurrency: claim at once.
-            self.store.notify_work()
+            if execution.package_limited:
+                # Its package may have room again under max_concurrency: claim at once. (A
+                # package limited since this task's revision waits for the next poll.)
+                self.store.notify_work()
 
     # --- leases, cancels, orphans ---------------------------------------------------------------
 

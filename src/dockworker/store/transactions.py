@@ -110,6 +110,11 @@ class Transactional:
         return {}
 
 
+# One statement for every event, its values as parameters: SQLAlchemy builds and keys it once
+# (an insert with the values in it is built, coerced and keyed again on every call).
+_INSERT_EVENT = task_events.insert()
+
+
 def record_event(
     conn: Connection,
     task_id: str,
@@ -120,11 +125,12 @@ def record_event(
 ) -> None:
     """``at``: when it happened, if earlier than now."""
     conn.execute(
-        task_events.insert().values(
-            task_id=task_id,
-            at=timeutil.now() if at is None else at,
-            kind=kind.value,
-            detail=detail,
-            container_id=container_id,
-        )
+        _INSERT_EVENT,
+        {
+            "task_id": task_id,
+            "at": timeutil.now() if at is None else at,
+            "kind": kind.value,
+            "detail": detail,
+            "container_id": container_id,
+        },
     )
