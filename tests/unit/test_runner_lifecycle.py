@@ -71,7 +71,7 @@ def _until(condition: Callable[[], bool], what: str) -> None:
 def test_the_outcome_is_reported_before_the_removal_which_frees_the_slot(
     h: Harness, held: HeldRemoval
 ) -> None:
-    runner = Runner(h.settings.replace(slots=1), h.store, h.engine)  # type: ignore[arg-type]
+    runner = Runner(h.settings.replace(slots=1), h.store, h.engine)
     stop = threading.Event()
     thread = threading.Thread(target=runner.run, args=(stop,), daemon=True)
     thread.start()
@@ -114,7 +114,7 @@ def test_a_runner_dead_before_the_removal_leaves_nothing_after_the_reaper(
     held.release.set()
     dying.join(10)
     assert left in h.engine.containers
-    restarted = Runner(h.settings, h.store, h.engine)  # type: ignore[arg-type]
+    restarted = Runner(h.settings, h.store, h.engine)
     held.dead.clear()
     assert restarted.reap_orphans() == 1
     assert h.engine.containers == {} and left in h.engine.removed
@@ -176,10 +176,15 @@ def test_an_end_claims_again_at_once_only_for_a_limited_package(
     """A free slot is claimed through at once anyway; an end wakes the idle claim loop only when
     it may have made room in its package (max_concurrency)."""
     h.code(name="limited", max_concurrency=limit)
-    runner = Runner(h.settings, h.store, h.engine)  # type: ignore[arg-type]
+    runner = Runner(h.settings, h.store, h.engine)
     wakes: list[int] = []
     real = h.store.notify_work
-    monkeypatch.setattr(h.store, "notify_work", lambda: (wakes.append(1), real())[1])
+
+    def counted() -> None:
+        wakes.append(1)
+        real()
+
+    monkeypatch.setattr(h.store, "notify_work", counted)
     execution = TaskExecution(h.claimed("limited"), runner._context)
     runner._run_execution(execution)
     assert bool(wakes) is claims_again
