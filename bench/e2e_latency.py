@@ -1,19 +1,27 @@
-"""End-to-end cost of a no-op task in dockworker, next to a naive ``docker run`` loop.
+"""End-to-end cost of a no-op task: dockworker against the container it runs, on both backends,
+next to a naive ``docker run`` loop. Issue 13's five sides, in one run.
 
-A benchmark, not a test. In one invocation it measures, on the same engine and image:
+A benchmark, not a test. In one invocation, on the same host, engine and image, it measures:
 
 * baseline: ``docker run --rm --network none IMAGE true`` through the docker CLI, one at a time
   (latency) and from C concurrent workers (throughput);
-* dockworker: the real service (``dockworker up`` as a subprocess, on a temporary data dir),
-  a no-op code package (stack busybox, command ``true``): single tasks queued one at a time
-  and polled until complete (latency), then one batch of M tasks (throughput);
-* the engine floor (skip with ``--no-floor``): the container the runner makes, created, run
-  and removed through dockworker's own engine adapter, without the service; dockworker's
-  figures minus these are what the service itself adds.
+* floor (Docker): the runner's own container (``runner/contract.py``'s ``container_spec`` for a
+  no-op busybox package) through dockworker's Docker adapter: create, attach, start, output to
+  its end, wait, remove. No store, no API, no polling;
+* dockworker (Docker): the real service (``dockworker up`` as a subprocess, on a temporary data
+  dir, SQLite), a no-op code package (stack busybox, command ``true``): single tasks queued one
+  at a time (latency), then batches of M tasks (throughput). The client learns that a task ended
+  with ``GET /tasks/{id}?wait=`` (``--learn poll`` polls instead);
+* floor (OCI) and dockworker (OCI): the same two with ``--runtime oci`` (crun), when this host
+  can run them (root, crun);
+* with ``--pg URL``: pick-up on PostgreSQL, a dockworker (Docker) service on a throwaway
+  database of that server, single tasks.
 
-The single-task runs of the sides are interleaved (who goes first rotates); so are the
-throughput rounds. The first ``--warmup`` runs of each side are discarded. The figures are
-printed as a table and written as JSON to ``bench/results/``. See ``bench/README.md``.
+dockworker's figures against its backend's floor are what the service adds. The single-task
+runs of the sides are interleaved (who goes first rotates); so are the throughput rounds. The
+first ``--warmup`` runs of each side are discarded. Pick-up is queued -> claimed, from the task's
+own timestamp and claim event. The figures and the ratios against issue 13's targets are printed,
+and written as JSON to ``bench/results/``. See ``bench/README.md``.
 
 Run: ``. .venv/bin/activate && python bench/e2e_latency.py`` (``--quick`` for a smoke run).
 """
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -37,16 +46,19 @@ import tempfile
 import time
 import uuid
 import zipfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx2
 
-from dockworker.engine import Bind, ContainerSpec, DockerEngine
+from dockworker.engine import ContainerSpec, DockerEngine, Engine
+from dockworker.models import CodeSpec
+from dockworker.runner.contract import TaskFiles, container_spec, ensure_hosts_file, write_task_files
+from dockworker.settings import load_settings
 
 IMAGE = "dockworker/stack-busybox:1.35"
 STACK = "busybox"
@@ -57,7 +69,14 @@ BENCH_LABEL = "dockworker.bench"
 TERMINAL = frozenset({"complete", "error", "cancelled", "killed", "timeout"})
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TASK_TIMEOUT_S = 60.0
+WAIT_S = 60  # GET /tasks/{id}?wait=: the most the API allows
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Issue 13's targets, each a ratio within one run (or a bound).
+P50_TARGET = 1.08  # dockworker p50 <= 1.08 x its floor's
+THROUGHPUT_TARGET = 0.95  # dockworker tasks/s >= 0.95 x its floor's
+SERVICE_CPU_TARGET_MS = 15.0  # the service process's CPU per task (throughput batches)
+PICKUP_TARGET_MS = 10.0  # queued -> claimed with a slot free
+SIDES = ("baseline", "floor", "dockworker", "oci-floor", "oci-dockworker")
 
 
 # --- small helpers ----------------------------------------------------------------------------
@@ -226,40 +245,38 @@ class Baseline:
         }
 
 
-# --- the engine floor: dockworker's container settings, no service -------------------------
+# --- the floors: the runner's container through dockworker's adapter, no service -------------
+
+
+def runner_container(work: Path, label: str, runner_id: str) -> ContainerSpec:
+    """The container the runner makes for the no-op package (its own ``container_spec``), with
+    this run's labels (the clean-up finds it by them)."""
+    settings = load_settings(env={}, data_dir=work / "data")
+    task_dir, code_dir = work / "task", work / "code"
+    code_dir.mkdir(parents=True)
+    (code_dir / "noop.sh").write_text("true\n")
+    write_task_files(task_dir, "", None, 1000, 1000)
+    files = TaskFiles(task_dir=task_dir, code_dir=code_dir, hosts_file=ensure_hosts_file(settings.data_dir))
+    spec = container_spec(
+        spec=CodeSpec(name=CODE_NAME, stack=STACK, command="true"),
+        task_id="bench-floor",
+        files=files,
+        settings=settings,
+        runner_id=runner_id,
+        installation_id="bench",
+    )
+    key, _, value = label.partition("=")
+    return dataclasses.replace(spec, labels={**spec.labels, key: value})
 
 
 class Floor:
-    """The engine alone, through dockworker's own adapter, with the container the runner makes
-    (network disabled, read-only root, limits, init, the task/code/hosts bind mounts, a /tmp
-    tmpfs): create, attach, start, read the output to EOF, wait (+inspect), remove. No store,
-    no API, no polling. dockworker's figures minus these are what the service adds."""
+    """One backend alone: create, attach, start, read the output to its end, wait, remove, as
+    ``run_container`` does. dockworker's figures minus these are what the service adds."""
 
-    def __init__(self, image: str, run_label: str, work_dir: Path) -> None:
-        key, _, value = run_label.partition("=")
-        task_dir, code_dir, hosts = work_dir / "task", work_dir / "code", work_dir / "hosts"
-        for directory in (task_dir, code_dir):
-            directory.mkdir(parents=True, exist_ok=True)
-            directory.chmod(0o777)
-        (task_dir / "payload.json").write_text("")
-        (code_dir / "noop.sh").write_text("true\n")
-        hosts.write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
-        for path in (task_dir / "payload.json", code_dir / "noop.sh", hosts):
-            path.chmod(0o644)
-        self.engine = DockerEngine(pool_size=16)
-        self.spec = ContainerSpec(
-            image=image,
-            command=["true"],
-            env={"TASK_ID": "floor", "TASK_DIR": "/mnt/task", "HOME": "/mnt/task", "CODE_DIR": "/mnt/code"},
-            labels={key: value},
-            binds=(
-                Bind(source=str(task_dir), target="/mnt/task", read_only=False),
-                Bind(source=str(hosts), target="/etc/hosts"),
-                Bind(source=str(code_dir), target="/mnt/code"),
-            ),
-            working_dir="/mnt/code",
-            tmpfs={"/tmp": "rw,nosuid,nodev,size=64m,mode=1777"},
-        )
+    def __init__(self, name: str, engine: Engine, spec: ContainerSpec) -> None:
+        self.name = name
+        self.engine = engine
+        self.spec = spec
 
     def one(self) -> dict[str, float]:
         """Milliseconds per phase, and in total; raises when the container fails."""
@@ -279,12 +296,12 @@ class Floor:
             self.engine.remove(container_id)
         t5 = time.perf_counter()
         if exit_info.exit_code != 0:
-            raise RuntimeError(f"floor container failed: {exit_info}")
+            raise RuntimeError(f"{self.name} container failed: {exit_info}")
         return {
             "create": ms(t1 - t0),
             "attach_start": ms(t2 - t1),
             "output_eof": ms(t3 - t2),
-            "wait_inspect": ms(t4 - t3),
+            "wait": ms(t4 - t3),
             "remove": ms(t5 - t4),
             "total": ms(t5 - t0),
         }
@@ -304,9 +321,6 @@ class Floor:
             **meter.stop(tasks),
         }
 
-    def close(self) -> None:
-        self.engine.close()
-
 
 # --- dockworker: the service and its API ------------------------------------------------------
 
@@ -320,6 +334,7 @@ class TaskSample:
     latency_ms: float
     polls: int
     poll_rtt_ms: float
+    service_cpu_ms: float = 0.0
     split_ms: dict[str, float] = field(default_factory=dict)
     events: list[str] = field(default_factory=list)
 
@@ -327,9 +342,11 @@ class TaskSample:
 class Service:
     """``dockworker up`` in a subprocess on a temporary data dir, and an API client for it."""
 
-    def __init__(self, slots: int, runner_id: str) -> None:
+    def __init__(self, slots: int, runner_id: str, *, runtime: str = "docker", store_url: str = "") -> None:
         self.slots = slots
         self.runner_id = runner_id
+        self.runtime = runtime
+        self.store_url = store_url
         self.data_dir = Path(tempfile.mkdtemp(prefix="dockworker-bench-"))
         self.port = free_port()
         self.log_path = self.data_dir / "service.log"
@@ -346,8 +363,10 @@ class Service:
         executable = Path(sys.executable).parent / "dockworker"
         command = [str(executable) if executable.exists() else shutil.which("dockworker") or "dockworker"]
         command += ["up", "--data-dir", str(self.data_dir), "--port", str(self.port)]
-        command += ["--slots", str(self.slots)]
+        command += ["--slots", str(self.slots), "--runtime", self.runtime]
         env = {**os.environ, "DOCKWORKER_RUNNER_ID": self.runner_id}
+        if self.store_url:
+            env["DOCKWORKER_STORE_URL"] = self.store_url
         with open(self.log_path, "wb") as log_file:
             # Own session: a Ctrl-C at the terminal reaches only us; we stop it with SIGTERM.
             self.process = subprocess.Popen(
@@ -372,7 +391,7 @@ class Service:
         self.http = httpx2.Client(
             base_url=f"{base}/2/projects/{credentials['project_id']}",
             headers={"Authorization": f"OAuth {credentials['token']}", "Accept": "application/json"},
-            timeout=30,
+            timeout=WAIT_S + 30,
             trust_env=False,
         )
 
@@ -404,17 +423,20 @@ class Service:
         body = {"tasks": [{"code_name": CODE_NAME}] * count}
         return [t["id"] for t in self.call("POST", "/tasks", json=body)["tasks"]]
 
-    def one(self, poll_s: float) -> TaskSample:
-        """Queue one task and poll it until it is terminal. The latency runs from just before
-        the POST to the first poll that sees the terminal status."""
-        assert self.http is not None
+    def one(self, poll_s: float | None) -> TaskSample:
+        """Queue one task and learn when it ends: with ``GET /tasks/{id}?wait=`` (one request
+        that the server answers when the task ends), or, with ``poll_s``, by polling. The
+        latency runs from just before the POST to the answer that shows the terminal status."""
+        assert self.http is not None and self.pid is not None
+        cpu0 = process_cpu_s(self.pid)
         wall0 = time.time()
         started = time.perf_counter()
         (task_id,) = self.queue(1)
         polls, rtt = 0, 0.0
+        params = {"wait": WAIT_S} if poll_s is None else None
         while True:
             sent = time.perf_counter()
-            task = self.call("GET", f"/tasks/{task_id}")
+            task = self.call("GET", f"/tasks/{task_id}", params=params)
             seen = time.perf_counter()
             polls += 1
             rtt += seen - sent
@@ -422,9 +444,11 @@ class Service:
                 break
             if seen - started > TASK_TIMEOUT_S:
                 raise RuntimeError(f"task {task_id} not done after {TASK_TIMEOUT_S} s: {task['status']}")
-            time.sleep(poll_s)
+            if poll_s is not None:
+                time.sleep(poll_s)
         latency = seen - started
         sample = TaskSample(task_id, task["status"], ms(latency), polls, ms(rtt / polls))
+        sample.service_cpu_ms = ms(process_cpu_s(self.pid) - cpu0)
         kinds = self.call("GET", f"/tasks/{task_id}/events")["events"]
         sample.events = [e["kind"] for e in kinds]
         sample.split_ms = self._split(task, kinds, wall0, wall0 + latency)
@@ -459,19 +483,34 @@ class Service:
         ]
         return {name: ms(b - a) for name, a, b in points if a is not None and b is not None}
 
-    def throughput(self, tasks: int, poll_s: float, meter: CpuMeter) -> dict[str, Any]:
+    def throughput(self, tasks: int, poll_s: float | None, meter: CpuMeter) -> dict[str, Any]:
         """Queue ``tasks`` in one request; the batch is done when the last task has finished
-        (its end_time; the server's clock is ours). The client polls the list of unfinished
-        tasks every ``poll_s`` to learn that; its detection time is reported too."""
+        (its end_time; the server's clock is ours). The client learns that by waiting for each
+        task in turn (``?wait=``), or, with ``poll_s``, by polling the list of unfinished tasks;
+        its detection time is reported too."""
         meter.start()
         wall0 = time.time()
         started = time.perf_counter()
         ids = self.queue(tasks)
-        pending_query = {"code_name": CODE_NAME, "queued": 1, "preparing": 1, "running": 1, "per_page": 100}
-        while self.call("GET", "/tasks", params=pending_query)["tasks"]:
-            if time.perf_counter() - started > TASK_TIMEOUT_S + tasks:
-                raise RuntimeError("batch not done in time")
-            time.sleep(poll_s)
+        unfinished = {"code_name": CODE_NAME, "queued": 1, "preparing": 1, "running": 1, "per_page": 100}
+        requests = 0
+        if poll_s is None:
+            # Wait for the batch's last task (claims go first in, first out: it ends about last),
+            # then look for any still unfinished, and wait for the last of those, and so on.
+            left = list(ids)
+            while left:
+                self.call("GET", f"/tasks/{left[-1]}", params={"wait": WAIT_S})
+                still = {t["id"] for t in self.call("GET", "/tasks", params=unfinished)["tasks"]}
+                left = [task_id for task_id in left if task_id in still]
+                requests += 2
+                if time.perf_counter() - started > TASK_TIMEOUT_S + tasks:
+                    raise RuntimeError("batch not done in time")
+        else:
+            while self.call("GET", "/tasks", params=unfinished)["tasks"]:
+                requests += 1
+                if time.perf_counter() - started > TASK_TIMEOUT_S + tasks:
+                    raise RuntimeError("batch not done in time")
+                time.sleep(poll_s)
         seen = time.perf_counter() - started
         cpu = meter.stop(tasks)
         details = [self.call("GET", f"/tasks/{task_id}") for task_id in ids]
@@ -504,6 +543,7 @@ class Service:
             "wall_s": done,
             "tasks_per_s": tasks / done,
             "client_seen_s": seen,
+            "client_requests": requests + 1,
             "statuses": statuses,
             "not_complete": problems,
             "max_slots_busy": max_overlap(busy),
@@ -572,18 +612,22 @@ def containers(label_filter: str) -> list[str]:
     return out.split()
 
 
+def remove_containers(ids: Sequence[str]) -> None:
+    if ids:
+        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
+
+
 @dataclass
 class Noise:
     """Counts containers on the engine that are not this run's: other work on a shared engine
     competes for the 2 cores. Sampled between measurements, never inside one."""
 
-    run_label: str
-    runner_id: str
+    labels: Sequence[str]
     samples: list[int] = field(default_factory=list)
 
     def foreign(self) -> int:
         everything = set(run_text(["docker", "ps", "-a", "-q"]).split())
-        ours = set(containers(self.run_label)) | set(containers(f"{RUNNER_LABEL}={self.runner_id}"))
+        ours = {c for label in self.labels for c in containers(label)}
         return len(everything - ours)
 
     def sample(self) -> int:
@@ -612,11 +656,6 @@ class Noise:
         }
 
 
-def remove_containers(ids: Sequence[str]) -> None:
-    if ids:
-        subprocess.run(["docker", "rm", "-f", *ids], capture_output=True, check=False)
-
-
 # --- the run ----------------------------------------------------------------------------------
 
 
@@ -628,11 +667,18 @@ class Options:
     concurrency: int
     warmup: int
     rounds: int
+    learn: str
     poll_ms: float
     batch_poll_ms: float
     image: str
-    floor: bool
+    sides: tuple[str, ...]
+    pg_url: str
+    pg_n: int
     wait_quiet_s: float
+
+    @property
+    def poll_s(self) -> float | None:
+        return self.poll_ms / 1000 if self.learn == "poll" else None
 
 
 def parse_options(argv: Sequence[str] | None = None) -> Options:
@@ -641,19 +687,38 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--n", type=int, default=30, help="measured single tasks per side (default 30)")
     parser.add_argument("--batch", type=int, default=60, help="tasks per throughput batch (default 60)")
     parser.add_argument("--slots", type=int, default=4, help="dockworker runner slots (default 4)")
-    parser.add_argument("--concurrency", type=int, default=4, help="baseline concurrent workers (default 4)")
+    parser.add_argument(
+        "--concurrency", type=int, default=4, help="baseline concurrent workers (default 4; floors: --slots)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="discarded first runs per side (default 3)")
     parser.add_argument("--rounds", type=int, default=2, help="throughput rounds, alternating (default 2)")
-    parser.add_argument("--poll-ms", type=float, default=5.0, help="single-task poll interval (default 5)")
     parser.add_argument(
-        "--batch-poll-ms", type=float, default=100.0, help="batch poll interval (default 100)"
+        "--learn",
+        choices=("wait", "poll"),
+        default="wait",
+        help="how the client learns that a task ended: GET /tasks/{id}?wait= (default), or polling",
+    )
+    parser.add_argument(
+        "--poll-ms", type=float, default=5.0, help="with --learn poll: single-task poll interval (default 5)"
+    )
+    parser.add_argument(
+        "--batch-poll-ms", type=float, default=100.0, help="with --learn poll: batch poll interval (ms)"
     )
     parser.add_argument("--image", default=IMAGE, help=f"baseline image (default {IMAGE})")
     parser.add_argument(
-        "--no-floor",
-        action="store_true",
-        help="skip the engine floor (dockworker's container through its adapter, without the service)",
+        "--sides",
+        default=",".join(SIDES),
+        help=f"which sides, comma-separated (default: all of {','.join(SIDES)}; the OCI ones are "
+        "left out when this host cannot run them)",
     )
+    parser.add_argument(
+        "--pg",
+        default="",
+        metavar="URL",
+        help="a PostgreSQL server (e.g. postgresql://postgres@127.0.0.1:5432/test): measure pick-up on "
+        "a throwaway database of it, dropped at the end",
+    )
+    parser.add_argument("--pg-n", type=int, default=20, help="single tasks on PostgreSQL (default 20)")
     parser.add_argument(
         "--wait-quiet",
         type=float,
@@ -665,7 +730,11 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     parser.add_argument("--quick", action="store_true", help="smoke run: n=5, batch=8, 1 round")
     args = parser.parse_args(argv)
     if args.quick:
-        args.n, args.batch, args.rounds = 5, 8, 1
+        args.n, args.batch, args.rounds, args.pg_n = 5, 8, 1, 5
+    sides = tuple(side for side in args.sides.split(",") if side)
+    unknown = set(sides) - set(SIDES)
+    if unknown:
+        parser.error(f"unknown sides: {', '.join(sorted(unknown))}")
     if min(args.n, args.batch, args.slots, args.concurrency, args.rounds) < 1 or args.warmup < 0:
         parser.error("--n, --batch, --slots, --concurrency and --rounds must be >= 1, --warmup >= 0")
     return Options(
@@ -675,12 +744,24 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         concurrency=args.concurrency,
         warmup=args.warmup,
         rounds=args.rounds,
+        learn=args.learn,
         poll_ms=args.poll_ms,
         batch_poll_ms=args.batch_poll_ms,
         image=args.image,
-        floor=not args.no_floor,
+        sides=sides,
+        pg_url=args.pg,
+        pg_n=args.pg_n,
         wait_quiet_s=args.wait_quiet,
     )
+
+
+def oci_unavailable() -> str:
+    """Why the OCI sides cannot run here ("" when they can)."""
+    if os.geteuid() != 0:
+        return "the OCI backend needs root"
+    if shutil.which("crun") is None:
+        return "crun is not installed (scripts/setup.sh installs it)"
+    return ""
 
 
 def rotated(names: Sequence[str], index: int) -> list[str]:
@@ -689,81 +770,156 @@ def rotated(names: Sequence[str], index: int) -> list[str]:
     return [*names[k:], *names[:k]]
 
 
-def measure_latency(
-    options: Options, baseline: Baseline, service: Service, floor: Floor | None, noise: Noise
-) -> dict[str, Any]:
-    """Single tasks, one at a time, the sides interleaved (who goes first rotates)."""
-    base: list[float] = []
-    floor_runs: list[dict[str, float]] = []
-    samples: list[TaskSample] = []
-    sides: dict[str, Callable[[], None]] = {
-        "baseline": lambda: base.append(ms(baseline.one())),
-        "dockworker": lambda: samples.append(service.one(options.poll_ms / 1000)),
+class Side(Protocol):
+    """What a side runs: one task (latency), a batch (throughput)."""
+
+    def single(self) -> None: ...
+    def batch(self, tasks: int) -> dict[str, Any]: ...
+
+
+@dataclass
+class BaselineSide:
+    baseline: Baseline
+    concurrency: int
+    meter: CpuMeter = field(default_factory=CpuMeter)
+    runs: list[float] = field(default_factory=list)
+
+    def single(self) -> None:
+        self.runs.append(ms(self.baseline.one()))
+
+    def batch(self, tasks: int) -> dict[str, Any]:
+        return self.baseline.throughput(tasks, self.concurrency, self.meter)
+
+
+@dataclass
+class FloorSide:
+    floor: Floor
+    concurrency: int
+    meter: CpuMeter = field(default_factory=CpuMeter)
+    runs: list[dict[str, float]] = field(default_factory=list)
+
+    def single(self) -> None:
+        self.runs.append(self.floor.one())
+
+    def batch(self, tasks: int) -> dict[str, Any]:
+        return self.floor.throughput(tasks, self.concurrency, self.meter)
+
+
+@dataclass
+class ServiceSide:
+    service: Service
+    poll_s: float | None
+    batch_poll_s: float | None
+    samples: list[TaskSample] = field(default_factory=list)
+
+    def single(self) -> None:
+        self.samples.append(self.service.one(self.poll_s))
+
+    def batch(self, tasks: int) -> dict[str, Any]:
+        meter = CpuMeter(service_pid=self.service.pid)
+        return self.service.throughput(tasks, self.batch_poll_s, meter)
+
+
+def latency_summary(side: Side, warmup: int) -> dict[str, Any]:
+    if isinstance(side, BaselineSide):
+        return {"total_ms": asdict(Summary.of(side.runs[warmup:])), "raw_ms": side.runs}
+    if isinstance(side, FloorSide):
+        kept = side.runs[warmup:]
+        phases = {k: asdict(Summary.of([r[k] for r in kept])) for k in (kept[0] if kept else {})}
+        return {
+            "total_ms": phases.get("total", asdict(Summary.of([]))),
+            "phases_ms": phases,
+            "raw": side.runs,
+        }
+    assert isinstance(side, ServiceSide)
+    return service_latency(side.samples, warmup)
+
+
+def service_latency(samples: Sequence[TaskSample], warmup: int) -> dict[str, Any]:
+    kept = samples[warmup:]
+    split_keys = sorted({k for s in kept for k in s.split_ms})
+    return {
+        "total_ms": asdict(Summary.of([s.latency_ms for s in kept if s.status == "complete"])),
+        "failed": [asdict(s) for s in kept if s.status != "complete"],
+        "infra_retried": [s.task_id for s in kept if "infra_retry" in s.events],
+        "split_ms": {
+            k: asdict(Summary.of([s.split_ms[k] for s in kept if k in s.split_ms])) for k in split_keys
+        },
+        "requests_per_task": statistics.fmean(s.polls for s in kept) if kept else 0,
+        "request_rtt_ms": statistics.median(s.poll_rtt_ms for s in kept) if kept else 0,
+        "service_cpu_ms_per_task": statistics.fmean(s.service_cpu_ms for s in kept) if kept else 0,
+        "raw": [asdict(s) for s in samples],
     }
-    if floor is not None:
-        sides["floor"] = lambda: floor_runs.append(floor.one())
+
+
+def measure_latency(options: Options, sides: dict[str, Side], noise: Noise) -> dict[str, Any]:
+    """Single tasks, one at a time, the sides interleaved (who goes first rotates)."""
     total = options.warmup + options.n
     for i in range(total):
-        for side in rotated(list(sides), i):
-            sides[side]()
+        for name in rotated(list(sides), i):
+            sides[name].single()
         noise.sample()
         if (i + 1) % 10 == 0 or i + 1 == total:
             log(f"  latency: {i + 1}/{total} (first {options.warmup} are warm-up)")
-    kept = samples[options.warmup :]
-    kept_floor = floor_runs[options.warmup :]
-    split_keys = sorted({k for s in kept for k in s.split_ms})
-    return {
-        "baseline_ms": asdict(Summary.of(base[options.warmup :])),
-        "dockworker_ms": asdict(Summary.of([s.latency_ms for s in kept if s.status == "complete"])),
-        "dockworker_failed": [asdict(s) for s in kept if s.status != "complete"],
-        "dockworker_infra_retried": [s.task_id for s in kept if "infra_retry" in s.events],
-        "dockworker_split_ms": {
-            k: asdict(Summary.of([s.split_ms[k] for s in kept if k in s.split_ms])) for k in split_keys
-        },
-        "dockworker_polls_per_task": statistics.fmean(s.polls for s in kept) if kept else 0,
-        "dockworker_poll_rtt_ms": statistics.median(s.poll_rtt_ms for s in kept) if kept else 0,
-        "floor_phases_ms": {k: asdict(Summary.of([r[k] for r in kept_floor])) for k in floor_runs[0]}
-        if floor_runs
-        else {},
-        "raw": {
-            "baseline_ms": base,
-            "dockworker": [asdict(s) for s in samples],
-            "floor_ms": floor_runs,
-            "warmup_discarded": options.warmup,
-        },
-    }
+    return {name: latency_summary(side, options.warmup) for name, side in sides.items()}
 
 
-def measure_throughput(
-    options: Options, baseline: Baseline, service: Service, floor: Floor | None, noise: Noise
-) -> dict[str, Any]:
-    """One batch per side per round; the order alternates between rounds. A small batch per
-    side first, as warm-up (discarded)."""
-    meter_base, meter_floor = CpuMeter(), CpuMeter()
-    meter_dw = CpuMeter(service_pid=service.pid)
-    batch_poll = options.batch_poll_ms / 1000
-    sides: dict[str, Callable[[int], dict[str, Any]]] = {
-        "baseline": lambda n: baseline.throughput(n, options.concurrency, meter_base),
-        "dockworker": lambda n: service.throughput(n, batch_poll, meter_dw),
-    }
-    if floor is not None:
-        sides["floor"] = lambda n: floor.throughput(n, options.slots, meter_floor)
-    for run in sides.values():
-        run(max(options.warmup, 1))
-    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+def measure_throughput(options: Options, sides: dict[str, Side], noise: Noise) -> dict[str, Any]:
+    """One batch per side per round; the order rotates between rounds. A small batch per side
+    first, as warm-up (discarded)."""
+    for side in sides.values():
+        side.batch(max(options.warmup, 1))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in sides}
     for round_index in range(options.rounds):
-        for side in rotated(list(sides), round_index):
-            log(f"  throughput round {round_index + 1}/{options.rounds}: {side}")
+        for name in rotated(list(sides), round_index):
+            log(f"  throughput round {round_index + 1}/{options.rounds}: {name}")
             noise.sample()
-            runs[side].append(sides[side](options.batch))
-    return {
-        side: {
-            "tasks_per_s": statistics.median(r["tasks_per_s"] for r in results),
-            "host_cpu_ms_per_task": statistics.median(r["host_cpu_ms_per_task"] for r in results),
-            "rounds": results,
+            runs[name].append(sides[name].batch(options.batch))
+    results: dict[str, Any] = {}
+    for name, rounds in runs.items():
+        results[name] = {
+            "tasks_per_s": statistics.median(r["tasks_per_s"] for r in rounds),
+            "host_cpu_ms_per_task": statistics.median(r["host_cpu_ms_per_task"] for r in rounds),
+            "rounds": rounds,
         }
-        for side, results in runs.items()
-    }
+        if "service_cpu_ms_per_task" in rounds[0]:
+            results[name]["service_cpu_ms_per_task"] = statistics.median(
+                r["service_cpu_ms_per_task"] for r in rounds
+            )
+    return results
+
+
+@contextlib.contextmanager
+def throwaway_database(server_url: str, name: str) -> Iterator[str]:
+    """A new database on the PostgreSQL server, dropped at the end: its URL."""
+    import psycopg
+    import sqlalchemy as sa
+
+    server = sa.engine.make_url(server_url)
+    libpq = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(libpq, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(libpq, autocommit=True, connect_timeout=5) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def measure_pg_pickup(options: Options, run_id: str, runner_id: str) -> dict[str, Any]:
+    """Single tasks on a dockworker (Docker) service whose store is PostgreSQL."""
+    name = f"dw_bench_{run_id.replace('-', '_').lower()}"
+    with (
+        throwaway_database(options.pg_url, name) as url,
+        running_service(options, f"{runner_id}-pg", store_url=url) as service,
+    ):
+        service.upload_noop()
+        samples = []
+        for i in range(options.warmup + options.pg_n):
+            samples.append(service.one(options.poll_s))
+            if (i + 1) % 10 == 0:
+                log(f"  PostgreSQL: {i + 1}/{options.warmup + options.pg_n}")
+        return service_latency(samples, options.warmup)
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -772,8 +928,12 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return f"{value:.{digits}f}"
 
 
-def ratio(a: float, b: float) -> str:
-    return f"{a / b:.2f}x" if b else "-"
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def verdict(ok: bool | None) -> str:
+    return "-" if ok is None else "met" if ok else "NOT met"
 
 
 SPLIT_KEYS = (
@@ -783,65 +943,169 @@ SPLIT_KEYS = (
     "container_created_to_started",
     "started_to_finished",
     "finished_to_seen",
-    "queue_wait",
-    "run",
     "post_to_finished",
 )
 
 
-def comparison(names: tuple[str, str], lat: tuple[dict[str, Any], dict[str, Any]], thr: Any) -> list[str]:
-    """Rows of one side against another (latency summaries, throughput results)."""
-    (a, b), (ta, tb) = lat, thr
-    rows = [(f"latency {k} (ms)", a[k], b[k]) for k in ("p50", "p90", "min", "max")]
-    rows += [
-        ("throughput (tasks/s)", ta["tasks_per_s"], tb["tasks_per_s"]),
-        ("host CPU per task (ms)", ta["host_cpu_ms_per_task"], tb["host_cpu_ms_per_task"]),
-    ]
-    head = f"dw / {names[0][:5]}"
-    lines = [f"{'':24}{names[0]:>12}{names[1]:>12}{head:>12}"]
-    lines += [f"{name:24}{fmt(x):>12}{fmt(y):>12}{ratio(y, x):>12}" for name, x, y in rows]
-    return lines
-
-
 def render_header(result: dict[str, Any]) -> list[str]:
     host, options = result["host"], result["options"]
+    learn = "GET ?wait" if options["learn"] == "wait" else f"polling every {fmt(options['poll_ms'], 0)} ms"
     return [
         f"host: {host['cores']} cores ({host['cpu_model']}), kernel {host['kernel']}, "
         f"Python {host['python']}",
         f"docker: engine {host['docker_server']} (API {host['docker_api']}), CLI {host['docker_client']}; "
-        f"dockworker {result['dockworker_version']}",
+        f"dockworker {result.get('dockworker_version', '?')}",
         f"run: n={options['n']} single tasks per side (+{options['warmup']} warm-up discarded, interleaved), "
-        f"batch={options['batch']} x {options['rounds']} round(s), slots={options['slots']}, "
-        f"baseline concurrency={options['concurrency']}, poll {fmt(options['poll_ms'], 0)} ms",
+        f"batch={options['batch']} x {options['rounds']} round(s), slots={options['slots']} (floors: "
+        f"{options['slots']} threads), baseline concurrency={options['concurrency']}; client learns ends "
+        f"by {learn}",
         f"baseline: {' '.join(result['baseline_command'])}",
+        f"load average at the start {host['loadavg_start'][0]:.2f}, at the end {host['loadavg_end'][0]:.2f}",
         "",
     ]
 
 
+def render_sides(result: dict[str, Any]) -> list[str]:
+    lat, thr = result["latency"], result["throughput"]
+    lines = [
+        f"{'side':16}{'p50 ms':>9}{'p90':>8}{'min':>8}{'max':>8}{'tasks/s':>9}{'host CPU':>10}"
+        f"{'svc CPU':>9}{'svc CPU 1':>11}{'pick-up':>9}",
+        f"{'':49}{'':>9}{'ms/task':>10}{'ms/task':>9}{'ms/task':>11}{'p50 ms':>9}",
+    ]
+    for name in lat:
+        total, run = lat[name]["total_ms"], thr.get(name, {})
+        split = lat[name].get("split_ms", {}).get("queued_to_claimed", {})
+        lines.append(
+            f"{name:16}{fmt(total['p50']):>9}{fmt(total['p90']):>8}{fmt(total['min']):>8}{fmt(total['max']):>8}"
+            f"{fmt(run.get('tasks_per_s'), 2):>9}{fmt(run.get('host_cpu_ms_per_task'), 0):>10}"
+            f"{fmt(run.get('service_cpu_ms_per_task')):>9}{fmt(lat[name].get('service_cpu_ms_per_task')):>11}"
+            f"{fmt(split.get('p50')):>9}"
+        )
+    lines.append(
+        "svc CPU: the dockworker process's CPU per task in the throughput batches; svc CPU 1: per "
+        "single task (its POST and its ?wait included)"
+    )
+    return lines
+
+
+def target_rows(result: dict[str, Any]) -> list[tuple[str, str, float | None, bool | None]]:
+    """(backend, what, figure, met) for each of issue 13's targets."""
+    lat, thr = result["latency"], result["throughput"]
+    rows: list[tuple[str, str, float | None, bool | None]] = []
+    for prefix, backend in (("", "docker"), ("oci-", "oci")):
+        service, floor = f"{prefix}dockworker", f"{prefix}floor"
+        if service not in lat:
+            continue
+        if floor in lat:
+            p50 = ratio(lat[service]["total_ms"]["p50"], lat[floor]["total_ms"]["p50"])
+            rows.append(
+                (
+                    backend,
+                    f"p50 / floor p50 (<= {P50_TARGET})",
+                    p50,
+                    None if p50 is None else p50 <= P50_TARGET,
+                )
+            )
+            tput = ratio(thr.get(service, {}).get("tasks_per_s"), thr.get(floor, {}).get("tasks_per_s"))
+            rows.append(
+                (
+                    backend,
+                    f"tasks/s / floor tasks/s (>= {THROUGHPUT_TARGET})",
+                    tput,
+                    None if tput is None else tput >= THROUGHPUT_TARGET,
+                )
+            )
+        cpu = thr.get(service, {}).get("service_cpu_ms_per_task")
+        rows.append(
+            (
+                backend,
+                f"service CPU ms/task (<= {SERVICE_CPU_TARGET_MS:.0f})",
+                cpu,
+                None if cpu is None else cpu <= SERVICE_CPU_TARGET_MS,
+            )
+        )
+        pickup = lat[service]["split_ms"].get("queued_to_claimed", {}).get("p50")
+        rows.append(
+            (
+                f"{backend}/SQLite",
+                f"pick-up p50 ms (<= {PICKUP_TARGET_MS:.0f})",
+                pickup,
+                None if pickup is None else pickup <= PICKUP_TARGET_MS,
+            )
+        )
+    pg = result.get("postgresql")
+    if pg:
+        pickup = pg["split_ms"].get("queued_to_claimed", {}).get("p50")
+        rows.append(
+            (
+                "docker/PostgreSQL",
+                f"pick-up p50 ms (<= {PICKUP_TARGET_MS:.0f})",
+                pickup,
+                None if pickup is None else pickup <= PICKUP_TARGET_MS,
+            )
+        )
+    return rows
+
+
+def render_targets(result: dict[str, Any]) -> list[str]:
+    lines = ["", "issue 13's targets (ratios within this run):"]
+    for backend, what, figure, met in target_rows(result):
+        lines.append(f"  {backend:18}{what:44}{fmt(figure, 2):>8}  {verdict(met)}")
+    lat = result["latency"]
+    if "baseline" in lat and "dockworker" in lat:
+        base = ratio(lat["dockworker"]["total_ms"]["p50"], lat["baseline"]["total_ms"]["p50"])
+        lines.append(f"  (dockworker p50 / naive docker run p50: {fmt(base, 2)})")
+    for prefix in ("", "oci-"):
+        service, floor = f"{prefix}dockworker", f"{prefix}floor"
+        if service in lat and floor in lat:
+            added = lat[service]["total_ms"]["p50"] - lat[floor]["total_ms"]["p50"]
+            backend = "OCI" if prefix else "Docker"
+            lines.append(
+                f"  what the service adds to a single task on {backend} (p50 - floor p50): {fmt(added)} ms"
+            )
+    return lines
+
+
 def render_details(result: dict[str, Any]) -> list[str]:
     lat, thr = result["latency"], result["throughput"]
-    lines = ["", "dockworker single task, where the time goes (server timestamps, ms, p50 / p90):"]
-    split = lat["dockworker_split_ms"]
-    lines += [f"  {k:32}{fmt(split[k]['p50']):>8}{fmt(split[k]['p90']):>8}" for k in SPLIT_KEYS if k in split]
-    lines.append(
-        f"  polls per task {fmt(lat['dockworker_polls_per_task'])}, poll round trip p50 "
-        f"{fmt(lat['dockworker_poll_rtt_ms'], 2)} ms"
-    )
-    if lat["floor_phases_ms"]:
-        phases = ", ".join(f"{k} {fmt(v['p50'])}" for k, v in lat["floor_phases_ms"].items())
-        lines.append(f"engine floor phases (ms, p50): {phases}")
+    lines = [""]
+    for name, figures in lat.items():
+        if "split_ms" in figures:
+            lines.append(f"{name} single task, where the time goes (server timestamps, ms, p50 / p90):")
+            split = figures["split_ms"]
+            lines += [
+                f"  {k:32}{fmt(split[k]['p50']):>8}{fmt(split[k]['p90']):>8}"
+                for k in SPLIT_KEYS
+                if k in split
+            ]
+            lines.append(
+                f"  requests per task {fmt(figures['requests_per_task'])}, answer time p50 "
+                f"{fmt(figures['request_rtt_ms'], 2)} ms"
+            )
+        if "phases_ms" in figures:
+            phases = ", ".join(f"{k} {fmt(v['p50'])}" for k, v in figures["phases_ms"].items())
+            lines.append(f"{name} phases (ms, p50): {phases}")
+    pg = result.get("postgresql")
+    if pg:
+        lines.append("dockworker (Docker) on PostgreSQL, single tasks (ms, p50 / p90):")
+        lines += [
+            f"  {k:32}{fmt(pg['split_ms'][k]['p50']):>8}{fmt(pg['split_ms'][k]['p90']):>8}"
+            for k in SPLIT_KEYS
+            if k in pg["split_ms"]
+        ]
+        lines.append(f"  total {fmt(pg['total_ms']['p50'])} / {fmt(pg['total_ms']['p90'])}")
     lines.append("")
-    for side, results in thr.items():
+    for name, results in thr.items():
         for index, run in enumerate(results["rounds"], 1):
             line = (
-                f"throughput {side:10} round {index}: {run['tasks']} tasks in {fmt(run['wall_s'], 2)} s = "
+                f"throughput {name:15} round {index}: {run['tasks']} tasks in {fmt(run['wall_s'], 2)} s = "
                 f"{fmt(run['tasks_per_s'], 2)}/s, host CPU {fmt(run['host_cpu_ms_per_task'], 0)} ms/task"
             )
-            if side == "dockworker":
+            if "service_cpu_ms_per_task" in run:
                 line += (
-                    f" (service process {fmt(run['service_cpu_ms_per_task'], 0)}, "
+                    f" (service process {fmt(run['service_cpu_ms_per_task'], 1)}, "
                     f"bench {fmt(run['bench_self_cpu_ms_per_task'], 0)}); client saw it at "
-                    f"{fmt(run['client_seen_s'], 2)} s; slots busy: "
+                    f"{fmt(run['client_seen_s'], 2)} s after {run['client_requests']} requests; slots busy: "
                     f"mean {fmt(run['mean_slots_busy'], 1)} max {run['max_slots_busy']}, {run['statuses']}"
                 )
             lines.append(line)
@@ -851,61 +1115,48 @@ def render_details(result: dict[str, Any]) -> list[str]:
 def render_warnings(result: dict[str, Any]) -> list[str]:
     lat, host, noise = result["latency"], result["host"], result["noise"]
     lines = []
-    if lat["dockworker_failed"]:
-        lines.append(f"WARNING: {len(lat['dockworker_failed'])} dockworker single task(s) did not complete")
-    for run in result["throughput"]["dockworker"]["rounds"]:
-        for problem in run["not_complete"]:
+    for name, figures in lat.items():
+        if figures.get("failed"):
+            lines.append(f"WARNING: {len(figures['failed'])} {name} single task(s) did not complete")
+        if figures.get("infra_retried"):
             lines.append(
-                f"WARNING: batch task {problem['id']} ended {problem['status']}: {problem['msg']} "
-                f"(exit code {problem['exit_code']})"
+                f"WARNING: {len(figures['infra_retried'])} {name} single task(s) were retried after an "
+                "infrastructure error; their latency includes the retry"
             )
-    if lat["dockworker_infra_retried"]:
-        lines.append(
-            f"WARNING: {len(lat['dockworker_infra_retried'])} dockworker single task(s) were retried after "
-            "an infrastructure error (their container vanished?); their latency includes the retry"
-        )
+    for name, results in result["throughput"].items():
+        for run in results["rounds"]:
+            for problem in run.get("not_complete", []):
+                lines.append(
+                    f"WARNING: {name} batch task {problem['id']} ended {problem['status']}: {problem['msg']}"
+                )
     lines.append(
         f"other load: CPUs {host['background_busy_start']:.0%} busy before the run, "
-        f"{host['background_busy_end']:.0%} after (2 s idle each); load average start "
-        f"{host['loadavg_start'][0]:.2f}, end {host['loadavg_end'][0]:.2f}"
+        f"{host['background_busy_end']:.0%} after (2 s idle each)"
     )
     lines.append(
         f"other containers on the engine in {noise['samples_with_foreign']} of {noise['samples']} samples "
         f"(max {noise['max_foreign']})"
         + ("  <- shared engine: figures are noisy" if noise["samples_with_foreign"] else "")
     )
+    for note in result.get("notes", []):
+        lines.append(f"note: {note}")
     return lines
 
 
 def render(result: dict[str, Any]) -> str:
-    lat, thr = result["latency"], result["throughput"]
     lines = render_header(result)
-    lines += comparison(
-        ("baseline", "dockworker"),
-        (lat["baseline_ms"], lat["dockworker_ms"]),
-        (thr["baseline"], thr["dockworker"]),
-    )
-    lines.append("latency ratio > 1: dockworker is slower; throughput ratio > 1: dockworker is faster.")
-    if "floor" in thr:
-        floor_ms = lat["floor_phases_ms"]["total"]
-        lines += [
-            "",
-            f"engine floor: the runner's container through dockworker's adapter, no service "
-            f"({result['options']['slots']} concurrent for throughput):",
-        ]
-        lines += comparison(
-            ("floor", "dockworker"), (floor_ms, lat["dockworker_ms"]), (thr["floor"], thr["dockworker"])
-        )
-        added = lat["dockworker_ms"]["p50"] - floor_ms["p50"]
-        lines.append(f"what the service adds to a single task (p50 - p50): {fmt(added)} ms")
+    lines += render_sides(result)
+    lines += render_targets(result)
     lines += render_details(result)
     lines += render_warnings(result)
     return "\n".join(lines)
 
 
 @contextlib.contextmanager
-def running_service(options: Options, runner_id: str) -> Iterator[Service]:
-    service = Service(options.slots, runner_id)
+def running_service(
+    options: Options, runner_id: str, *, runtime: str = "docker", store_url: str = ""
+) -> Iterator[Service]:
+    service = Service(options.slots, runner_id, runtime=runtime, store_url=store_url)
     try:
         service.start()
         yield service
@@ -913,19 +1164,27 @@ def running_service(options: Options, runner_id: str) -> Iterator[Service]:
         service.stop()
         with contextlib.suppress(OSError):
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(service.log_path, RESULTS_DIR / "last-service.log")
+            shutil.copyfile(service.log_path, RESULTS_DIR / f"last-service-{runtime}.log")
         shutil.rmtree(service.data_dir, ignore_errors=True)
         log(
-            f"service stopped (SIGTERM) in {fmt(service.shutdown_s, 2)} s; "
+            f"service ({runtime}) stopped (SIGTERM) in {fmt(service.shutdown_s, 2)} s; "
             f"temp dir {service.data_dir} removed: {not service.data_dir.exists()}"
         )
 
 
-def check_clean(run_label: str, runner_id: str) -> dict[str, Any]:
-    remove_containers(containers(run_label))  # baseline leftovers, if a run was interrupted
+def check_clean(run_label: str, runner_id: str, engines: Sequence[Any]) -> dict[str, Any]:
+    remove_containers(containers(run_label))  # leftovers of an interrupted run
+    left_oci = [c.id for engine in engines for c in engine.list_labelled(run_label)]
+    for engine in engines:
+        for container_id in left_oci:
+            with contextlib.suppress(Exception):
+                engine.remove(container_id)
     return {
         "dockworker_task_containers": containers(TASK_LABEL),
-        "ours_left": containers(f"{RUNNER_LABEL}={runner_id}") + containers(run_label),
+        "ours_left": containers(f"{RUNNER_LABEL}={runner_id}")
+        + containers(f"{RUNNER_LABEL}={runner_id}-pg")
+        + containers(run_label)
+        + left_oci,
     }
 
 
@@ -942,34 +1201,66 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     run_label = f"{BENCH_LABEL}={run_id}"
     runner_id = f"bench-{run_id}"
-    noise = Noise(run_label, runner_id)
+    notes: list[str] = []
+    wanted = list(options.sides)
+    why_not = oci_unavailable()
+    if why_not and any(side.startswith("oci-") for side in wanted):
+        notes.append(f"OCI sides left out: {why_not}")
+        wanted = [side for side in wanted if not side.startswith("oci-")]
+    noise = Noise([run_label, f"{RUNNER_LABEL}={runner_id}", f"{RUNNER_LABEL}={runner_id}-oci"])
     if options.wait_quiet_s > 0 and (noise.foreign() or background_busy(1.0) >= 0.25):
         log(f"the host or engine is busy: waiting up to {options.wait_quiet_s:.0f} s for a quiet host")
         if not noise.wait_quiet(options.wait_quiet_s):
             log("still busy: measuring anyway (the figures will be noisy)")
+            notes.append("the host was not quiet when the run started")
     host = host_info()
     host["background_busy_start"] = background_busy(2.0)
     baseline = Baseline(options.image, run_label)
-    result: dict[str, Any] = {"run_id": run_id, "options": asdict(options), "host": host}
+    result: dict[str, Any] = {"run_id": run_id, "options": asdict(options), "host": host, "notes": notes}
     result["baseline_command"] = baseline.command
-    floor_dir = Path(tempfile.mkdtemp(prefix="dockworker-bench-floor-"))
-    floor = Floor(options.image, run_label, floor_dir) if options.floor else None
+    work = Path(tempfile.mkdtemp(prefix="dockworker-bench-floor-"))
+    docker_engine = DockerEngine(pool_size=16)
+    engines: list[Any] = [docker_engine]
     try:
-        with running_service(options, runner_id) as service:
-            service.upload_noop()
-            result["dockworker_version"] = service.version
-            log(
-                f"dockworker {service.version}: port {service.port}, pid {service.pid}, slots {options.slots}"
-            )
+        with contextlib.ExitStack() as stack:
+            spec = runner_container(work / "spec", run_label, f"{runner_id}-floor")
+            sides: dict[str, Side] = {}
+            poll_s = options.poll_s
+            batch_poll_s = options.batch_poll_ms / 1000 if options.learn == "poll" else None
+            for name in wanted:
+                if name == "baseline":
+                    sides[name] = BaselineSide(baseline, options.concurrency)
+                elif name == "floor":
+                    sides[name] = FloorSide(Floor(name, docker_engine, spec), options.slots)
+                elif name == "oci-floor":
+                    from dockworker.engine.oci import OciEngine
+
+                    oci = OciEngine(work / "oci", docker_engine, runtime="crun")
+                    stack.callback(oci.close)
+                    engines.append(oci)
+                    sides[name] = FloorSide(Floor(name, oci, spec), options.slots)
+                else:
+                    runtime = "oci" if name.startswith("oci-") else "docker"
+                    service = stack.enter_context(
+                        running_service(
+                            options, runner_id + ("-oci" if runtime == "oci" else ""), runtime=runtime
+                        )
+                    )
+                    service.upload_noop()
+                    result["dockworker_version"] = service.version
+                    log(f"dockworker ({runtime}) {service.version}: port {service.port}, pid {service.pid}")
+                    sides[name] = ServiceSide(service, poll_s, batch_poll_s)
             noise.sample()
-            result["latency"] = measure_latency(options, baseline, service, floor, noise)
-            result["throughput"] = measure_throughput(options, baseline, service, floor, noise)
+            result["latency"] = measure_latency(options, sides, noise)
+            result["throughput"] = measure_throughput(options, sides, noise)
             noise.sample()
+        if options.pg_url:
+            log("pick-up on PostgreSQL")
+            result["postgresql"] = measure_pg_pickup(options, run_id, runner_id)
     finally:
-        if floor is not None:
-            floor.close()
-        shutil.rmtree(floor_dir, ignore_errors=True)
-        clean = check_clean(run_label, runner_id)
+        clean = check_clean(run_label, runner_id, engines)
+        docker_engine.close()
+        shutil.rmtree(work, ignore_errors=True)
         log(f"containers left by this run: {len(clean['ours_left'])}")
     host["loadavg_end"] = os.getloadavg()
     host["background_busy_end"] = background_busy(2.0)
@@ -978,7 +1269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render(result))
     left = clean["dockworker_task_containers"]
     print(
-        f"\nclean-up: service stopped with SIGTERM, temp dir removed; "
+        f"\nclean-up: services stopped with SIGTERM, temp dirs removed; "
         f"docker ps -a --filter label={TASK_LABEL}: " + ("empty" if not left else " ".join(left))
     )
     if left:

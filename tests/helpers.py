@@ -6,6 +6,7 @@ import hashlib
 import io
 import time
 import zipfile
+from collections.abc import Callable
 from typing import TypedDict, Unpack
 
 from dockworker.models import CodeSpec, NewTask, Task
@@ -76,3 +77,12 @@ def wait_for(store: Store, task_id: str, statuses: set[str] | None = None, timeo
         if time.monotonic() > deadline:
             raise AssertionError(f"task {task_id} still {task.status} after {timeout} s: {task.msg}")
         time.sleep(0.05)
+
+
+def left_after(listing: Callable[[], list[str]], timeout: float = 10) -> list[str]:
+    """What ``listing`` still shows once it is empty or ``timeout`` seconds have passed: a
+    runner removes a container just after it reports the task's outcome."""
+    deadline = time.monotonic() + timeout
+    while (found := listing()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found

@@ -12,6 +12,8 @@ from typing import IO, Any
 
 import pytest
 
+from tests.helpers import left_after
+
 from .support import (
     TERMINAL,
     Service,
@@ -286,7 +288,8 @@ def test_cancel_kills_the_running_container(
     task = api.task(task_id)
     assert task["status"] == "cancelled"
     assert elapsed < 5, f"cancel took {elapsed:.1f} s (CLI start included)"
-    assert task_containers(task_id) == [], "the cancelled task's container is still on the engine"
+    left = left_after(lambda: task_containers(task_id))
+    assert left == [], "the cancelled task's container is still on the engine"
 
 
 def test_retry_creates_a_linked_task(service: Service, uploads: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import left_after
+
 from .support import (
     LOOPBACK,
     TERMINAL,
@@ -193,7 +195,7 @@ def test_cancel_a_running_task(
     ended = service.api().wait_status(task.id, TERMINAL, timeout=5)
     assert ended["status"] == "cancelled"
     assert worker.task(task.id).status == "cancelled"
-    assert task_containers(task.id) == []
+    assert left_after(lambda: task_containers(task.id)) == []
 
 
 def test_retry(service: Service, worker: Any, finished: Any) -> None:

@@ -18,7 +18,8 @@ from dockworker.api.limits import RefusingH11Protocol
 
 class LiveServer:
     def __init__(self, app: Any) -> None:
-        self._socket = socket.socket()
+        # As the service binds it: TCP named, so that asyncio turns Nagle off on its connections.
+        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.bind(("127.0.0.1", 0))
         self.port = int(self._socket.getsockname()[1])
         config = uvicorn.Config(app, http=RefusingH11Protocol, log_level="warning", access_log=False)

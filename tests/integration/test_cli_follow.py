@@ -8,10 +8,11 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from dockworker.api import create_app
+from dockworker.api import create_app, tasks
 from dockworker.models import CodeSpec, TaskOutcome
 from dockworker.settings import Settings
 from dockworker.states import TaskStatus
@@ -128,3 +129,39 @@ def test_the_closing_line_and_status_say_how_the_task_ended(
         stdout, stderr = rest_of(process)
     assert (process.returncode, stdout) == (code, "")
     assert stderr.strip() == f"Task {task_id} {closing}"
+
+
+class RequestLog:
+    """An ASGI wrapper that notes each request's path and query."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.seen.append(f"{scope['path']}?{scope['query_string'].decode()}")
+        await self.app(scope, receive, send)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.dialects("sqlite", "postgresql")
+def test_the_follow_ends_when_the_task_does_not_at_a_poll(
+    settings: Settings, running_task: tuple[str, Path, Store], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log stream and the CLI's last look at the task wait for the task's end: with their
+    re-reads pushed out of reach, only the end's announcement can close the stream in time."""
+    monkeypatch.setattr(tasks, "FOLLOW_POLL_S", 120.0)
+    monkeypatch.setattr(tasks, "RECHECK_S", 120.0)
+    task_id, iron_json, store = running_task
+    store.append_log(task_id, b"work\n")
+    app = RequestLog(create_app(settings, store))
+    with serving(app) as port, follow(iron_json, port, task_id) as process:
+        assert process.stdout is not None
+        assert process.stdout.readline() == "work\n"
+        store.append_log(task_id, b"last words\n")
+        assert store.finish(task_id, RUNNER, TaskOutcome(status=TaskStatus.COMPLETE, msg="", exit_code=0))
+        stdout, stderr = rest_of(process)
+    assert (process.returncode, stdout) == (0, "last words\n"), stderr
+    project_id = json.loads(iron_json.read_text())["project_id"]
+    assert app.seen[-1] == f"/2/projects/{project_id}/tasks/{task_id}?wait=5.0"

@@ -13,7 +13,7 @@ from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
 from tests.conftest import StartRunner
-from tests.helpers import queue, save_code, wait_for
+from tests.helpers import left_after, queue, save_code, wait_for
 
 from . import oci_fixtures
 
@@ -29,9 +29,15 @@ def project(store: Store) -> str:
 
 
 def _containers_of(engine: DockerEngine, settings: Settings) -> list[str]:
-    return [
-        c.id for c in engine.list_labelled(RUNNER_LABEL) if c.labels.get(RUNNER_LABEL) == settings.runner_id
-    ]
+    """The runner's containers left once it has had the time to remove them (it does so just
+    after reporting the outcome)."""
+    return left_after(
+        lambda: [
+            c.id
+            for c in engine.list_labelled(RUNNER_LABEL)
+            if c.labels.get(RUNNER_LABEL) == settings.runner_id
+        ]
+    )
 
 
 def test_complete_with_contract(

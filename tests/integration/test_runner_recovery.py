@@ -23,7 +23,7 @@ from dockworker.settings import Settings
 from dockworker.states import EventKind, TaskStatus
 from dockworker.store import Store
 from tests.conftest import BUSYBOX_IMAGE, StartRunner
-from tests.helpers import queue, save_code, wait_for
+from tests.helpers import left_after, queue, save_code, wait_for
 
 # The runner's side of the store, so on every dialect.
 pytestmark = [pytest.mark.docker, pytest.mark.dialects("sqlite", "postgresql")]
@@ -219,7 +219,9 @@ def test_engine_cut_while_running_leaves_no_container(
     assert done.status is TaskStatus.COMPLETE, done.msg
     kinds = [e.kind for e in store.list_events(task.id)]
     assert "released" in kinds or "infra_retry" in kinds, kinds
-    leftovers = [c for c in engine.list_labelled(TASK_LABEL) if c.labels.get(TASK_LABEL) == task.id]
+    leftovers = left_after(
+        lambda: [c.id for c in engine.list_labelled(TASK_LABEL) if c.labels.get(TASK_LABEL) == task.id]
+    )
     assert leftovers == []
     flaky.close()
 

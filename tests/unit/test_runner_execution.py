@@ -282,7 +282,7 @@ def test_a_bug_is_logged_with_the_task_id_and_retried(
     def broken(*args: object) -> None:
         raise TypeError("a bug")
 
-    monkeypatch.setattr(h.store, "add_event", broken)
+    monkeypatch.setattr(h.store, "mark_running", broken)
     task = h.claimed()
     with caplog.at_level(logging.ERROR):
         h.execute(task)

@@ -262,13 +262,14 @@ def _of_the_cluster(svc: Services, caller: RunnerCaller, task_id: str) -> None:
 class RunningIn(Strict):
     start_time: float
     container_id: str = ""
+    created_at: float | None = None  # when the container was created (its event, in the same write)
 
 
 @router.post("/2/runner/tasks/{task_id}/running")
 def report_running(svc: ServicesDep, caller: RunnerDep, task_id: TaskId, body: RunningIn) -> dict[str, bool]:
     _of_the_cluster(svc, caller, task_id)
     store = svc.store
-    ok = store.mark_running(task_id, caller.runner_id, body.start_time, body.container_id)
+    ok = store.mark_running(task_id, caller.runner_id, body.start_time, body.container_id, body.created_at)
     if not ok and store.cluster_task_ids([task_id], caller.cluster.id, active_only=True):
         task = store.load_task(task_id)  # an earlier try of this request may have written it
         ok = (

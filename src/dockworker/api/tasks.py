@@ -19,11 +19,13 @@ from .deps import PagingDep, ProjectDep, Services, ServicesDep
 from .runners import alive_horizon
 from .schedules import MAX_EPOCH_S
 from .schemas import ProgressIn, RetryIn, TaskBody, TaskListBody, TasksIn, task_json
+from .waiting import RECHECK_S
 
 router = APIRouter(tags=["tasks"])
 
 CANCEL_CONFIRM_S = 3.0
 FOLLOW_POLL_S = 0.2
+MAX_WAIT_S = 60.0
 
 
 @router.post("/2/projects/{project_id}/tasks", response_class=JSONResponse)
@@ -150,7 +152,39 @@ def list_tasks(
     response_model=None,
     responses={200: {"model": TaskBody, "description": "The task, with its payload"}},
 )
-def get_task(svc: ServicesDep, project_id: ProjectDep, task_id: str) -> dict[str, Any]:
+async def get_task(
+    svc: ServicesDep,
+    project_id: ProjectDep,
+    task_id: str,
+    wait: Annotated[
+        float | None,
+        Query(
+            ge=0,
+            le=MAX_WAIT_S,
+            description=f"Seconds (at most {MAX_WAIT_S:.0f}) to wait for the task to end: the answer "
+            "comes as soon as the task is complete, error, timeout, cancelled or killed, or when "
+            "the time is up (or the server begins to stop) with the task as it is then. Without "
+            "it, at once. Use it instead of polling.",
+        ),
+    ] = None,
+) -> JSONResponse:
+    """A task, with its payload."""
+    if not wait:
+        return JSONResponse(await anyio.to_thread.run_sync(task_answer, svc, project_id, task_id))
+    deadline = time.monotonic() + wait
+    with svc.waiters.watching(task_id) as waiter:
+        while True:
+            found = await anyio.to_thread.run_sync(svc.store.get_task, project_id, task_id)
+            left = deadline - time.monotonic()
+            if found.status.is_terminal or left <= 0 or svc.stopping.is_set():
+                break
+            await waiter.wait(min(left, RECHECK_S))
+    if found.status is TaskStatus.QUEUED:  # its answer says whether a runner serves its cluster
+        return JSONResponse(await anyio.to_thread.run_sync(task_answer, svc, project_id, task_id))
+    return JSONResponse(task_json(found, with_payload=True))
+
+
+def task_answer(svc: Services, project_id: str, task_id: str) -> dict[str, Any]:
     task = task_json(svc.store.get_task(project_id, task_id), with_payload=True)
     if task["status"] == "queued" and not task["msg"]:
         served = svc.store.live_clusters(alive_horizon(svc.settings.heartbeat_interval_s))
@@ -193,25 +227,27 @@ def task_log(
 
 async def _follow(svc: Services, project_id: str, task_id: str) -> AsyncIterator[bytes]:
     """The log as it grows, until the task ends, or until the server begins to stop: then a
-    last line says so, and the stream ends cleanly instead of being cut."""
+    last line says so, and the stream ends cleanly instead of being cut. The log is read again
+    every ``FOLLOW_POLL_S``, and at once when the task ends."""
     offset = 0
     ends_line = True
-    while True:
-        task = await anyio.to_thread.run_sync(svc.store.get_task, project_id, task_id)
-        data = await anyio.to_thread.run_sync(svc.store.read_log, task_id, offset)
-        if data:
-            offset += len(data)
-            ends_line = data.endswith(b"\n")
-            yield data
-        if task.status.is_terminal:
-            rest = await anyio.to_thread.run_sync(svc.store.read_log, task_id, offset)
-            if rest:
-                yield rest
-            return
-        if svc.stopping.is_set():
-            yield (b"" if ends_line else b"\n") + stopping_line(task_id, task.status.value)
-            return
-        await anyio.sleep(FOLLOW_POLL_S)
+    with svc.waiters.watching(task_id) as waiter:
+        while True:
+            task = await anyio.to_thread.run_sync(svc.store.get_task, project_id, task_id)
+            data = await anyio.to_thread.run_sync(svc.store.read_log, task_id, offset)
+            if data:
+                offset += len(data)
+                ends_line = data.endswith(b"\n")
+                yield data
+            if task.status.is_terminal:
+                rest = await anyio.to_thread.run_sync(svc.store.read_log, task_id, offset)
+                if rest:
+                    yield rest
+                return
+            if svc.stopping.is_set():
+                yield (b"" if ends_line else b"\n") + stopping_line(task_id, task.status.value)
+                return
+            await waiter.wait(FOLLOW_POLL_S)
 
 
 def stopping_line(task_id: str, status: str) -> bytes:

@@ -83,8 +83,11 @@ class Client:
         found: list[dict[str, Any]] = self.http.field("POST", "/tasks", "tasks", json_body={"tasks": tasks})
         return found
 
-    def task(self, task_id: str) -> dict[str, Any]:
-        return self.http.json("GET", f"/tasks/{task_id}")
+    def task(self, task_id: str, wait_s: float | None = None) -> dict[str, Any]:
+        """The task; with ``wait_s``, as soon as it has ended, or as it is after that long (the
+        server waits: no polling)."""
+        params = {"wait": wait_s} if wait_s else None
+        return self.http.json("GET", f"/tasks/{task_id}", params=params)
 
     def tasks(self, params: dict[str, Any]) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = self.http.field("GET", "/tasks", "tasks", params=params)

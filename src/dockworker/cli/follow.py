@@ -22,6 +22,7 @@ from .http import StreamCut
 EXIT_FAILED = 1
 EXIT_UNFINISHED = 3
 EXIT_INTERRUPTED = 130
+FINAL_WAIT_S = 5.0
 
 
 def describe(task_id: str, status: str, msg: str | None, exit_code: int | None) -> str:
@@ -52,7 +53,9 @@ def follow_to_end(
         )
         return EXIT_INTERRUPTED, None
     try:
-        task = client.task(task_id)
+        # The stream ends when the task does: its status is there already. Should the stream have
+        # ended first (cut on the way), the server says when the task ends, up to a few seconds.
+        task = client.task(task_id, wait_s=FINAL_WAIT_S)
     except DockworkerError:  # the server has gone (it was stopping)
         reason = cut or "the server stopped"
         output.note(f"Task {task_id}: {reason} before the task ended. {_again(task_id)}")

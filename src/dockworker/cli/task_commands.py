@@ -113,9 +113,23 @@ def queue(
         output.line(f"Queued task {task['id']} ({name})" if output.stdout_is_terminal() else task["id"])
 
 
-def status(task_id: str, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+def status(
+    task_id: str,
+    wait: Annotated[
+        float | None,
+        typer.Option(
+            "--wait",
+            min=0,
+            max=60,
+            metavar="SECONDS",
+            help="Wait up to SECONDS (at most 60) for the task to end; then show it as it is",
+        ),
+    ] = None,
+    config: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Show a task."""
-    task = Client.configured(config).task(task_id)
+    task = Client.configured(config).task(task_id, wait_s=wait)
     output.fields(task, STATUS_KEYS, as_json=as_json, human=HUMAN_UNITS)
 
 

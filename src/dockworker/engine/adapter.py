@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import http.client
 import logging
 import socket
 import threading
@@ -22,6 +23,7 @@ from ..errors import ContainerGone, EngineUnavailable, ImageMissing, Infrastruct
 from ..names import INSTALLATION_LABEL, TASK_LABEL
 from .cgroupfs import CgroupLayout
 from .docker_accounting import AccountingParents
+from .docker_http import Endpoint, LeanApiClient
 from .types import UNKNOWN_USAGE, ContainerInfo, ContainerSpec, ExitInfo, ResourceUsage
 
 log = logging.getLogger("dockworker.engine")
@@ -104,7 +106,12 @@ def _close_stream(stream: Any) -> None:
 def _classified(action: str) -> Iterator[None]:
     try:
         yield
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+    except (
+        docker.errors.DockerException,
+        requests.exceptions.RequestException,
+        http.client.HTTPException,
+        OSError,
+    ) as exc:
         _raise_classified(exc, action)
 
 
@@ -140,7 +147,8 @@ class DockerEngine:
         self._base_url = base_url or docker.constants.DEFAULT_UNIX_SOCKET
         version = self._negotiate_version(self._base_url)
         with _classified("connect"):
-            self._api = docker.APIClient(
+            client = LeanApiClient if Endpoint.supported(self._base_url) else docker.APIClient
+            self._api = client(
                 base_url=self._base_url, version=version, timeout=int(timeout), max_pool_size=pool_size
             )
             # Attach streams stay open for the whole task: no read timeout on them.
@@ -362,7 +370,10 @@ class DockerEngine:
         """Stdout and stderr, interleaved in the order the engine received them. Call before
         :meth:`start` so nothing is missed. Iteration errors are classified too."""
         with _classified("attach"):
-            stream = self._streams.attach(container_id, stdout=True, stderr=True, stream=True, logs=True)
+            if isinstance(self._api, LeanApiClient):
+                stream = self._api.attach_stream(container_id, timeout=self._api.timeout)
+            else:
+                stream = self._streams.attach(container_id, stdout=True, stderr=True, stream=True, logs=True)
         return self._classified_stream(stream)
 
     def follow_logs(self, container_id: str) -> Iterator[bytes]:
@@ -399,6 +410,9 @@ class DockerEngine:
         """Wait for the container to exit (it should already have) and read its outcome."""
         with _classified("wait container"):
             result = self._api.wait(container_id, timeout=int(max(1, timeout)))
+            if result.get("StatusCode") == 0:
+                # Complete whatever else the state says (an OOM kill ends in 137): no inspect.
+                return ExitInfo(exit_code=0, oom_killed=False)
             state = self._api.inspect_container(container_id)["State"]
             exit_code = int(result.get("StatusCode", state.get("ExitCode", -1)))
             # Under load the engine may record the exit before the kernel's OOM event: a SIGKILL

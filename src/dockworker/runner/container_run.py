@@ -64,21 +64,29 @@ def _no_tick() -> None:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunHooks:
-    """What the caller does at points of the run. on_started gets the start time (epoch
-    seconds) and returns False to have the container killed at once (ending as cancelled);
-    on_tick is called at every tick of the supervision while the container runs."""
-
-    on_created: Callable[[str], None] = _ignore_created
-    on_started: Callable[[float], bool] = _always_proceed
-    on_tick: Callable[[], None] = _no_tick
-
-
-@dataclass(frozen=True, kw_only=True)
 class RunResult:
     outcome: TaskOutcome
     # True when the container was killed because ``stop`` was set or on_started refused.
     stopped: bool = False
+
+
+def _ignore_outcome(result: RunResult) -> None:
+    """The default on_outcome hook."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunHooks:
+    """What the caller does at points of the run. on_started gets the start time (epoch
+    seconds) and returns False to have the container killed at once (ending as cancelled).
+    on_tick is called at every tick of the supervision while the container runs. on_outcome
+    gets the result once the container has ended, its output is all in the sink and what it
+    used is read, before the container is removed: the outcome can be reported without waiting
+    for that."""
+
+    on_created: Callable[[str], None] = _ignore_created
+    on_started: Callable[[float], bool] = _always_proceed
+    on_tick: Callable[[], None] = _no_tick
+    on_outcome: Callable[[RunResult], None] = _ignore_outcome
 
 
 def run_container(
@@ -108,11 +116,14 @@ def run_container(
         deadline = time.monotonic() + timeout_s
         if not hooks.on_started(timeutil.now()):
             _kill_and_drain(engine, container_id, pump)
-            return _measured(engine, container_id, RunResult(outcome=_cancelled(), stopped=True), name)
-        result = _supervise(
-            engine, container_id, spec.memory_bytes // MB, pump, deadline, timeout_s, stop, hooks.on_tick
-        )
-        return _measured(engine, container_id, result, name)
+            result = _measured(engine, container_id, RunResult(outcome=_cancelled(), stopped=True), name)
+        else:
+            result = _supervise(
+                engine, container_id, spec.memory_bytes // MB, pump, deadline, timeout_s, stop, hooks.on_tick
+            )
+            result = _measured(engine, container_id, result, name)
+        hooks.on_outcome(result)
+        return result
     finally:
         _remove(engine, container_id, name)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import shutil
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .. import payload_crypto
+from .. import payload_crypto, timeutil
 from ..engine import Engine
 from ..errors import (
     ClientError,
@@ -102,7 +103,11 @@ class TaskExecution:
         self.host_storage_full = False
         self._task_dir = context.settings.task_dirs / task.id
         self._progress: ProgressRelay | None = None
+        self._progress_done = False
         self._report_log = Throttled(log, interval_s=30.0)
+        self._finished = False  # the outcome is reported
+        # Whether the task's package limits its concurrency (unknown until its spec is read).
+        self.package_limited = True
 
     @property
     def _ids(self) -> dict[str, str]:
@@ -116,8 +121,11 @@ class TaskExecution:
         self._interrupt_reason = reason
         self._cancel.set()
 
-    # The whole lifecycle; never raises. The container is removed (by run_container) before the
-    # outcome is reported, so no container outlives its task's terminal state.
+    # The whole lifecycle; never raises. A container's outcome is reported as soon as it has
+    # exited and its output is stored (run_container's on_outcome), and the container is removed
+    # right after, before the slot takes another task: a runner that dies in between leaves an
+    # exited container of a finished task, which the reaper removes. A task handed back (an
+    # infrastructure failure) is handed back once its container is gone.
     def run(self) -> None:
         outcome: TaskOutcome | None = None
         infra_reason: str | None = None
@@ -138,10 +146,23 @@ class TaskExecution:
             infra_reason = f"runner failure: {type(exc).__name__}: {exc}"
         finally:
             self._cleanup()
+        if self._finished:
+            return
         if outcome is not None:
-            self._report("finish", lambda: self._ctx.store.finish(self.task.id, self._ctx.runner_id, outcome))
+            self._finish(outcome)
         elif infra_reason is not None:
             self._hand_back(infra_reason)
+
+    def _finish(self, outcome: TaskOutcome) -> None:
+        self._finished = True
+        self._report("finish", lambda: self._ctx.store.finish(self.task.id, self._ctx.runner_id, outcome))
+
+    def _on_outcome(self, result: RunResult) -> None:
+        """The container has ended: report now, before its removal (unless the task is to be
+        handed back, which waits for the removal); its last progress first."""
+        if not (result.stopped and self._interrupt_reason is not None):
+            self._last_progress()
+            self._finish(result.outcome)
 
     def _hand_back(self, reason: str) -> None:
         ctx = self._ctx
@@ -206,7 +227,7 @@ class TaskExecution:
     def _load_spec(self) -> tuple[CodeSpec, TaskFiles]:
         ctx = self._ctx
         try:
-            revision = ctx.store.get_revision(self.task.revision_id)
+            revision = ctx.code_cache.revision(self.task.revision_id)
         except NotFound as exc:
             raise TaskSetupError(exc.message) from exc
         try:
@@ -225,6 +246,7 @@ class TaskExecution:
             if exc.errno in _NO_SPACE:
                 raise HostStorageFull(f"cannot prepare the task's files: {exc.strerror}") from exc
             raise
+        self.package_limited = bool(revision.spec.max_concurrency)
         files = TaskFiles(
             task_dir=self._task_dir,
             code_dir=code_dir,
@@ -275,17 +297,18 @@ class TaskExecution:
             ctx.store.append_log(task_id, note.encode())
             already_kept += len(note.encode())
 
-        created: list[str] = []
+        # The container's creation is recorded with its start (one write), or alone if it never starts.
+        created: list[tuple[str, float]] = []
 
         def on_created(container_id: str) -> None:
-            created.append(container_id)
-            ctx.store.add_event(task_id, EventKind.CONTAINER_CREATED, container_id[:12], container_id)
+            created.append((container_id, timeutil.now()))
 
         def on_started(started_at: float) -> bool:
-            if ctx.store.mark_running(task_id, ctx.runner_id, started_at, created[-1]):
+            container_id, created_at = created.pop()
+            if ctx.store.mark_running(task_id, ctx.runner_id, started_at, container_id, created_at):
                 return True
             # the lease was lost meanwhile: the container did start, so its attempt counts
-            ctx.store.record_unreported_start(task_id, created[-1], ctx.runner_id)
+            ctx.store.record_unreported_start(task_id, container_id, ctx.runner_id)
             return False
 
         try:
@@ -295,20 +318,35 @@ class TaskExecution:
                 sink=lambda data, consumed: ctx.store.append_log(task_id, data, consumed),
                 timeout_s=self.task.timeout,
                 stop=self._cancel,
-                hooks=RunHooks(on_created=on_created, on_started=on_started, on_tick=self._tick_progress),
+                hooks=RunHooks(
+                    on_created=on_created,
+                    on_started=on_started,
+                    on_tick=self._tick_progress,
+                    on_outcome=self._on_outcome,
+                ),
                 name=task_id,
                 already_kept=already_kept,
             )
         except ImageMissing as exc:
             raise TaskSetupError(with_build_hint(spec, exc.message)) from exc
+        finally:
+            for container_id, _ in created:  # created, never started
+                with contextlib.suppress(Exception):  # the event only; the failure says the rest
+                    ctx.store.add_event(task_id, EventKind.CONTAINER_CREATED, container_id[:12], container_id)
         return self._ended(result)
 
     def _ended(self, result: RunResult) -> TaskOutcome:
         if result.stopped and self._interrupt_reason is not None:
             raise InfrastructureError(self._interrupt_reason)
-        if self._progress is not None:
-            self._progress.finish()  # what the worker wrote last, while the lease is still held
+        self._last_progress()
         return result.outcome
+
+    def _last_progress(self) -> None:
+        """What the worker wrote last, while the lease is still held (once)."""
+        relay = self._progress
+        if relay is not None and not self._progress_done:
+            self._progress_done = True
+            relay.finish()
 
     def _progress_sink(self) -> StoreProgressSink:
         return StoreProgressSink(store=self._ctx.store, task_id=self.task.id, runner_id=self._ctx.runner_id)

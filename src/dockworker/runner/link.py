@@ -53,7 +53,12 @@ class RunnerLink(Protocol):
     # --- reports (conditional on the lease) -----------------------------------------------------
 
     def mark_running(
-        self, task_id: str, runner_id: str, start_time: float, container_id: str = ""
+        self,
+        task_id: str,
+        runner_id: str,
+        start_time: float,
+        container_id: str = "",
+        created_at: float | None = None,
     ) -> bool: ...
     def record_unreported_start(self, task_id: str, container_id: str, runner_id: str) -> bool: ...
     def finish(self, task_id: str, runner_id: str, outcome: TaskOutcome) -> bool: ...

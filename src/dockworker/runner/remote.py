@@ -300,10 +300,17 @@ class RemoteLink:
         self._know_log(task)
         return task
 
-    def mark_running(self, task_id: str, runner_id: str, start_time: float, container_id: str = "") -> bool:
+    def mark_running(
+        self,
+        task_id: str,
+        runner_id: str,
+        start_time: float,
+        container_id: str = "",
+        created_at: float | None = None,
+    ) -> bool:
         """When the API stays away, the runner stops the container and hands the task back; the
         container did start, so that start is reported before the hand-back (an attempt)."""
-        body = {"start_time": start_time, "container_id": container_id}
+        body = {"start_time": start_time, "container_id": container_id, "created_at": created_at}
         try:
             return bool(self._call_retrying("POST", f"/2/runner/tasks/{task_id}/running", payload=body)["ok"])
         except ApiUnreachable:

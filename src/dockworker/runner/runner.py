@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dockworker.runner")
 
-CANCEL_POLL_S = 0.2
+# How often running tasks are checked for cancel requests (a cancel takes effect within a second).
+CANCEL_POLL_S = 0.5
 ENGINE_PING_INTERVAL_S = 1.0
 HOST_PROBE_INTERVAL_S = 1.0
 HOST_PROBE_BYTES = 64 * 1024
@@ -272,8 +273,10 @@ class Runner:
                 self._executions.pop(execution.task.id, None)
                 self._threads.pop(execution.task.id, None)
             self._slot_freed.set()
-            # Its package may have room again under max_concurrency: claim at once.
-            self.store.notify_work()
+            if execution.package_limited:
+                # Its package may have room again under max_concurrency: claim at once. (A
+                # package limited since this task's revision waits for the next poll.)
+                self.store.notify_work()
 
     # --- leases, cancels, orphans ---------------------------------------------------------------
 
@@ -372,7 +375,7 @@ class Runner:
 
     def reap_orphans(self) -> int:
         """Remove this installation's containers whose task the store no longer considers
-        running, and containers of this runner that no current execution owns."""
+        active, and containers of this runner that no current execution owns."""
         try:
             containers = self.engine.list_labelled(f"{INSTALLATION_LABEL}={self._context.installation_id}")
         except InfrastructureError as exc:
@@ -385,7 +388,8 @@ class Runner:
         for container in containers:
             task_id = container.labels.get(TASK_LABEL, "")
             owner = container.labels.get(RUNNER_LABEL)
-            orphan = task_id not in active or (owner == self.runner_id and task_id not in mine)
+            # Our own tasks' containers are our executions' to remove (just after their report).
+            orphan = task_id not in mine if owner == self.runner_id else task_id not in active
             if not orphan:
                 continue
             try:

@@ -14,7 +14,7 @@ method says so as documented below (``False``, ``None``, or the ids left out).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Protocol
 
 from ..models import (
@@ -259,10 +259,18 @@ class Store(Protocol):
         runners. None when nothing is claimable."""
         ...
 
-    def mark_running(self, task_id: str, runner_id: str, start_time: float, container_id: str = "") -> bool:
+    def mark_running(
+        self,
+        task_id: str,
+        runner_id: str,
+        start_time: float,
+        container_id: str = "",
+        created_at: float | None = None,
+    ) -> bool:
         """preparing → running, counting the container start, with the progress (percent, msg)
         cleared for the new attempt. False when the lease is lost (or the task is not
-        preparing): nothing is written."""
+        preparing): nothing is written but, with ``created_at`` (when the container was
+        created), the ``container_created`` event, which is written in any case."""
         ...
 
     def record_unreported_start(self, task_id: str, container_id: str, runner_id: str) -> bool:
@@ -327,6 +335,15 @@ class Store(Protocol):
         """Return when work may have arrived, or after ``timeout`` seconds. Arrivals are
         signalled by ``notify_work`` in this process and, on PostgreSQL, by a NOTIFY that the
         database sends when any process queues a task or frees room in a package."""
+        ...
+
+    def on_task_end(self, listener: Callable[[Collection[str] | None], None]) -> Callable[[], None]:
+        """Call ``listener`` with the ids of tasks that reached a terminal state, once the change
+        is committed (None: tasks it does not name, e.g. a package's queue cancelled): ends
+        written by this process and, on PostgreSQL, by any process. Only a hint (a notification
+        may be lost while the database connection is down): waiters still poll. The listener
+        runs on the writing (or relaying) thread and must return at once. Returns the function
+        that unsubscribes it."""
         ...
 
     # --- logs and events ------------------------------------------------------------------------

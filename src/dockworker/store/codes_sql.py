@@ -239,7 +239,10 @@ class CodeQueries(Transactional):
         now = timeutil.now()
         queued = queued_of(code_id)
         conn.execute(cancelled_events(sa.select(tasks.c.id).where(queued).subquery(), now, detail))
-        return transition(conn, TaskStatus.CANCELLED, queued, **cancelled_values(msg, now))
+        cancelled = transition(conn, TaskStatus.CANCELLED, queued, **cancelled_values(msg, now))
+        if cancelled:
+            self._ended(conn, None)
+        return cancelled
 
     def code_stats(self, project_id: str, code_id: str, since: float, until: float) -> dict[str, int]:
         with self._read() as conn:

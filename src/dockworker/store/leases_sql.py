@@ -65,8 +65,19 @@ class LeaseQueries(Transactional):
     def _refuse(self, conn: Connection, task_id: str, runner_id: str, what: str) -> None:
         record_event(conn, task_id, EventKind.LATE_REPORT_REFUSED, f"runner {runner_id}: {what}")
 
-    def mark_running(self, task_id: str, runner_id: str, start_time: float, container_id: str = "") -> bool:
+    def mark_running(
+        self,
+        task_id: str,
+        runner_id: str,
+        start_time: float,
+        container_id: str = "",
+        created_at: float | None = None,
+    ) -> bool:
         with self._write() as conn:
+            if created_at is not None:
+                record_event(
+                    conn, task_id, EventKind.CONTAINER_CREATED, _short(container_id), container_id, created_at
+                )
             moved = transition(
                 conn,
                 TaskStatus.RUNNING,
@@ -143,6 +154,7 @@ class LeaseQueries(Transactional):
             if not moved:
                 self._refuse(conn, task_id, runner_id, str(outcome.status))
                 return False
+            self._ended(conn, [task_id])
             exited = ""
             if outcome.exit_code is not None and not outcome.msg.startswith("exit code"):
                 exited = f"container exited with code {outcome.exit_code}"
@@ -196,6 +208,8 @@ class LeaseQueries(Transactional):
                 conn, target, leased(task_id, runner_id), lease_expires_at=None, updated_at=now, **values
             ):
                 return False
+            if target is TaskStatus.CANCELLED:
+                self._ended(conn, [task_id])
             record_event(conn, task_id, kind, f"runner {runner_id}: {reason}")
             return True
 
@@ -230,6 +244,8 @@ class LeaseQueries(Transactional):
             **values,
         ):
             record_event(conn, task.id, kind, f"attempt {attempts}: {reason}")
+            if target is not TaskStatus.QUEUED:
+                self._ended(conn, [task.id])
 
     def heartbeat(self, runner_id: str, task_ids: Iterable[str], lease_ttl: float) -> set[str]:
         wanted = list(task_ids)

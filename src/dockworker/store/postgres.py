@@ -8,7 +8,7 @@ import logging
 import selectors
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import psycopg
@@ -23,12 +23,17 @@ from .codes_sql import cancelled_events, cancelled_values, queued_of
 from .identity import RunnerIdentity, hold_advisory_identity
 from .schema import PRIORITIES, meta, status_sql, tasks
 from .sql import SqlStore
+from .transactions import ANY_TASK
 from .transitions import enterable
-from .wakeup import WorkSignal
+from .wakeup import EndListener, TaskEnds, WorkSignal
 
 log = logging.getLogger("dockworker.store")
 
 NOTIFY_CHANNEL = "dockworker_tasks"
+# Payload: the ids of tasks that reached a terminal state, comma-separated, or "*" (any task).
+ENDS_CHANNEL = "dockworker_task_ends"
+# A NOTIFY payload holds less than 8000 bytes: more ids than this are sent as "*".
+MAX_ENDS_NAMED = 250
 LISTENER_APPLICATION_NAME = "dockworker-listener"
 # Any fixed number: the migration lock's key among this database's advisory locks.
 MIGRATION_LOCK_KEY = 1685547891
@@ -128,7 +133,7 @@ class PostgresStore(SqlStore):
             pool_pre_ping=True,
             hide_parameters=True,  # errors and logs never carry values (secrets, payloads)
         )
-        self._listener = NotifyListener(self._connect_listener, self._work_signal)
+        self._listener = NotifyListener(self._connect_listener, self._work_signal, self._task_ends)
 
     def _connect_listener(self) -> psycopg.Connection[Any]:
         args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
@@ -161,6 +166,15 @@ class PostgresStore(SqlStore):
             return str(
                 conn.execute(sa.select(meta.c.value).where(meta.c.key == "installation_id")).scalar_one()
             )
+
+    def _ended(self, conn: sa.Connection, task_ids: Collection[str] | None) -> None:
+        """Also tell the other processes, when this transaction commits."""
+        super()._ended(conn, task_ids)
+        named = task_ids is not None and len(task_ids) <= MAX_ENDS_NAMED
+        payload = ",".join(sorted(task_ids)) if named and task_ids is not None else ANY_TASK
+        conn.execute(
+            sa.text("SELECT pg_notify(:channel, :payload)"), {"channel": ENDS_CHANNEL, "payload": payload}
+        )
 
     def _record_claim(self, conn: sa.Connection, task_id: str, runner_id: str) -> None:
         """The claim statement writes its event itself."""
@@ -200,13 +214,20 @@ class PostgresStore(SqlStore):
         )
         logged = cancelled_events(cancelled, now, detail)
         count = sa.select(sa.func.count()).select_from(cancelled).add_cte(logged.cte("logged"))
-        return int(conn.execute(count).scalar_one())
+        cancelled_count = int(conn.execute(count).scalar_one())
+        if cancelled_count:
+            self._ended(conn, None)
+        return cancelled_count
 
     # --- wake-ups -------------------------------------------------------------------------------
 
     def wait_for_work(self, timeout: float) -> None:
         self._listener.start()
         super().wait_for_work(timeout)
+
+    def on_task_end(self, listener: EndListener) -> Callable[[], None]:
+        self._listener.start()
+        return super().on_task_end(listener)
 
     def listen(self, timeout: float = 5.0) -> bool:
         """Start listening for notifications now rather than at the first ``wait_for_work``;
@@ -217,13 +238,17 @@ class PostgresStore(SqlStore):
 
 class NotifyListener:
     """A thread holding one autocommit connection, outside the pool, that LISTENs on
-    ``dockworker_tasks`` and sets the store's work signal for every notification. It reconnects
-    after any connection error, backing off up to a few seconds, and signals after every
+    ``dockworker_tasks`` (setting the store's work signal for every notification) and on
+    ``dockworker_task_ends`` (telling the store's task-end listeners). It reconnects after any
+    connection error, backing off up to a few seconds, and signals both after every
     (re)connection, since notifications sent while it was away are lost."""
 
-    def __init__(self, connect: Callable[[], psycopg.Connection[Any]], signal: WorkSignal) -> None:
+    def __init__(
+        self, connect: Callable[[], psycopg.Connection[Any]], signal: WorkSignal, ends: TaskEnds
+    ) -> None:
         self._connect = connect
         self._signal = signal
+        self._ends = ends
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -255,9 +280,11 @@ class NotifyListener:
             try:
                 with self._connect() as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    conn.execute(f"LISTEN {ENDS_CHANNEL}")
                     delay = _RECONNECT_FIRST_S
                     self.connected.set()
                     self._signal.notify()
+                    self._ends.announce(None)
                     self._relay(conn)
             except (psycopg.Error, OSError) as exc:
                 log.warning("store.listener_lost: %s; reconnecting in %.1f s", exc, delay)
@@ -281,5 +308,12 @@ class NotifyListener:
                 if not ready:
                     conn.execute("SELECT 1")
                 # Also collects the notifications that arrived during the SELECT.
-                if list(conn.notifies(timeout=0)):
+                work = False
+                for notification in conn.notifies(timeout=0):
+                    if notification.channel == ENDS_CHANNEL:
+                        payload = notification.payload
+                        self._ends.announce(None if payload == ANY_TASK else payload.split(","))
+                    else:
+                        work = True
+                if work:
                     self._signal.notify()

@@ -99,6 +99,7 @@ class TaskQueries(Transactional):
             queued = sa.and_(tasks.c.id == task_id, is_queued())
             if transition(conn, TaskStatus.CANCELLED, queued, **cancelled_values(CANCELLED_MSG, now)):
                 record_event(conn, task_id, EventKind.CANCELLED, "cancelled by user while queued")
+                self._ended(conn, [task_id])
             else:
                 conn.execute(
                     tasks.update().where(tasks.c.id == task_id).values(cancel_requested=True, updated_at=now)

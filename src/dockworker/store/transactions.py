@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +15,11 @@ from ..errors import InfrastructureError
 from ..states import EventKind
 from .errors import StorageFull, StoreUnavailable
 from .schema import task_events
+from .wakeup import TaskEnds
+
+# Where a write transaction collects the tasks it ends (Connection.info), announced on commit.
+_ENDED = "dockworker.ended"
+ANY_TASK = "*"
 
 # PostgreSQL SQLSTATEs: disk_full; the classes of connection failures and of a server going down
 # or refusing connections (too_many_connections sits in the "insufficient resources" class).
@@ -73,11 +78,24 @@ def translated_errors() -> Iterator[None]:
 
 class Transactional:
     engine: Engine
+    _task_ends: TaskEnds
 
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
+        ended: set[str] | None = None
         with translated_errors(), self.engine.begin() as conn:
-            yield conn
+            try:
+                yield conn
+            finally:
+                ended = conn.info.pop(_ENDED, None)
+        if ended is not None:  # committed
+            self._task_ends.announce(None if ANY_TASK in ended else ended)
+
+    def _ended(self, conn: Connection, task_ids: Collection[str] | None) -> None:
+        """Note that this transaction moves these tasks (None: tasks it does not name) to a
+        terminal state: waiters are told once it commits."""
+        noted: set[str] = conn.info.setdefault(_ENDED, set())
+        noted.update([ANY_TASK] if task_ids is None else task_ids)
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -92,11 +110,27 @@ class Transactional:
         return {}
 
 
+# One statement for every event, its values as parameters: SQLAlchemy builds and keys it once
+# (an insert with the values in it is built, coerced and keyed again on every call).
+_INSERT_EVENT = task_events.insert()
+
+
 def record_event(
-    conn: Connection, task_id: str, kind: EventKind, detail: str = "", container_id: str | None = None
+    conn: Connection,
+    task_id: str,
+    kind: EventKind,
+    detail: str = "",
+    container_id: str | None = None,
+    at: float | None = None,
 ) -> None:
+    """``at``: when it happened, if earlier than now."""
     conn.execute(
-        task_events.insert().values(
-            task_id=task_id, at=timeutil.now(), kind=kind.value, detail=detail, container_id=container_id
-        )
+        _INSERT_EVENT,
+        {
+            "task_id": task_id,
+            "at": timeutil.now() if at is None else at,
+            "kind": kind.value,
+            "detail": detail,
+            "container_id": container_id,
+        },
     )

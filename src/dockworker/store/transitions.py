@@ -7,6 +7,7 @@ written. The claim statements (text SQL, one per dialect) take their state lists
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,15 +40,19 @@ def status_in(states: Iterable[TaskStatus]) -> sa.ColumnElement[bool]:
     return tasks.c.status.in_(values)
 
 
+# These conditions never change: built once (a statement's parts are immutable and shareable).
+@functools.cache
 def enterable(target: TaskStatus) -> sa.ColumnElement[bool]:
     """The task's status is one that ``target`` may be entered from."""
     return status_in(sources_of(target))
 
 
+@functools.cache
 def is_active() -> sa.ColumnElement[bool]:
     return status_in(ACTIVE)
 
 
+@functools.cache
 def is_queued() -> sa.ColumnElement[bool]:
     return status_in([TaskStatus.QUEUED])
 

@@ -1,12 +1,20 @@
-"""Wake-ups: how a runner waiting for work learns that work may have arrived.
+"""Wake-ups: how a runner waiting for work learns that work may have arrived, and how a client
+waiting for a task learns that it ended.
 
-Within one process a ``WorkSignal`` is enough. Across processes each dialect has its own means
-(PostgreSQL: LISTEN/NOTIFY; SQLite: none, so the waiters' timeout is the polling interval).
-A wake-up is only a hint that a claim is worth trying; polling stays as the safety net."""
+Within one process a ``WorkSignal`` (and ``TaskEnds``) is enough. Across processes each dialect
+has its own means (PostgreSQL: LISTEN/NOTIFY; SQLite: none, so the waiters' timeout is the
+polling interval). A wake-up is only a hint; polling stays as the safety net."""
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Callable, Collection
+
+log = logging.getLogger("dockworker.store")
+
+# Told the ids of tasks that reached a terminal state, or None: any task may have (a bulk cancel).
+EndListener = Callable[[Collection[str] | None], None]
 
 
 class WorkSignal:
@@ -37,12 +45,47 @@ class WorkSignal:
             return signalled
 
 
+class TaskEnds:
+    """Tells its listeners which tasks reached a terminal state. Listeners are called on the
+    thread that committed the change (or the thread relaying another process's), so they must
+    return at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: list[EndListener] = []
+
+    def subscribe(self, listener: EndListener) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def announce(self, task_ids: Collection[str] | None) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(task_ids)
+            except Exception:  # one listener's bug must not fail the write that announced
+                log.exception("store.task_end_listener_failed")
+
+
 class InProcessWakeUps:
-    """``Store.notify_work`` and ``Store.wait_for_work`` within one process, for every dialect.
-    A dialect with a channel between processes (PostgreSQL's NOTIFY) feeds the same signal."""
+    """``Store.notify_work`` and ``Store.wait_for_work`` within one process, for every dialect,
+    and ``Store.on_task_end``. A dialect with a channel between processes (PostgreSQL's NOTIFY)
+    feeds the same signals."""
 
     def __init__(self) -> None:
         self._work_signal = WorkSignal()
+        self._task_ends = TaskEnds()
+
+    def on_task_end(self, listener: EndListener) -> Callable[[], None]:
+        return self._task_ends.subscribe(listener)
 
     def notify_work(self) -> None:
         self._work_signal.notify()

@@ -319,7 +319,7 @@ def task_page(
     request: Request, svc: ServicesDep, who: ViewerDep, project: ProjectDep, task_id: str
 ) -> Response:
     task = svc.store.get_task(project.id, task_id)
-    data = tasks_api.get_task(svc, project.id, task_id)
+    data = tasks_api.task_answer(svc, project.id, task_id)
     chain = retry_chain(svc, task)
     try:
         revision = svc.store.get_revision(task.revision_id)

@@ -215,7 +215,7 @@ def hud_project(
     svc: ServicesDep, who: ViewerDep, project_id: Annotated[str, Path(max_length=100)]
 ) -> Project:
     """The path's project, through the API's own check: 404 for another project's token."""
-    deps.project_id(svc, who.who, project_id)
+    deps.check_project(svc, who.who, project_id)
     return svc.store.get_project(project_id)
 
 
