@@ -80,6 +80,10 @@ def served(
         port = context.__enter__()
         server = Server(port, *project)
         stack.append((context, server, stopping))
+        # FastAPI builds its routes' parameter models at the first request, and the routers are
+        # shared by the apps of this process: one request now, so that two servers never build
+        # them at the same time (pydantic then warns, which these tests take as an error).
+        assert server.client.get(f"http://127.0.0.1:{port}/no-such-route").status_code == 404
         return server, stopping
 
     yield start

@@ -237,6 +237,7 @@ def test_attach_reads_both_streams_in_order(scripted: Callable[..., ScriptedEngi
 def test_attach_to_a_missing_container_is_container_gone(scripted: Callable[..., ScriptedEngine]) -> None:
     engine = scripted(lambda seen: ("404 Not Found", {}, b'{"message": "No such container: c9"}', False))
     adapter = DockerEngine.__new__(DockerEngine)
+    adapter._init_state()
     adapter._api = _client(engine)
     try:
         with pytest.raises(ContainerGone, match="No such container"):
@@ -250,6 +251,7 @@ def test_image_missing_through_the_adapter(scripted: Callable[..., ScriptedEngin
 
     engine = scripted(lambda seen: ("404 Not Found", {}, b'{"message": "No such image: nope:1"}', False))
     adapter = DockerEngine.__new__(DockerEngine)
+    adapter._init_state()
     adapter._api = _client(engine)
     try:
         with pytest.raises(ImageMissing):

@@ -158,6 +158,10 @@ class DockerEngine:
                 timeout=None,  # type: ignore[arg-type]
                 max_pool_size=pool_size,
             )
+        self._init_state()
+
+    def _init_state(self) -> None:
+        """What the adapter keeps besides its clients (separate, for tests that bring a client)."""
         self._accounting_lock = threading.Lock()
         self._accounting_checked = False
         self._parents: AccountingParents | None = None
