@@ -1,0 +1,1 @@
+"""The modules of bench/e2e_latency.py."""
