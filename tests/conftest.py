@@ -91,11 +91,11 @@ def pg_databases() -> Iterator[Databases]:
     databases.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Debian's Chromium driven by Playwright, headless: one per session, because Playwright's
-    sync API keeps its event loop running in this thread until it is stopped, and a second
-    ``sync_playwright()`` would find it."""
+    """Debian's Chromium driven by Playwright, headless, for one module at a time: Playwright's
+    sync API keeps its event loop running in this thread until it is stopped, so a second
+    ``sync_playwright()`` would find it, and so would any later test's ``asyncio.run``."""
     require(Path(CHROMIUM).is_file(), f"{CHROMIUM} missing: apt-get install chromium (scripts/setup.sh does)")
     try:
         from playwright.sync_api import sync_playwright
