@@ -305,6 +305,7 @@ class SeriesPoint:
     tasks: int
     failed: int
     duration_s: float
+    cpu_s: float  # the CPU time runners recorded (tasks without it count for nothing)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -507,7 +507,9 @@ def test_analytics_and_usage_pages(hud: Setup) -> None:
     hud.store.finish(task.id, "r", ended)
     login(hud.client, hud.token)
     analytics = hud.client.get(f"{hud.base}/analytics").text
-    assert analytics.count("<svg") == 4 and 'class="bar-failed"' in analytics and "100.0 %" in analytics
+    # tasks, duration and CPU time: for all tasks and for the one cluster
+    assert analytics.count("<svg") == 6 and 'class="bar-failed"' in analytics and "100.0 %" in analytics
+    assert analytics.count('class="bar-cpu"') == 2 and '<td class="num">45.2 s</td></tr>' in analytics
     hourly = hud.client.get(f"{hud.base}/analytics?by=hour&group=code").text
     assert ">hello</a>" in hourly and '<path class="bar-tasks" d="M' in hourly  # 720 bars: one path
     assert ": 1 tasks</title>" in analytics  # 30 bars: each with its tooltip

@@ -128,21 +128,23 @@ def test_task_series_per_day_and_per_group(store: Store) -> None:
     _code(store, project.id)
     today = int(time.time()) // DAY * DAY
     a = queue(store, project.id, "hello")
-    _run(store, a.id, TaskStatus.COMPLETE, seconds=3)
+    _run(store, a.id, TaskStatus.COMPLETE, seconds=3, cpu_time_ms=1_250)
     b = queue(store, project.id, "hello")
-    _run(store, b.id, TaskStatus.TIMEOUT, seconds=5)
+    _run(store, b.id, TaskStatus.TIMEOUT, seconds=5, cpu_time_ms=4_000)
+    d = queue(store, project.id, "hello")
+    _run(store, d.id, TaskStatus.COMPLETE, seconds=1)  # no usage recorded: no CPU time
     c = queue(store, project.id, "hello", cluster="gpu")
     _set_created(store, c.id, today - DAY + 10)
     queue(store, project.id, "hello", cluster="gpu")
     points = store.task_series(project.id, today - 30 * DAY, DAY, "cluster")
-    found = {(p.group, p.bucket): (p.tasks, p.failed, round(p.duration_s)) for p in points}
+    found = {(p.group, p.bucket): (p.tasks, p.failed, round(p.duration_s), p.cpu_s) for p in points}
     assert found == {
-        ("default", today): (2, 1, 8),
-        ("gpu", today - DAY): (1, 0, 0),
-        ("gpu", today): (1, 0, 0),
+        ("default", today): (3, 1, 9, 5.25),
+        ("gpu", today - DAY): (1, 0, 0, 0.0),
+        ("gpu", today): (1, 0, 0, 0.0),
     }
     by_code = store.task_series(project.id, today, 3600, "code")
-    assert {p.group for p in by_code} == {"hello"} and sum(p.tasks for p in by_code) == 3
+    assert {p.group for p in by_code} == {"hello"} and sum(p.tasks for p in by_code) == 4
     assert all(p.bucket % 3600 == 0 for p in by_code)
 
 

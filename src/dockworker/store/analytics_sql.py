@@ -165,7 +165,8 @@ class AnalyticsQueries(Transactional):
 
     def task_series(self, project_id: str, since: float, bucket_s: int, by: str) -> list[SeriesPoint]:
         """Tasks created since ``since``, per ``bucket_s`` seconds and per ``by`` ("cluster" or
-        "code"): how many, how many failed, and the total time their containers ran."""
+        "code"): how many, how many failed, the total time their containers ran and the CPU
+        time they used."""
         group = tasks.c.cluster if by == "cluster" else tasks.c.code_name
         bucket = _bucket(tasks.c.created_at, bucket_s, self.engine.dialect.name).label("bucket")
         ran = sa.and_(tasks.c.start_time.is_not(None), tasks.c.end_time.is_not(None))
@@ -176,6 +177,7 @@ class AnalyticsQueries(Transactional):
                 sa.func.count().label("n"),
                 sa.func.sum(sa.case((tasks.c.status.in_(_FAILED), 1), else_=0)).label("failed"),
                 sa.func.sum(sa.case((ran, tasks.c.end_time - tasks.c.start_time), else_=0.0)).label("dur"),
+                sa.func.sum(tasks.c.cpu_time_ms).label("cpu_ms"),
             )
             .where(tasks.c.project_id == project_id, tasks.c.created_at >= since)
             .group_by(group, bucket)
@@ -190,6 +192,7 @@ class AnalyticsQueries(Transactional):
                 tasks=int(r.n),
                 failed=int(r.failed or 0),
                 duration_s=float(r.dur or 0.0),
+                cpu_s=int(r.cpu_ms or 0) / 1000,
             )
             for r in rows
         ]

@@ -1,4 +1,4 @@
-"""Analytics (tasks, failures and total duration per day or hour over the last 30 days, per
+"""Analytics (tasks, failures, total duration and CPU time per day or hour over the last 30 days, per
 cluster or per code package, as SVG charts), usage per month, and the runners (admin)."""
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ class GroupSeries:
     tasks: dict[int, float] = field(default_factory=dict)
     failed: dict[int, float] = field(default_factory=dict)
     duration: dict[int, float] = field(default_factory=dict)
+    cpu: dict[int, float] = field(default_factory=dict)
 
     @property
     def total_tasks(self) -> int:
@@ -54,12 +55,17 @@ class GroupSeries:
     def total_duration(self) -> float:
         return sum(self.duration.values())
 
+    @property
+    def total_cpu(self) -> float:
+        return sum(self.cpu.values())
+
 
 @dataclass(frozen=True, kw_only=True)
 class GroupCharts:
     series: GroupSeries
     tasks: Chart
     duration: Chart
+    cpu: Chart
 
 
 def bucket_starts(now: float, days: int, bucket_s: int) -> list[int]:
@@ -84,6 +90,13 @@ def _charts(series: GroupSeries, buckets: list[int], bucket_s: int) -> GroupChar
             buckets,
             bucket_s,
             [("bar-duration", "run time", series.duration)],
+            show_duration,
+        ),
+        cpu=bar_chart(
+            "CPU time",
+            buckets,
+            bucket_s,
+            [("bar-cpu", "CPU time", series.cpu)],
             show_duration,
         ),
     )
@@ -114,6 +127,7 @@ def analytics(
             series.tasks[point.bucket] = series.tasks.get(point.bucket, 0) + point.tasks
             series.failed[point.bucket] = series.failed.get(point.bucket, 0) + point.failed
             series.duration[point.bucket] = series.duration.get(point.bucket, 0.0) + point.duration_s
+            series.cpu[point.bucket] = series.cpu.get(point.bucket, 0.0) + point.cpu_s
     return render(
         request,
         "analytics.html",
