@@ -25,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import require
+from tests.helpers import left_after
 from tests.pgdb import PG_URL, Databases, libpq_url
 
 from .netns import RunnerHost, netns_unsupported, runner_host
@@ -146,7 +147,7 @@ def ended_once(rig: Rig, api: Api, task_id: str, attempts: int) -> None:
     rig.events.flush()
     started = rig.events.starts().get(task_id, [])
     assert recorded == attempts == len(started), (recorded, started)
-    assert task_containers(task_id) == []
+    assert left_after(lambda: task_containers(task_id)) == []
 
 
 def call(

@@ -18,6 +18,7 @@ import pytest
 from dockworker.models import CodeSpec, Task
 from dockworker.states import EventKind
 from dockworker.store import Store, open_store
+from tests.helpers import left_after
 
 from .support import (
     Service,
@@ -194,10 +195,11 @@ def test_restart_after_a_crash_readopts_the_running_container(
         _release(data)
         done = api.wait_status(task_id, {"complete", "error", "cancelled", "timeout"}, timeout=30)
         assert done["status"] == "complete", done["msg"]
-        assert task_containers(task_id) == [], "the container outlived its task"
+        # removed just after the outcome is reported
+        assert left_after(lambda: task_containers(task_id)) == [], "the container outlived its task"
         # what it used is measured across the crash, and its accounting cgroup is gone with it
         assert done["cpu_time_ms"] is not None and done["peak_memory_bytes"] is not None
-        assert _accounting_cgroups(task_id) == []
+        assert left_after(lambda: _accounting_cgroups(task_id)) == []
         log = api.request("GET", f"/tasks/{task_id}/log")[1].decode()
         assert log == UNTIL_LOG, "the log must be whole, each line once"
         events = [e["kind"] for e in api.get(f"/tasks/{task_id}/events")["events"]]
@@ -230,8 +232,8 @@ def test_a_container_that_ended_while_its_runner_was_down_is_still_reported(
         assert done["cpu_time_ms"] is not None and done["peak_memory_bytes"] is not None
         log = svc.api().request("GET", f"/tasks/{task_id}/log")[1].decode()
         assert log == UNTIL_LOG
-        assert task_containers(task_id) == []
-        assert _accounting_cgroups(task_id) == []
+        assert left_after(lambda: task_containers(task_id)) == []
+        assert left_after(lambda: _accounting_cgroups(task_id)) == []
 
 
 @pytest.mark.timeout(60)

@@ -21,7 +21,7 @@ from dockworker.settings import Settings
 from dockworker.states import TaskStatus
 from dockworker.store import Store
 from tests.conftest import BUSYBOX_IMAGE, StartRunner
-from tests.helpers import queue, save_code, wait_for
+from tests.helpers import left_after, queue, save_code, wait_for
 
 from . import oci_fixtures
 
@@ -137,7 +137,9 @@ def test_the_channel_is_a_pipe_the_task_can_write_and_nothing_more(
     for line in ("cannot-move", "cannot-chmod", "cannot-link", "wrote"):
         assert line in log.splitlines(), log
     assert (done.percent, done.msg) == (55, "written by uid 1000")
-    assert not (settings.task_dirs / done.id).exists()
+    # removed with the container, just after the outcome is reported
+    task_dir = settings.task_dirs / done.id
+    assert left_after(lambda: [str(task_dir)] if task_dir.exists() else []) == []
 
 
 @pytest.mark.parametrize(

@@ -304,7 +304,7 @@ def test_many_tasks_run_concurrently_and_leave_nothing(
     for task in tasks:
         assert wait_for(store, task.id).status is TaskStatus.COMPLETE
     assert _containers_of(engine, settings) == []
-    assert not any(settings.task_dirs.iterdir())
+    assert left_after(lambda: [str(d) for d in settings.task_dirs.iterdir()]) == []
 
 
 def test_container_killed_from_outside_is_killed(

@@ -20,7 +20,7 @@ from dockworker.engine import DockerEngine
 from dockworker.models import CodeSpec, Task
 from dockworker.settings import Settings
 from dockworker.store import Store
-from tests.helpers import queue, save_code
+from tests.helpers import left_after, queue, save_code
 
 from .live_server import serving
 
@@ -180,7 +180,8 @@ def test_the_runner_image_runs_a_task_end_to_end(
             done = _wait_terminal(store, task.id, name)
             assert done.status.value == "complete", done.msg
             assert store.read_log(task.id).decode() == f"hello from {task.id}\npayload: 42\n"
-            assert engine.list_labelled(f"dockworker.task={task.id}") == []
+            label = f"dockworker.task={task.id}"
+            assert left_after(lambda: [c.id for c in engine.list_labelled(label)]) == []
             assert (data / "code-cache").is_dir() and (data / "runner-session.json").stat().st_uid == 1000
 
             who = (
