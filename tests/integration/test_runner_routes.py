@@ -216,7 +216,9 @@ def test_reports_repeated_by_a_retrying_runner_are_written_once(world: World) ->
         assert world.call(runner, "POST", RUNNER + f"/tasks/{task}/running", json=running).json() == {
             "ok": True
         }
-    for start, chunk in [(0, b"one\n"), (0, b"one\n"), (4, b"two\n"), (4, b"two\n")]:
+    # the last: a retry whose first try was written, carrying what the runner had since
+    sends = [(0, b"one\n"), (0, b"one\n"), (4, b"two\n"), (4, b"two\n"), (4, b"two\nthree\n")]
+    for start, chunk in sends:
         answer = world.call(
             runner, "POST", RUNNER + f"/tasks/{task}/log", params={"start": start}, content=chunk
         )
@@ -224,7 +226,7 @@ def test_reports_repeated_by_a_retrying_runner_are_written_once(world: World) ->
     done = {"status": "complete", "msg": "done", "exit_code": 0}
     for _ in range(2):
         assert world.call(runner, "POST", RUNNER + f"/tasks/{task}/finish", json=done).json() == {"ok": True}
-    assert world.store.read_log(task) == b"one\ntwo\n"
+    assert world.store.read_log(task) == b"one\ntwo\nthree\n"
     kinds = [e.kind for e in world.store.list_events(task)]
     assert kinds.count(EventKind.STARTED) == 1 and kinds.count(EventKind.COMPLETE) == 1
     assert EventKind.LATE_REPORT_REFUSED not in kinds

@@ -162,8 +162,12 @@ class RemoteRunnerQueries(Transactional):
             size = conn.execute(sa.select(tasks.c.log_size).where(leased(task_id, runner_id))).scalar()
             if size is None:
                 raise LeaseLost()
-            if size >= start + len(data) and start < size:
-                return int(size)  # written by an earlier try of this request
+            if start < size:
+                if size >= start + len(data):
+                    return int(size)  # written by an earlier try of this request
+                # an earlier try wrote the beginning (its answer was lost) and the runner has
+                # more since: only what is new
+                data = data[size - start :]
             seq = conn.execute(
                 sa.select(sa.func.coalesce(sa.func.max(task_log_chunks.c.seq) + 1, 0)).where(
                     task_log_chunks.c.task_id == task_id
