@@ -4,6 +4,7 @@ written, whichever method tries it. Event kinds and the container an event is ab
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from pathlib import Path
 
@@ -114,6 +115,29 @@ def test_an_unreported_start_is_found_by_the_container_id_not_by_text(store: Sto
     assert store.record_unreported_start(task.id, unreported, "r2")
     assert not store.record_unreported_start(task.id, unreported, "r2")
     assert store.load_task(task.id).attempts == 3
+
+
+def test_an_unreported_start_found_by_two_at_once_is_counted_once(store: Store, project: str) -> None:
+    """A reaper and a task's own clean-up can find the same container at the same moment."""
+    task = queue(store, project, "c")
+    store.claim("r", ["default"], 30)
+    containers = [f"{n:064x}" for n in range(1, 21)]
+    callers = 4
+    counted: list[bool] = []
+
+    def count(container: str, ready: threading.Barrier) -> None:
+        ready.wait(10)
+        counted.append(store.record_unreported_start(task.id, container, "r"))
+
+    for container in containers:
+        ready = threading.Barrier(callers)
+        threads = [threading.Thread(target=count, args=(container, ready)) for _ in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    assert counted.count(True) == len(containers)
+    assert store.load_task(task.id).attempts == len(containers)
 
 
 def test_every_store_method_that_moves_a_task_keeps_to_the_table(store: Store, project: str) -> None:

@@ -99,6 +99,12 @@ class LeaseQueries(Transactional):
         between starting the container and saying so), whatever state the task is in now.
         Returns False when that start was already counted."""
         with self._write() as conn:
+            # The task's row locked first (PostgreSQL; SQLite's writes are serial anyway): two
+            # callers that find the same container (a reaper and the task's own clean-up) would
+            # otherwise both find it uncounted and count it twice.
+            locked = sa.select(tasks.c.id).where(tasks.c.id == task_id).with_for_update()
+            if conn.execute(locked).first() is None:
+                return False
             counted = conn.execute(
                 sa.select(task_events.c.id).where(
                     task_events.c.task_id == task_id,
