@@ -222,6 +222,33 @@ def test_log_chunks_and_offsets(store: Store, project: str) -> None:
     assert store.load_task(task.id).log_size == 7
 
 
+def test_appends_to_one_log_at_once_are_all_kept_in_size(store: Store, project: str) -> None:
+    task = queue(store, project, "c")
+    writers, appends = 4, 25
+    ready = threading.Barrier(writers)
+    failures: list[BaseException] = []
+
+    def write(name: int) -> None:
+        ready.wait(10)
+        try:
+            for n in range(appends):
+                store.append_log(task.id, f"{name}:{n:02d}\n".encode())
+        except BaseException as exc:  # reported below, not lost in the thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=write, args=(name,)) for name in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert failures == []
+    log = store.read_log(task.id)
+    assert len(log) == store.load_task(task.id).log_size == writers * appends * 5
+    written = [f"{w}:{n:02d}".encode() for w in range(writers) for n in range(appends)]
+    assert sorted(log.splitlines()) == sorted(written)
+    assert store.read_log(task.id, len(log) - 5) == log[-5:]  # the offsets are where the bytes are
+
+
 def test_deleting_a_code_package_cancels_its_queued_tasks(store: Store, project: str) -> None:
     task = queue(store, project, "c")
     code = store.find_code(project, "c")

@@ -17,7 +17,9 @@ class LogQueries(Transactional):
         """Append to the task's log; ``output_bytes`` records how much of the container's
         output has been consumed, for a runner that re-adopts the container later."""
         with self._write() as conn:
-            start = conn.execute(sa.select(tasks.c.log_size).where(tasks.c.id == task_id)).scalar_one()
+            # the task's row locked (PostgreSQL): appends to one log are written one after another
+            size = sa.select(tasks.c.log_size).where(tasks.c.id == task_id).with_for_update()
+            start = conn.execute(size).scalar_one()
             seq = conn.execute(
                 sa.select(sa.func.coalesce(sa.func.max(task_log_chunks.c.seq) + 1, 0)).where(
                     task_log_chunks.c.task_id == task_id

@@ -159,7 +159,9 @@ class RemoteRunnerQueries(Transactional):
         already there (a retried request): the log's size after. LeaseLost when the task is not
         leased to the runner."""
         with self._write() as conn:
-            size = conn.execute(sa.select(tasks.c.log_size).where(leased(task_id, runner_id))).scalar()
+            # the task's row locked (PostgreSQL): a retry racing its first try waits for it
+            locked = sa.select(tasks.c.log_size).where(leased(task_id, runner_id)).with_for_update()
+            size = conn.execute(locked).scalar()
             if size is None:
                 raise LeaseLost()
             if start < size:
