@@ -224,7 +224,7 @@ def test_attach_reads_both_streams_in_order(scripted: Callable[..., ScriptedEngi
     try:
         stream = client.attach_stream("c1")
         (seen,) = engine.seen
-        assert seen.target == "/v1.41/containers/c1/attach?logs=1&stdout=1&stderr=1&stream=1"
+        assert seen.target == "/v1.41/containers/c1/attach?stdout=1&stderr=1&stream=1"
         assert seen.headers["upgrade"] == "tcp"
         (served,) = engine._open
         served.sendall(frames[3:])

@@ -377,7 +377,7 @@ class DockerEngine:
             if isinstance(self._api, LeanApiClient):
                 stream = self._api.attach_stream(container_id, timeout=self._api.timeout)
             else:
-                stream = self._streams.attach(container_id, stdout=True, stderr=True, stream=True, logs=True)
+                stream = self._streams.attach(container_id, stdout=True, stderr=True, stream=True, logs=False)
         return self._classified_stream(stream)
 
     def follow_logs(self, container_id: str) -> Iterator[bytes]:

@@ -225,10 +225,12 @@ class LeanApiClient(docker.APIClient):
 
     def attach_stream(self, container_id: str, timeout: float | None = None) -> Iterable[bytes]:
         """The container's stdout and stderr (no TTY: multiplexed frames), from its start, until
-        it exits: what the SDK's ``attach(stdout, stderr, stream=True, logs=True)`` gives. The
-        connection is made before this returns (call it before ``start``)."""
+        it exits: what the SDK's ``attach(stdout, stderr, stream=True)`` gives. The connection is
+        made before this returns (call it before ``start``). Without ``logs``: dockerd would
+        replay the log file after hooking the live stream, and output written in between (a
+        busy host) came twice."""
         quoted = urllib.parse.quote(container_id, safe="")
-        path = f"/v{self.api_version}/containers/{quoted}/attach?logs=1&stdout=1&stderr=1&stream=1"
+        path = f"/v{self.api_version}/containers/{quoted}/attach?stdout=1&stderr=1&stream=1"
         request = (
             f"POST {path} HTTP/1.1\r\nHost: docker\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
             "Content-Length: 0\r\n\r\n"
