@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -37,19 +38,7 @@ class Baseline:
         return elapsed
 
     def throughput(self, tasks: int, concurrency: int, meter: CpuMeter) -> dict[str, Any]:
-        meter.start()
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            latencies = list(pool.map(lambda _: self.one(), range(tasks)))
-        wall = time.perf_counter() - started
-        return {
-            "tasks": tasks,
-            "concurrency": concurrency,
-            "wall_s": wall,
-            "tasks_per_s": tasks / wall,
-            "latency_under_load_ms": asdict(Summary.of([ms(x) for x in latencies])),
-            **meter.stop(tasks),
-        }
+        return _batch(lambda: ms(self.one()), tasks, concurrency, meter)
 
 
 # --- the floors: the runner's container through dockworker's adapter, no service -------------
@@ -114,16 +103,21 @@ class Floor:
         }
 
     def throughput(self, tasks: int, concurrency: int, meter: CpuMeter) -> dict[str, Any]:
-        meter.start()
-        started = time.perf_counter()
-        with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            totals = [r["total"] for r in pool.map(lambda _: self.one(), range(tasks))]
-        wall = time.perf_counter() - started
-        return {
-            "tasks": tasks,
-            "concurrency": concurrency,
-            "wall_s": wall,
-            "tasks_per_s": tasks / wall,
-            "latency_under_load_ms": asdict(Summary.of(totals)),
-            **meter.stop(tasks),
-        }
+        return _batch(lambda: self.one()["total"], tasks, concurrency, meter)
+
+
+def _batch(one_ms: Callable[[], float], tasks: int, concurrency: int, meter: CpuMeter) -> dict[str, Any]:
+    """``tasks`` runs of ``one_ms`` (each returns its latency in ms) from ``concurrency`` threads."""
+    meter.start()
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        latencies = list(pool.map(lambda _: one_ms(), range(tasks)))
+    wall = time.perf_counter() - started
+    return {
+        "tasks": tasks,
+        "concurrency": concurrency,
+        "wall_s": wall,
+        "tasks_per_s": tasks / wall,
+        "latency_under_load_ms": asdict(Summary.of(latencies)),
+        **meter.stop(tasks),
+    }
