@@ -2,7 +2,8 @@
 
 A call through the SDK goes through requests and urllib3 (sessions, hooks, proxy lookups in the
 environment, adapters, a pool): about 1.4 ms of CPU for an ``inspect``, against 0.3 ms for the
-same request written with ``http.client`` on a kept-alive connection. A task makes half a dozen
+same request written with ``http.client`` on a kept-alive connection, and less again with our
+own HTTP/1.1 framing (``http1.py``: no header parsing by the ``email`` package). A task makes half a dozen
 such calls, and the CPU is what limits throughput on a small host. :class:`LeanApiClient` keeps
 every SDK method (and so the SDK's URLs, bodies and errors) and sends their request-response
 calls itself; streamed calls (attach, logs, build, image export) keep the SDK's path. Its
@@ -25,28 +26,13 @@ import docker.errors
 import requests
 import requests.structures
 
+from . import http1
+
 # A connection kept idle longer than the engine keeps it is found closed before reuse (see
 # _Connections.take); past this many idle ones per client the others are closed.
 MAX_IDLE = 16
 FRAME_HEADER = struct.Struct(">BxxxL")
 READ_SIZE = 64 * 1024
-HEAD_LIMIT = 64 * 1024
-
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self._path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
 
 
 class Endpoint:
@@ -67,10 +53,8 @@ class Endpoint:
     def supported(base_url: str) -> bool:
         return base_url.startswith(("unix://", "http+unix://", "/", "tcp://", "http://"))
 
-    def connection(self, timeout: float | None) -> http.client.HTTPConnection:
-        if self.unix_path is not None:
-            return _UnixConnection(self.unix_path, timeout)
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+    def connection(self, timeout: float | None) -> http1.Connection:
+        return http1.Connection(self.socket(timeout))
 
     def socket(self, timeout: float | None) -> socket.socket:
         if self.unix_path is not None:
@@ -90,11 +74,11 @@ class _Connections:
 
     def __init__(self, endpoint: Endpoint) -> None:
         self._endpoint = endpoint
-        self._idle: list[http.client.HTTPConnection] = []
+        self._idle: list[http1.Connection] = []
         self._lock = threading.Lock()
         self._closed = False
 
-    def take(self, timeout: float | None) -> tuple[http.client.HTTPConnection, bool]:
+    def take(self, timeout: float | None) -> tuple[http1.Connection, bool]:
         """A connection, and whether it was used before."""
         while True:
             with self._lock:
@@ -103,12 +87,12 @@ class _Connections:
                 return self._endpoint.connection(timeout), False
             sock = connection.sock
             # Readable while idle means closed by the engine (or garbage): not reusable.
-            if sock is not None and not select.select([sock], [], [], 0)[0]:
+            if not select.select([sock], [], [], 0)[0]:
                 sock.settimeout(timeout)
                 return connection, True
             connection.close()
 
-    def give_back(self, connection: http.client.HTTPConnection) -> None:
+    def give_back(self, connection: http1.Connection) -> None:
         with self._lock:
             if not self._closed and len(self._idle) < MAX_IDLE:
                 self._idle.append(connection)
@@ -136,7 +120,7 @@ def _query(params: Any) -> str:
 
 
 class LeanApiClient(docker.APIClient):
-    """``docker.APIClient`` whose non-streamed requests go through ``http.client`` on kept-alive
+    """``docker.APIClient`` whose non-streamed requests go through :mod:`.http1` on kept-alive
     connections. Thread-safe as the SDK's client is (each call takes a connection of its own)."""
 
     def __init__(self, base_url: str, **kwargs: Any) -> None:
@@ -197,10 +181,8 @@ class LeanApiClient(docker.APIClient):
         while True:
             connection, reused = self._connections.take(timeout)
             try:
-                connection.request(method, path, body=body, headers=headers)
-                answer = connection.getresponse()
-                content = answer.read()
-            except (ConnectionError, http.client.RemoteDisconnected):
+                answer = connection.request(method, path, headers, body)
+            except ConnectionError:  # RemoteDisconnected included
                 connection.close()
                 # Closed by the engine just as it was taken: only a read is safe to send again.
                 if reused and method == "GET":
@@ -210,16 +192,16 @@ class LeanApiClient(docker.APIClient):
                 connection.close()
                 raise
             break
-        if answer.will_close:
-            connection.close()
-        else:
+        if answer.keep_alive:
             self._connections.give_back(connection)
+        else:
+            connection.close()
         response = requests.Response()
         response.status_code = answer.status
         response.reason = answer.reason
         response.url = url
-        response.headers = requests.structures.CaseInsensitiveDict(answer.getheaders())
-        response._content = content
+        response.headers = requests.structures.CaseInsensitiveDict(answer.headers)
+        response._content = answer.body
         response.encoding = "utf-8"
         return response
 
@@ -248,36 +230,22 @@ class LeanApiClient(docker.APIClient):
     def _upgraded(self, sock: socket.socket, path: str) -> bytes:
         """Read the answer's head; returns what followed it. Raises the SDK's error for a
         refusal (404: no such container...)."""
-        buffer = b""
-        while b"\r\n\r\n" not in buffer:
-            chunk = sock.recv(READ_SIZE)
-            if not chunk or len(buffer) > HEAD_LIMIT:
-                raise http.client.RemoteDisconnected("the engine closed the attach connection")
-            buffer += chunk
-        head, _, rest = buffer.partition(b"\r\n\r\n")
-        status_line, *header_lines = head.decode("latin-1").split("\r\n")
-        parts = status_line.split(" ", 2)
-        status = int(parts[1])
-        if status in (101, 200):
-            return rest
-        headers = dict(line.split(":", 1) for line in header_lines if ":" in line)
-        length = int(headers.get("Content-Length", headers.get("content-length", "0")).strip() or 0)
-        while len(rest) < length:
-            chunk = sock.recv(READ_SIZE)
-            if not chunk:
-                break
-            rest += chunk
+        connection = http1.Connection(sock)
+        head = connection.read_head()
+        if head.status in (101, 200):
+            return connection.take_buffered()
+        answer = connection.read_body(head, "POST")
         response = requests.Response()
-        response.status_code = status
-        response.reason = parts[2] if len(parts) > 2 else ""
+        response.status_code = answer.status
+        response.reason = answer.reason
         response.url = f"{self.base_url}{path}"
-        response._content = rest[:length]
+        response._content = answer.body
         response.encoding = "utf-8"
         try:
             response.raise_for_status()
         except requests.HTTPError as exc:
             docker.errors.create_api_error_from_http_exception(exc)
-        raise http.client.HTTPException(f"unexpected answer to attach: {status_line}")
+        raise http.client.HTTPException(f"unexpected answer to attach: HTTP {head.status} {head.reason}")
 
 
 class _FrameStream:
