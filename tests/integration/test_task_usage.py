@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
-from dockworker.engine import ContainerSpec, Engine
+from dockworker.engine import ContainerSpec, DockerEngine, Engine
 from dockworker.engine.cgroupfs import CgroupLayout
 from dockworker.engine.docker_accounting import ROOT_DIR
 from dockworker.engine.oci import OciEngine
@@ -64,13 +63,14 @@ def python_image(engine: Engine) -> None:
 
 
 def parents_left(store: Store) -> list[str]:
-    """The Docker adapter's accounting cgroups of this test's installation, in any hierarchy."""
+    """The Docker adapter's accounting cgroups of this test's installation's tasks, in any
+    hierarchy (the installation's own directory stays until the engine closes)."""
     installation = store.installation_id()
     return [
         str(path)
         for hierarchy in CgroupLayout.detect().hierarchies()
-        for path in [hierarchy / ROOT_DIR / installation]
-        if path.exists()
+        for path in (hierarchy / ROOT_DIR / installation).glob("*")
+        if path.is_dir()
     ]
 
 
@@ -225,4 +225,20 @@ def test_parents_left_is_able_to_see_a_parent(store: Store, engine: Engine) -> N
     finally:
         engine.remove(container)
     assert parents_left(store) == []
-    assert not Path(f"/sys/fs/cgroup/memory/{ROOT_DIR}/{store.installation_id()}").exists()
+
+
+def test_the_installations_directory_stays_until_the_engine_closes(store: Store) -> None:
+    """runc makes a container's cgroup path one directory after another: the installation's
+    directory removed meanwhile by another task's clean-up failed that container's start. It
+    stays while the engine is in use, and is tidied away when it closes."""
+    own = DockerEngine()
+    installation_dirs = [h / ROOT_DIR / store.installation_id() for h in CgroupLayout.detect().hierarchies()]
+    try:
+        container = own.create(_spec(store, "f" * 24))
+        own.start(container)
+        own.remove(container)
+        assert parents_left(store) == []
+        assert [d for d in installation_dirs if d.is_dir()] != []  # pids, cpuset... made by runc
+    finally:
+        own.close()
+    assert [d for d in installation_dirs if d.is_dir()] == []

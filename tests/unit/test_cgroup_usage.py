@@ -142,8 +142,12 @@ def test_removal_takes_the_parent_out_of_every_hierarchy(tmp_path: Path) -> None
     assert not list(tmp_path.glob(f"*/dockworker/inst/{'a' * 24}.*"))
     assert (tmp_path / "memory" / "dockworker" / "inst").is_dir()  # the other task's is there
     assert parents.release("inst", "b" * 24)
-    assert not list(tmp_path.glob("*/dockworker/inst"))
     assert parents.task_ids("inst") == set()
+    # The installation's directory stays while the engine is in use (runc making a path under
+    # it must not find it removed midway), and goes when it closes.
+    assert list(tmp_path.glob("*/dockworker/inst"))
+    parents.tidy("inst")
+    assert not list(tmp_path.glob("*/dockworker/inst"))
 
 
 def test_a_parent_still_in_use_stays(tmp_path: Path) -> None:
@@ -205,3 +209,67 @@ def test_with_the_systemd_driver_usage_is_not_recorded(caplog: pytest.LogCapture
     assert [r.getMessage() for r in caplog.records].count(
         "engine.usage_unavailable: task usage is recorded with the cgroupfs cgroup driver only"
     ) == 1
+
+
+class _RecordingEngine(_SystemdEngine):
+    """The engine calls a task's container makes, counted; the cgroupfs driver."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.created: dict[str, str] = {}
+        self.removed: list[str] = []
+
+    def info(self) -> dict[str, Any]:
+        return {"CgroupDriver": "cgroupfs", "CgroupVersion": "1"}
+
+    def create_host_config(self, **kwargs: Any) -> dict[str, Any]:
+        return {"CgroupParent": kwargs["cgroup_parent"]}
+
+    def create_container(self, image: str, command: list[str], **kwargs: Any) -> dict[str, str]:
+        container_id = f"{len(self.created):064d}"
+        self.created[container_id] = kwargs["host_config"]["CgroupParent"]
+        return {"Id": container_id}
+
+    def inspect_container(self, container_id: str) -> dict[str, Any]:
+        self.inspected += 1
+        return {"HostConfig": {"CgroupParent": self.created[container_id]}}
+
+    def remove_container(self, container_id: str, **kwargs: Any) -> None:
+        self.removed.append(container_id)
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_container_the_adapter_made_is_read_and_removed_without_an_inspect(tmp_path: Path) -> None:
+    from dockworker.engine import ContainerSpec
+    from dockworker.names import INSTALLATION_LABEL, TASK_LABEL
+
+    engine = DockerEngine.__new__(DockerEngine)
+    api = _RecordingEngine()
+    engine._api = api  # type: ignore[assignment]
+    engine._init_state()
+    engine._accounting_checked = True
+    layout = v1_layout(tmp_path)
+    engine._parents = AccountingParents(layout)
+    spec = ContainerSpec(image="img", command=["true"], labels={INSTALLATION_LABEL: "inst", TASK_LABEL: "t1"})
+    container_id = engine.create(spec)
+    parent = api.created[container_id].lstrip("/")
+    write(layout.cpuacct_v1 / parent / "cpuacct.usage", "5000000\n")  # type: ignore[operator]
+    write(tmp_path / "memory" / parent / "memory.max_usage_in_bytes", "4096\n")
+    assert engine.usage(container_id) == ResourceUsage(cpu_time_ms=5, peak_memory_bytes=4096)
+    for name in ("cpuacct.usage", "memory.max_usage_in_bytes"):  # rmdir of a fake tree's cgroup
+        next(tmp_path.glob(f"*/{parent}/{name}")).unlink()
+    engine.remove(container_id)
+    assert api.removed == [container_id] and api.inspected == 0
+    assert not list(tmp_path.glob(f"*/{parent}"))
+    # one this adapter did not make (a runner restarted since) is inspected to find its parent
+    other = engine.create(spec)
+    engine._parent_of.clear()
+    engine.remove(other)
+    assert api.inspected == 1 and not list(tmp_path.glob(f"*/{api.created[other].lstrip('/')}"))
+    # the installation's directory goes when the engine closes
+    assert list(tmp_path.glob("*/dockworker/inst"))
+    engine._streams = api  # type: ignore[assignment]
+    engine.close()
+    assert not list(tmp_path.glob("*/dockworker/inst"))

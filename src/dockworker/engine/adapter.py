@@ -165,6 +165,10 @@ class DockerEngine:
         self._accounting_lock = threading.Lock()
         self._accounting_checked = False
         self._parents: AccountingParents | None = None
+        # container id -> the parent cgroup it was created under (by this adapter), so that
+        # reading its usage and removing it need no inspect; others are inspected.
+        self._parent_of: dict[str, str] = {}
+        self._installations: set[str] = set()  # those with parents made here, tidied on close
         self._image_starts: dict[str, tuple[float, list[str], list[str]]] = {}
 
     @staticmethod
@@ -182,6 +186,9 @@ class DockerEngine:
             probe.close()
 
     def close(self) -> None:
+        if self._parents is not None:
+            for installation in self._installations:
+                self._parents.tidy(installation)
         self._api.close()
         self._streams.close()
 
@@ -293,6 +300,7 @@ class DockerEngine:
         parents = self._accounting()
         if parents is None or not installation or not task_id:
             return None
+        self._installations.add(installation)
         return parents.create(installation, task_id)
 
     def create(self, spec: ContainerSpec) -> str:
@@ -303,11 +311,14 @@ class DockerEngine:
             spec = self._one_stream(spec, binds)
         parent = self._make_parent(spec)
         try:
-            return self._create(spec, binds, parent)
+            container_id = self._create(spec, binds, parent)
         except BaseException:
             if parent is not None and self._parents is not None:
                 self._parents.remove(parent)
             raise
+        if parent is not None:
+            self._parent_of[container_id] = parent
+        return container_id
 
     def _create(self, spec: ContainerSpec, binds: dict[str, Mapping[str, str]], parent: str | None) -> str:
         with _classified("create container"):
@@ -444,6 +455,9 @@ class DockerEngine:
                 raise
 
     def _cgroup_parent(self, container_id: str) -> str:
+        known = self._parent_of.get(container_id)
+        if known is not None:
+            return known
         with _classified("inspect container"):
             host_config = self._api.inspect_container(container_id)["HostConfig"]
         return str(host_config.get("CgroupParent") or "")
@@ -461,15 +475,17 @@ class DockerEngine:
         keeps busy: the reaper tries again)."""
         parents = self._accounting()
         try:
-            parent = self._cgroup_parent(container_id)
+            parent = self._cgroup_parent(container_id) if parents is not None else ""
             with _classified("remove container"):
                 self._api.remove_container(container_id, force=True, v=True)
         except ContainerGone:
+            self._parent_of.pop(container_id, None)
             return
         except TaskSetupError as exc:  # 409: removal already in progress
             if "already in progress" not in str(exc):
                 raise
             return
+        self._parent_of.pop(container_id, None)
         if parents is not None:
             parents.remove(parent)
 

@@ -15,6 +15,7 @@ docs/architecture.md, "What each task used").
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,12 @@ class CgroupLayout:
 
     def hierarchies(self) -> tuple[Path, ...]:
         return self.v1 + ((self.unified,) if self.unified is not None else ())
+
+    @functools.cached_property
+    def hierarchy_paths(self) -> tuple[str, ...]:
+        """:meth:`hierarchies` as strings, for the per-task removals (a dozen rmdirs a task:
+        pathlib's parsing was most of their cost)."""
+        return tuple(str(path) for path in self.hierarchies())
 
     def accounting_hierarchies(self) -> tuple[Path, ...]:
         """Where :func:`read_usage` reads: the v1 cpuacct and memory hierarchies, or the

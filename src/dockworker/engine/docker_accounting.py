@@ -12,8 +12,12 @@ recorded (null).
 
 runc creates the rest of the path in every hierarchy (cpuset included, which needs its parent's
 settings copied, so only the accounting hierarchies are made here); removal takes it out of
-all of them. A runner killed between making a parent and removing it leaves the parent behind:
-its reaper asks :meth:`task_ids` and removes those of tasks no longer active."""
+all of them. The installation's directory is left in place while the engine is in use, and
+tidied away when it closes (:meth:`AccountingParents.tidy`): runc makes the missing
+directories of the path one after another, and one removed meanwhile by another task's
+clean-up failed that container's start ("mkdir .../pids/dockworker/<installation>/...: no such
+file or directory"). A runner killed between making a parent and removing it leaves the parent
+behind: its reaper asks :meth:`task_ids` and removes those of tasks no longer active."""
 
 from __future__ import annotations
 
@@ -82,16 +86,13 @@ class AccountingParents:
         False when a hierarchy still holds a container under it (it stays, for a later try)."""
         if not self.owns(cgroup_parent):
             return True
-        relative = Path(cgroup_parent.lstrip("/"))
+        relative = cgroup_parent.lstrip("/")
         busy: list[str] = []
-        for hierarchy in self._layout.hierarchies():
+        for hierarchy in self._layout.hierarchy_paths:
             try:
-                _rmdir(hierarchy / relative)
+                _rmdir(f"{hierarchy}/{relative}")
             except OSError as exc:
-                busy.append(f"{hierarchy.name}: {exc.strerror}")
-                continue
-            with contextlib.suppress(OSError):  # other tasks of the installation may be there
-                _rmdir(hierarchy / relative.parent)
+                busy.append(f"{os.path.basename(hierarchy)}: {exc.strerror}")
         if busy:
             log.warning("engine.usage_parent_busy", extra={"cgroup": cgroup_parent, "error": "; ".join(busy)})
         return not busy
@@ -108,6 +109,15 @@ class AccountingParents:
                     if dot and entry.is_dir() and self.owns(f"/{ROOT_DIR}/{installation}/{entry.name}"):
                         found.add(task_id)
         return found
+
+    def tidy(self, installation: str) -> None:
+        """Remove the installation's directory from every hierarchy where it is empty (the
+        engine is closing: no task of this process will start under it any more)."""
+        if not _NAME_ONLY.match(installation):
+            return
+        for hierarchy in self._layout.hierarchy_paths:
+            with contextlib.suppress(OSError):  # still holds a parent, or already gone
+                _rmdir(f"{hierarchy}/{ROOT_DIR}/{installation}")
 
     def release(self, installation: str, task_id: str) -> bool:
         """Remove every parent of this task (all its attempts'); False when one is still busy."""
@@ -133,7 +143,7 @@ def _make(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
 
 
-def _rmdir(path: Path) -> None:
+def _rmdir(path: str) -> None:
     try:
         os.rmdir(path)
     except FileNotFoundError:
