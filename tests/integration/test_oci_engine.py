@@ -4,6 +4,7 @@ started, gone, or failing to start; labels; what the runner reads back."""
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from pathlib import Path
 
@@ -96,3 +97,25 @@ def test_the_engine_answers_and_knows_its_images(oci_engine: OciEngine) -> None:
     assert not oci_engine.image_exists("dockworker-test/missing:1")
     with pytest.raises(TaskSetupError, match="image not found"):
         oci_engine.create(spec(image="dockworker-test/missing:1"))
+
+
+def test_output_read_from_before_the_start_ends_when_the_container_does(
+    oci_engine: OciEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner reads the output on its own thread from before the start: that reader is
+    woken by the start, not by its polling timer (made an hour long here, so a reader that
+    slept through the start would never finish within the test's timeout)."""
+    monkeypatch.setattr("dockworker.engine.oci.engine.OUTPUT_POLL_S", 3600.0)
+    container_id = oci_engine.create(spec(command=["echo", "done"]))
+    read: list[bytes] = []
+    try:
+        reader = threading.Thread(target=lambda: read.extend(oci_engine.attach(container_id)), daemon=True)
+        reader.start()
+        time.sleep(0.2)  # the reader is waiting before the start
+        oci_engine.start(container_id)
+        reader.join(30)
+        assert not reader.is_alive(), "the output reader slept through the container's end"
+        assert b"".join(read) == b"done\n"
+        assert oci_engine.wait(container_id).exit_code == 0
+    finally:
+        oci_engine.remove(container_id)

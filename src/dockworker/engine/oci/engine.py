@@ -145,6 +145,10 @@ class OciEngine:
         self._scope = self.scope_of(root)
         self._lock = threading.Lock()
         self._supervisors: dict[str, subprocess.Popen[bytes]] = {}
+        # Notified when a supervisor is registered: an output reader attached before the start
+        # waits on it, not on a timer (a 50 ms sleep begun at attach ended well after a no-op
+        # container had exited).
+        self._supervisor_started = threading.Condition(self._lock)
         self._seccomp_bpf: tuple[SandboxPolicy, str] | None = None
         self.sweep()
 
@@ -304,6 +308,7 @@ class OciEngine:
                     os.close(fd)
         with self._lock:
             self._supervisors[container_id] = process
+            self._supervisor_started.notify_all()
         container.launched.write_text(f"{process.pid}\n")
         self._wait_started(container, process)
 
@@ -375,13 +380,16 @@ class OciEngine:
                         yield data
                     return
                 if pidfd is None and not fired:
-                    pidfd = self._supervisor_pidfd(container.id)
+                    pidfd, known = self._supervisor_pidfd(container.id)
+                    fired = known and pidfd is None  # it has exited already: poll what is left
                 if pidfd is not None:
                     # wakes the moment the supervisor exits
                     readable, _, _ = select.select([pidfd], [], [], OUTPUT_POLL_S)
                     if readable:
                         os.close(pidfd)
                         pidfd, fired = None, True
+                elif not fired:
+                    self._await_supervisor(container.id, OUTPUT_POLL_S)
                 else:
                     time.sleep(OUTPUT_POLL_S)
         finally:
@@ -389,15 +397,22 @@ class OciEngine:
             if pidfd is not None:
                 os.close(pidfd)
 
-    def _supervisor_pidfd(self, container_id: str) -> int | None:
+    def _await_supervisor(self, container_id: str, timeout: float) -> None:
+        """Until this process has started the container's supervisor, or ``timeout`` (one
+        started by an earlier process of the runner is never registered: polled)."""
+        with self._supervisor_started:
+            self._supervisor_started.wait_for(lambda: container_id in self._supervisors, timeout)
+
+    def _supervisor_pidfd(self, container_id: str) -> tuple[int | None, bool]:
+        """A pidfd of the container's supervisor, and whether this process started one."""
         with self._lock:
             process = self._supervisors.get(container_id)
         if process is None:
-            return None
+            return None, False
         try:
-            return os.pidfd_open(process.pid)
+            return os.pidfd_open(process.pid), True
         except OSError:  # already reaped
-            return None
+            return None, True
 
     def wait(self, container_id: str, timeout: float = 30) -> ExitInfo:
         container = self._existing(container_id)
