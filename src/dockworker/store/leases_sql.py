@@ -6,6 +6,7 @@ or illegal report changes nothing and is recorded as a ``late_report_refused`` e
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
@@ -21,7 +22,28 @@ from .codes_sql import code_by_id
 from .schema import task_events, tasks
 from .task_rows import insert_retry, load_task
 from .transactions import Transactional, record_event
-from .transitions import held_by, is_active, leased, transition
+from .transitions import (
+    held_by,
+    is_active,
+    leased,
+    leased_transition,
+    run_leased_transition,
+    transition,
+)
+
+# The runner's two reports of every task, built once (transitions.leased_transition).
+_TO_RUNNING = leased_transition(
+    TaskStatus.RUNNING,
+    attempts=tasks.c.attempts + 1,
+    # progress belongs to an attempt; a msg left from the queue (why it waited) is moot
+    percent=None,
+    msg=None,
+)
+
+
+@functools.cache
+def _finishing(status: TaskStatus) -> sa.Update:
+    return leased_transition(status, lease_expires_at=None)
 
 
 def _short(container_id: str) -> str:
@@ -78,16 +100,8 @@ class LeaseQueries(Transactional):
                 record_event(
                     conn, task_id, EventKind.CONTAINER_CREATED, _short(container_id), container_id, created_at
                 )
-            moved = transition(
-                conn,
-                TaskStatus.RUNNING,
-                leased(task_id, runner_id),
-                start_time=start_time,
-                attempts=tasks.c.attempts + 1,
-                updated_at=timeutil.now(),
-                # progress belongs to an attempt; a msg left from the queue (why it waited) is moot
-                percent=None,
-                msg=None,
+            moved = run_leased_transition(
+                conn, _TO_RUNNING, task_id, runner_id, start_time=start_time, updated_at=timeutil.now()
             )
             if moved:
                 detail = f"container {_short(container_id)} started by runner {runner_id}"
@@ -145,15 +159,15 @@ class LeaseQueries(Transactional):
         # An outcome without a message (complete) keeps the worker's last progress msg.
         msg = {"msg": outcome.msg} if outcome.msg else {}
         with self._write() as conn:
-            moved = transition(
+            moved = run_leased_transition(
                 conn,
-                outcome.status,
-                leased(task_id, runner_id),
+                _finishing(outcome.status),
+                task_id,
+                runner_id,
                 exit_code=outcome.exit_code,
                 cpu_time_ms=outcome.cpu_time_ms,
                 peak_memory_bytes=outcome.peak_memory_bytes,
                 end_time=now,
-                lease_expires_at=None,
                 updated_at=now,
                 **msg,
             )

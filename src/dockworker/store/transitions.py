@@ -67,6 +67,39 @@ def leased(task_id: str, runner_id: str) -> sa.ColumnElement[bool]:
     return sa.and_(tasks.c.id == task_id, held_by(runner_id))
 
 
+# The names the task and the runner are bound to in a leased transition's statement.
+LEASE_TASK_ID = "lease_task_id"
+LEASE_RUNNER_ID = "lease_runner_id"
+
+
+@functools.cache
+def _leased_bound() -> sa.ColumnElement[bool]:
+    """:func:`leased` with the task and the runner bound when the statement runs."""
+    return sa.and_(
+        tasks.c.id == sa.bindparam(LEASE_TASK_ID),
+        tasks.c.runner_id == sa.bindparam(LEASE_RUNNER_ID),
+        is_active(),
+    )
+
+
+def leased_transition(target: TaskStatus, **fixed: Any) -> sa.Update:
+    """The move to ``target`` of a task leased to a runner, as a statement to build once and run
+    many times with :func:`run_leased_transition` (a runner's reports are most of a task's
+    writes, and building, coercing and keying a statement was most of a report's cost).
+    ``fixed``: values the same every time (SQL expressions included); the others are given
+    when it runs."""
+    return tasks.update().where(_leased_bound(), enterable(target)).values(status=target.value, **fixed)
+
+
+def run_leased_transition(
+    conn: Connection, statement: sa.Update, task_id: str, runner_id: str, **values: Any
+) -> int:
+    """Run a :func:`leased_transition` for this task and runner, setting ``values`` too;
+    returns how many moved (0: the lease is lost, or the table refuses the move)."""
+    result = conn.execute(statement, {LEASE_TASK_ID: task_id, LEASE_RUNNER_ID: runner_id, **values})
+    return int(result.rowcount or 0)
+
+
 def transition(conn: Connection, target: TaskStatus, where: sa.ColumnElement[bool], **values: Any) -> int:
     """Move the tasks matching ``where`` to ``target`` if the table allows it from their current
     state; returns how many moved."""
