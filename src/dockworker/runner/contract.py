@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shlex
@@ -208,19 +209,20 @@ def container_spec(
     uid, gid = parse_user(settings.task_user)
     # TASK_DIR is a size-limited tmpfs (a task cannot fill the host's disk); the payload and
     # config files are bound into it read-only from the host's per-task directory.
+    task_dir = files.task_dir.resolve()  # the files in it are ours, made just now: no links
     binds = [
-        Bind(source=str((files.task_dir / PAYLOAD_NAME).resolve()), target=f"{TASK_DIR}/{PAYLOAD_NAME}"),
-        Bind(source=str(files.hosts_file.resolve()), target="/etc/hosts", read_only=True),
+        Bind(source=str(task_dir / PAYLOAD_NAME), target=f"{TASK_DIR}/{PAYLOAD_NAME}"),
+        Bind(source=_resolved(files.hosts_file), target="/etc/hosts", read_only=True),
     ]
     if has_config:
-        binds.append(
-            Bind(source=str((files.task_dir / CONFIG_NAME).resolve()), target=f"{TASK_DIR}/{CONFIG_NAME}")
-        )
+        binds.append(Bind(source=str(task_dir / CONFIG_NAME), target=f"{TASK_DIR}/{CONFIG_NAME}"))
     if files.code_dir is not None:
-        binds.append(Bind(source=str(files.code_dir.resolve()), target=CODE_DIR, read_only=True))
+        binds.append(Bind(source=_resolved(files.code_dir), target=CODE_DIR, read_only=True))
     if files.progress_fifo is not None:
+        fifo = files.progress_fifo
+        source = str(task_dir / fifo.name) if fifo.parent == files.task_dir else str(fifo.resolve())
         # Writable: it is a pipe to the runner, and a mount point the task cannot replace.
-        binds.append(Bind(source=str(files.progress_fifo.resolve()), target=PROGRESS_PATH, read_only=False))
+        binds.append(Bind(source=source, target=PROGRESS_PATH, read_only=False))
     # The package's variables, secret ones included (names the contract sets are refused at
     # upload, and the contract's values win anyway).
     env = {**spec.env_vars, **spec.secret_env_vars}
@@ -251,5 +253,13 @@ def container_spec(
             TASK_DIR: f"rw,exec,nosuid,nodev,size={limits.task_dir_mb}m,mode=0755,uid={uid},gid={gid}",
         },
         log_max_bytes=limits.log_bytes,
-        one_stream_shell=None if files.one_stream_shell is None else str(files.one_stream_shell.resolve()),
+        one_stream_shell=None if files.one_stream_shell is None else _resolved(files.one_stream_shell),
     )
+
+
+@functools.lru_cache(maxsize=512)
+def _resolved(path: Path) -> str:
+    """The absolute, link-free path of a file of the data directory that outlives its tasks
+    (hosts file, static shell, unpacked code): resolved once, not for every task (a resolve
+    is a system call per component of the path)."""
+    return str(path.resolve())
