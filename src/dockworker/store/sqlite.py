@@ -4,6 +4,7 @@ never wait, and a claim that is one ``UPDATE ... RETURNING`` statement."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,13 @@ def _on_connect(dbapi_connection: Any, _record: Any) -> None:
 
 def _on_begin(conn: sa.Connection) -> None:
     mode = "BEGIN" if conn.get_execution_options().get("readonly") else "BEGIN IMMEDIATE"
-    conn.exec_driver_sql(mode)
+    # Straight to the driver (SQLAlchemy's execution of a statement costs several times the
+    # statement here, and every transaction has one); its errors wrapped as SQLAlchemy's own
+    # would be, so that a locked or full database is classified as any other statement's.
+    try:
+        conn.connection.driver_connection.execute(mode)  # type: ignore[union-attr]
+    except sqlite3.Error as exc:
+        raise sa.exc.DBAPIError.instance(mode, None, exc, sqlite3.Error) from exc
 
 
 class SqliteStore(SqlStore):
