@@ -32,8 +32,16 @@ from typing import Any
 from dockworker.engine import ContainerSpec, DockerEngine
 from dockworker.engine.oci import OciEngine
 from dockworker.models import CodeSpec
+from dockworker.names import PROGRESS_NAME
 from dockworker.runner.container_run import run_container
-from dockworker.runner.contract import TaskFiles, container_spec, ensure_hosts_file, write_task_files
+from dockworker.runner.contract import (
+    TaskFiles,
+    container_spec,
+    ensure_hosts_file,
+    ensure_one_stream_shell,
+    write_task_files,
+)
+from dockworker.runner.progress import make_fifo
 from dockworker.settings import load_settings
 from dockworker.states import TaskStatus
 
@@ -106,7 +114,15 @@ def task_spec(work: Path) -> ContainerSpec:
     code_dir.mkdir(parents=True)
     (code_dir / "noop.sh").write_text("true\n")
     write_task_files(task_dir, "", None, 1000, 1000)
-    files = TaskFiles(task_dir=task_dir, code_dir=code_dir, hosts_file=ensure_hosts_file(settings.data_dir))
+    # As the runner makes it: the progress FIFO bound in, the command started by the static
+    # one-stream shell (Docker; the OCI backend has one pipe already and ignores it).
+    files = TaskFiles(
+        task_dir=task_dir,
+        code_dir=code_dir,
+        hosts_file=ensure_hosts_file(settings.data_dir),
+        progress_fifo=make_fifo(task_dir, PROGRESS_NAME, 1000),
+        one_stream_shell=ensure_one_stream_shell(settings.data_dir),
+    )
     return container_spec(
         spec=CodeSpec(name="noop", stack="busybox", command="true"),
         task_id="bench",

@@ -14,7 +14,15 @@ from typing import Any
 
 from dockworker.engine import ContainerSpec, Engine
 from dockworker.models import CodeSpec
-from dockworker.runner.contract import TaskFiles, container_spec, ensure_hosts_file, write_task_files
+from dockworker.names import PROGRESS_NAME
+from dockworker.runner.contract import (
+    TaskFiles,
+    container_spec,
+    ensure_hosts_file,
+    ensure_one_stream_shell,
+    write_task_files,
+)
+from dockworker.runner.progress import make_fifo
 from dockworker.settings import load_settings
 from e2e.common import CODE_NAME, STACK, CpuMeter, Summary, ms
 
@@ -52,7 +60,15 @@ def runner_container(work: Path, label: str, runner_id: str) -> ContainerSpec:
     code_dir.mkdir(parents=True)
     (code_dir / "noop.sh").write_text("true\n")
     write_task_files(task_dir, "", None, 1000, 1000)
-    files = TaskFiles(task_dir=task_dir, code_dir=code_dir, hosts_file=ensure_hosts_file(settings.data_dir))
+    # As the runner makes it: the progress FIFO bound in, the command started by the static
+    # one-stream shell (Docker; the OCI backend has one pipe already and ignores it).
+    files = TaskFiles(
+        task_dir=task_dir,
+        code_dir=code_dir,
+        hosts_file=ensure_hosts_file(settings.data_dir),
+        progress_fifo=make_fifo(task_dir, PROGRESS_NAME, 1000),
+        one_stream_shell=ensure_one_stream_shell(settings.data_dir),
+    )
     spec = container_spec(
         spec=CodeSpec(name=CODE_NAME, stack=STACK, command="true"),
         task_id="bench-floor",

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -341,3 +344,28 @@ def test_the_event_history_tells_the_whole_story(
     assert ("complete", "container exited with code 0") in [
         (e.kind, e.detail) for e in store.list_events(complete.id)
     ]
+
+
+def test_each_log_is_its_output_once_on_a_busy_host(
+    store: Store, project: str, start_runner: StartRunner, settings: Settings
+) -> None:
+    """Many short tasks writing at once while other processes keep every core busy: every log
+    is exactly what its task wrote, once, in order (CI once saw a task's log doubled under
+    load, when the Docker adapter attached with the engine's log replay)."""
+    script = 'for i in 1 2 3 4 5; do echo "$TASK_ID line $i"; done; echo "$TASK_ID err" >&2'
+    save_code(
+        store, project, CodeSpec(name="short", stack="busybox", command="sh run.sh"), {"run.sh": script}
+    )
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        start_runner()  # four slots
+        tasks = [queue(store, project, "short") for _ in range(24)]
+        for task in tasks:
+            done = wait_for(store, task.id, timeout=120)
+            assert done.status is TaskStatus.COMPLETE, done.msg
+            expected = "".join(f"{task.id} line {i}\n" for i in range(1, 6)) + f"{task.id} err\n"
+            assert store.read_log(task.id).decode() == expected
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
