@@ -28,6 +28,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Issue 13's targets, each a ratio within one run (or a bound).
 P50_TARGET = 1.08  # dockworker p50 <= 1.08 x its floor's
 THROUGHPUT_TARGET = 0.95  # dockworker tasks/s >= 0.95 x its floor's
+# issue 13, part 2: the OCI backend against the Docker floor
+OCI_P50_OF_DOCKER_FLOOR = 0.3
+OCI_TPUT_OF_DOCKER_FLOOR = 3.0
 SERVICE_CPU_TARGET_MS = 15.0  # the service process's CPU per task (throughput batches)
 PICKUP_TARGET_MS = 10.0  # queued -> claimed with a slot free
 SIDES = ("baseline", "floor", "dockworker", "oci-floor", "oci-dockworker")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from e2e.common import P50_TARGET, PICKUP_TARGET_MS, SERVICE_CPU_TARGET_MS, THROUGHPUT_TARGET
+from e2e.common import (
+    OCI_P50_OF_DOCKER_FLOOR,
+    OCI_TPUT_OF_DOCKER_FLOOR,
+    P50_TARGET,
+    PICKUP_TARGET_MS,
+    SERVICE_CPU_TARGET_MS,
+    THROUGHPUT_TARGET,
+)
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
@@ -118,6 +125,19 @@ def target_rows(result: dict[str, Any]) -> list[tuple[str, str, float | None, bo
                 None if pickup is None else pickup <= PICKUP_TARGET_MS,
             )
         )
+    # Part 2: the OCI backend against the Docker floor, the side and the backend's own floor
+    if "floor" in lat:
+        for side in ("oci-dockworker", "oci-floor"):
+            if side not in lat:
+                continue
+            p50 = ratio(lat[side]["total_ms"]["p50"], lat["floor"]["total_ms"]["p50"])
+            met = None if p50 is None else p50 <= OCI_P50_OF_DOCKER_FLOOR
+            rows.append(("oci", f"{side} p50 / Docker floor p50 (<= {OCI_P50_OF_DOCKER_FLOOR})", p50, met))
+            tput = ratio(thr.get(side, {}).get("tasks_per_s"), thr.get("floor", {}).get("tasks_per_s"))
+            met = None if tput is None else tput >= OCI_TPUT_OF_DOCKER_FLOOR
+            rows.append(
+                ("oci", f"{side} tasks/s / Docker floor's (>= {OCI_TPUT_OF_DOCKER_FLOOR:.0f})", tput, met)
+            )
     pg = result.get("postgresql")
     if pg:
         pickup = pg["split_ms"].get("queued_to_claimed", {}).get("p50")
@@ -135,7 +155,7 @@ def target_rows(result: dict[str, Any]) -> list[tuple[str, str, float | None, bo
 def render_targets(result: dict[str, Any]) -> list[str]:
     lines = ["", "issue 13's targets (ratios within this run):"]
     for backend, what, figure, met in target_rows(result):
-        lines.append(f"  {backend:18}{what:44}{fmt(figure, 2):>8}  {verdict(met)}")
+        lines.append(f"  {backend:18}{what:52}{fmt(figure, 2):>8}  {verdict(met)}")
     lat = result["latency"]
     if "baseline" in lat and "dockworker" in lat:
         base = ratio(lat["dockworker"]["total_ms"]["p50"], lat["baseline"]["total_ms"]["p50"])
