@@ -29,20 +29,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from e2e.sides import runner_container
+
 from dockworker.engine import ContainerSpec, DockerEngine
 from dockworker.engine.oci import OciEngine
-from dockworker.models import CodeSpec
-from dockworker.names import PROGRESS_NAME
 from dockworker.runner.container_run import run_container
-from dockworker.runner.contract import (
-    TaskFiles,
-    container_spec,
-    ensure_hosts_file,
-    ensure_one_stream_shell,
-    write_task_files,
-)
-from dockworker.runner.progress import make_fifo
-from dockworker.settings import load_settings
 from dockworker.states import TaskStatus
 
 LATENCY_TARGET = 0.3
@@ -109,28 +100,8 @@ class Side:
 
 
 def task_spec(work: Path) -> ContainerSpec:
-    settings = load_settings(env={}, data_dir=work / "data")
-    task_dir, code_dir = work / "task", work / "code"
-    code_dir.mkdir(parents=True)
-    (code_dir / "noop.sh").write_text("true\n")
-    write_task_files(task_dir, "", None, 1000, 1000)
-    # As the runner makes it: the progress FIFO bound in, the command started by the static
-    # one-stream shell (Docker; the OCI backend has one pipe already and ignores it).
-    files = TaskFiles(
-        task_dir=task_dir,
-        code_dir=code_dir,
-        hosts_file=ensure_hosts_file(settings.data_dir),
-        progress_fifo=make_fifo(task_dir, PROGRESS_NAME, 1000),
-        one_stream_shell=ensure_one_stream_shell(settings.data_dir),
-    )
-    return container_spec(
-        spec=CodeSpec(name="noop", stack="busybox", command="true"),
-        task_id="bench",
-        files=files,
-        settings=settings,
-        runner_id="bench",
-        installation_id="bench",
-    )
+    """The container the runner makes for a no-op busybox package (the e2e benchmark's floor)."""
+    return runner_container(work, "dockworker.bench=oci-latency", "bench")
 
 
 def interleaved(sides: Sequence[Side], runs: int, warmup: int) -> dict[str, list[float]]:
