@@ -35,8 +35,15 @@ def _write_later(path: Path, delay: float) -> threading.Thread:
     return thread
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _inotify_instances() -> int:
+    """This process's open inotify instances."""
+    found = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found += os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:inotify"
+        except OSError:  # closed meanwhile
+            continue
+    return found
 
 
 def test_the_write_wakes_the_wait(tmp_path: Path, sleeper: subprocess.Popen[bytes]) -> None:
@@ -64,13 +71,13 @@ def test_instances_are_used_again_and_what_they_queued_wakes_nothing_wrongly(
         (first / "pid").unlink(missing_ok=True)
         _write_later(first / "pid", 0.05).join()
         assert watch.wait_for_file(first / "pid", sleeper.pid, timeout=5)
-    fds = _open_fds()
+    instances = _inotify_instances()
     for index in range(20):
         target = first if index % 2 else second
         (target / "pid").unlink(missing_ok=True)
         _write_later(target / "pid", 0.01)
         assert watch.wait_for_file(target / "pid", sleeper.pid, timeout=5)
-    assert _open_fds() == fds  # no instance made (nor leaked) per wait
+    assert _inotify_instances() == instances  # no instance made (nor leaked) per wait
     assert watch._instances.idle() >= 1  # kept for the next wait, not closed
     # Writes to the first directory after its wait cannot end a wait on the second: the file
     # waited for is what counts (and a wait whose process ends without it says so).
