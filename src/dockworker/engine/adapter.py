@@ -187,7 +187,7 @@ class DockerEngine:
 
     def close(self) -> None:
         if self._parents is not None:
-            for installation in self._installations:
+            for installation in list(self._installations):  # a copy: task threads may add
                 self._parents.tidy(installation)
         self._api.close()
         self._streams.close()
