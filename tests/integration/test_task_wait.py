@@ -142,6 +142,69 @@ def test_a_finished_task_answers_at_once_and_a_running_one_after_the_wait(
     assert server.get("/tasks/nope", wait=1).status_code == 404
 
 
+class CountingReads:
+    """``store.get_task``, counting the reads that found the task ended (the API reads a task
+    through it; on PostgreSQL the listener's connection also wakes waiters, to read again)."""
+
+    def __init__(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.found_ended = 0
+        self._read = store.get_task
+        monkeypatch.setattr(store, "get_task", self)
+
+    def __call__(self, project_id: str, task_id: str) -> Any:
+        task = self._read(project_id, task_id)
+        self.found_ended += task.status.is_terminal
+        return task
+
+
+def test_a_waiter_woken_by_an_end_written_here_answers_without_reading_again(
+    store: Store,
+    project: tuple[str, str],
+    served: Callable[..., tuple[Server, threading.Event]],
+    monkeypatch: pytest.MonkeyPatch,
+    dialect: str,
+) -> None:
+    server, _ = served()
+    task_id = running_task(store, project[0])
+    reads = CountingReads(store, monkeypatch)
+    answer = server.later(f"/tasks/{task_id}", wait=LONG_WAIT_S)
+    until_waiting(store)
+    outcome = TaskOutcome(
+        status=TaskStatus.COMPLETE, msg="", exit_code=0, cpu_time_ms=7, peak_memory_bytes=4096
+    )
+    assert store.finish(task_id, RUNNER, outcome)
+    pushed = answer.result().json()
+    if dialect == "sqlite":
+        # (On PostgreSQL the end's NOTIFY may come back through the listener, which names the
+        # task only, before the writer's own announcement: that waiter reads it, as before.)
+        assert reads.found_ended == 0  # answered with the task as the end left it
+    # the same answer as a read of the task now
+    assert pushed == server.get(f"/tasks/{task_id}").json()
+    assert pushed["status"] == "complete" and pushed["end_time"]
+
+
+def test_an_end_that_queued_a_retry_is_read_again(
+    store: Store,
+    project: tuple[str, str],
+    served: Callable[..., tuple[Server, threading.Event]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The retry is written into the ended task's row after its end: the waiter reads it."""
+    server, _ = served()
+    project_id = project[0]
+    save_code(
+        store, project_id, CodeSpec(name="w", stack="busybox", command="sh w.sh", retries=1), {"w.sh": ""}
+    )
+    task_id = running_task(store, project_id)
+    reads = CountingReads(store, monkeypatch)
+    answer = server.later(f"/tasks/{task_id}", wait=LONG_WAIT_S)
+    until_waiting(store)
+    assert store.finish(task_id, RUNNER, TaskOutcome(status=TaskStatus.ERROR, msg="exit code 1", exit_code=1))
+    ended = answer.result().json()
+    assert reads.found_ended == 1
+    assert ended["status"] == "error" and ended["retry_task_id"]
+
+
 @pytest.mark.parametrize("value", ["-1", "60.5", "3600", "soon", "nan"])
 def test_a_bad_wait_is_refused(
     store: Store, project: tuple[str, str], served: Callable[..., tuple[Server, threading.Event]], value: str

@@ -173,12 +173,18 @@ async def get_task(
         return JSONResponse(await anyio.to_thread.run_sync(task_answer, svc, project_id, task_id))
     deadline = time.monotonic() + wait
     with svc.waiters.watching(task_id) as waiter:
+        found = await anyio.to_thread.run_sync(svc.store.get_task, project_id, task_id)
         while True:
-            found = await anyio.to_thread.run_sync(svc.store.get_task, project_id, task_id)
             left = deadline - time.monotonic()
             if found.status.is_terminal or left <= 0 or svc.stopping.is_set():
                 break
             await waiter.wait(min(left, RECHECK_S))
+            # Woken by an end this process wrote: the task as it left it, without a read.
+            ended = svc.store.ended_task(task_id)
+            if ended is not None and ended.project_id == project_id:
+                found = ended
+            else:
+                found = await anyio.to_thread.run_sync(svc.store.get_task, project_id, task_id)
     if found.status is TaskStatus.QUEUED:  # its answer says whether a runner serves its cluster
         return JSONResponse(await anyio.to_thread.run_sync(task_answer, svc, project_id, task_id))
     return JSONResponse(task_json(found, with_payload=True))

@@ -337,6 +337,11 @@ class Store(Protocol):
         database sends when any process queues a task or frees room in a package."""
         ...
 
+    def ended_task(self, task_id: str) -> Task | None:
+        """The task as an end written by this process lately left it (None: not known here;
+        read it). Answers at once, without the database: for a waiter woken by that end."""
+        ...
+
     def on_task_end(self, listener: Callable[[Collection[str] | None], None]) -> Callable[[], None]:
         """Call ``listener`` with the ids of tasks that reached a terminal state, once the change
         is committed (None: tasks it does not name, e.g. a package's queue cancelled): ends

@@ -28,6 +28,7 @@ from .transitions import (
     leased,
     leased_transition,
     run_leased_transition,
+    run_leased_transition_returning,
     transition,
 )
 
@@ -43,7 +44,8 @@ _TO_RUNNING = leased_transition(
 
 @functools.cache
 def _finishing(status: TaskStatus) -> sa.Update:
-    return leased_transition(status, lease_expires_at=None)
+    # RETURNING the row: the task as its end leaves it, for the waiters (Store.ended_task)
+    return leased_transition(status, lease_expires_at=None).returning(tasks)
 
 
 def _short(container_id: str) -> str:
@@ -159,7 +161,7 @@ class LeaseQueries(Transactional):
         # An outcome without a message (complete) keeps the worker's last progress msg.
         msg = {"msg": outcome.msg} if outcome.msg else {}
         with self._write() as conn:
-            moved = run_leased_transition(
+            row = run_leased_transition_returning(
                 conn,
                 _finishing(outcome.status),
                 task_id,
@@ -171,25 +173,28 @@ class LeaseQueries(Transactional):
                 updated_at=now,
                 **msg,
             )
-            if not moved:
+            if row is None:
                 self._refuse(conn, task_id, runner_id, str(outcome.status))
                 return False
-            self._ended(conn, [task_id])
             exited = ""
             if outcome.exit_code is not None and not outcome.msg.startswith("exit code"):
                 exited = f"container exited with code {outcome.exit_code}"
             detail = "; ".join(p for p in (exited, outcome.msg) if p)
             record_event(conn, task_id, EventKind.entering(outcome.status), detail)
-            if outcome.status in (TaskStatus.ERROR, TaskStatus.TIMEOUT):
-                self._auto_retry(conn, task_id)
+            retried = outcome.status in (TaskStatus.ERROR, TaskStatus.TIMEOUT) and self._auto_retry(
+                conn, task_id
+            )
+            # A retry names itself in the ended task's row: that row is then not the final one.
+            self._ended(conn, [task_id], () if retried else [Task.from_row(row)])
             return True
 
-    def _auto_retry(self, conn: Connection, task_id: str) -> None:
+    def _auto_retry(self, conn: Connection, task_id: str) -> bool:
+        """Queue the task's automatic retry if it has one left; whether it did."""
         task = load_task(conn, task_id)
         try:
             code = code_by_id(conn, task.code_id)
         except NotFound:
-            return
+            return False
         spec = code.latest_revision.spec
         retries = spec.retries if task.retries is None else task.retries
         delay = spec.retries_delay if task.retries_delay is None else task.retries_delay
@@ -197,6 +202,8 @@ class LeaseQueries(Transactional):
             retry = insert_retry(conn, task, code, delay)
             detail = f"automatic retry {task.retry_count + 1} of {retries}: {retry.id}"
             record_event(conn, task_id, EventKind.RETRIED, detail)
+            return True
+        return False
 
     def requeue_after_infra_failure(
         self, task_id: str, runner_id: str, reason: str, budget: int, delay: float, max_delay: float = 60.0

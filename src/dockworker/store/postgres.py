@@ -8,7 +8,7 @@ import logging
 import selectors
 import socket
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import psycopg
@@ -17,6 +17,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from .. import ids, timeutil
 from ..errors import ClientError
+from ..models import Task
 from ..states import EventKind, TaskStatus, sources_of
 from .claim_sql import ACTIVE, CLAIMABLE, packages_cte
 from .codes_sql import cancelled_events, cancelled_values, queued_of
@@ -167,9 +168,11 @@ class PostgresStore(SqlStore):
                 conn.execute(sa.select(meta.c.value).where(meta.c.key == "installation_id")).scalar_one()
             )
 
-    def _ended(self, conn: sa.Connection, task_ids: Collection[str] | None) -> None:
+    def _ended(
+        self, conn: sa.Connection, task_ids: Collection[str] | None, final: Sequence[Task] = ()
+    ) -> None:
         """Also tell the other processes, when this transaction commits."""
-        super()._ended(conn, task_ids)
+        super()._ended(conn, task_ids, final)
         named = task_ids is not None and len(task_ids) <= MAX_ENDS_NAMED
         payload = ",".join(sorted(task_ids)) if named and task_ids is not None else ANY_TASK
         conn.execute(

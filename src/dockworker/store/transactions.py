@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,6 +12,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from .. import timeutil
 from ..errors import InfrastructureError
+from ..models import Task
 from ..states import EventKind
 from .errors import StorageFull, StoreUnavailable
 from .schema import task_events
@@ -19,6 +20,7 @@ from .wakeup import TaskEnds
 
 # Where a write transaction collects the tasks it ends (Connection.info), announced on commit.
 _ENDED = "dockworker.ended"
+_ENDED_FINAL = "dockworker.ended_final"
 ANY_TASK = "*"
 
 # PostgreSQL SQLSTATEs: disk_full; the classes of connection failures and of a server going down
@@ -83,19 +85,23 @@ class Transactional:
     @contextlib.contextmanager
     def _write(self) -> Iterator[Connection]:
         ended: set[str] | None = None
+        final: list[Task] = []
         with translated_errors(), self.engine.begin() as conn:
             try:
                 yield conn
             finally:
                 ended = conn.info.pop(_ENDED, None)
+                final = conn.info.pop(_ENDED_FINAL, [])
         if ended is not None:  # committed
-            self._task_ends.announce(None if ANY_TASK in ended else ended)
+            self._task_ends.announce(None if ANY_TASK in ended else ended, final)
 
-    def _ended(self, conn: Connection, task_ids: Collection[str] | None) -> None:
+    def _ended(self, conn: Connection, task_ids: Collection[str] | None, final: Sequence[Task] = ()) -> None:
         """Note that this transaction moves these tasks (None: tasks it does not name) to a
-        terminal state: waiters are told once it commits."""
+        terminal state: waiters are told once it commits. ``final``: some of them as this
+        transaction leaves them (``Store.ended_task``)."""
         noted: set[str] = conn.info.setdefault(_ENDED, set())
         noted.update([ANY_TASK] if task_ids is None else task_ids)
+        conn.info.setdefault(_ENDED_FINAL, []).extend(final)
 
     @contextlib.contextmanager
     def _read(self) -> Iterator[Connection]:

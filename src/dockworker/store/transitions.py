@@ -100,6 +100,13 @@ def run_leased_transition(
     return int(result.rowcount or 0)
 
 
+def run_leased_transition_returning(
+    conn: Connection, statement: sa.Update, task_id: str, runner_id: str, **values: Any
+) -> sa.Row[Any] | None:
+    """:func:`run_leased_transition` for a statement with RETURNING: the moved row, or None."""
+    return conn.execute(statement, {LEASE_TASK_ID: task_id, LEASE_RUNNER_ID: runner_id, **values}).first()
+
+
 def transition(conn: Connection, target: TaskStatus, where: sa.ColumnElement[bool], **values: Any) -> int:
     """Move the tasks matching ``where`` to ``target`` if the table allows it from their current
     state; returns how many moved."""

@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..models import Task
 
 log = logging.getLogger("dockworker.store")
 
 # Told the ids of tasks that reached a terminal state, or None: any task may have (a bulk cancel).
 EndListener = Callable[[Collection[str] | None], None]
+# The tasks whose end this process wrote lately, as the end left them (TaskEnds.final).
+FINAL_KEPT = 256
 
 
 class WorkSignal:
@@ -48,11 +55,14 @@ class WorkSignal:
 class TaskEnds:
     """Tells its listeners which tasks reached a terminal state. Listeners are called on the
     thread that committed the change (or the thread relaying another process's), so they must
-    return at once."""
+    return at once. It also keeps, for a while, the tasks as the ends written by this process
+    left them (:meth:`final`): a waiter woken by one answers with it, without reading the task
+    again."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._listeners: list[EndListener] = []
+        self._final: OrderedDict[str, Task] = OrderedDict()
 
     def subscribe(self, listener: EndListener) -> Callable[[], None]:
         with self._lock:
@@ -65,14 +75,26 @@ class TaskEnds:
 
         return unsubscribe
 
-    def announce(self, task_ids: Collection[str] | None) -> None:
+    def announce(self, task_ids: Collection[str] | None, final: Collection[Task] = ()) -> None:
+        """``final``: some of the ended tasks as the committed change left them."""
         with self._lock:
+            for task in final:
+                self._final[task.id] = task
+                self._final.move_to_end(task.id)
+            while len(self._final) > FINAL_KEPT:
+                self._final.popitem(last=False)
             listeners = list(self._listeners)
         for listener in listeners:
             try:
                 listener(task_ids)
             except Exception:  # one listener's bug must not fail the write that announced
                 log.exception("store.task_end_listener_failed")
+
+    def final(self, task_id: str) -> Task | None:
+        """The task as an end written by this process left it, if that was lately (a terminal
+        task does not change state again; None: not known here)."""
+        with self._lock:
+            return self._final.get(task_id)
 
 
 class InProcessWakeUps:
@@ -86,6 +108,9 @@ class InProcessWakeUps:
 
     def on_task_end(self, listener: EndListener) -> Callable[[], None]:
         return self._task_ends.subscribe(listener)
+
+    def ended_task(self, task_id: str) -> Task | None:
+        return self._task_ends.final(task_id)
 
     def notify_work(self) -> None:
         self._work_signal.notify()
