@@ -28,7 +28,6 @@ from .transitions import (
     leased,
     leased_transition,
     run_leased_transition,
-    run_leased_transition_returning,
     transition,
 )
 
@@ -44,8 +43,7 @@ _TO_RUNNING = leased_transition(
 
 @functools.cache
 def _finishing(status: TaskStatus) -> sa.Update:
-    # RETURNING the row: the task as its end leaves it, for the waiters (Store.ended_task)
-    return leased_transition(status, lease_expires_at=None).returning(tasks)
+    return leased_transition(status, lease_expires_at=None)
 
 
 def _short(container_id: str) -> str:
@@ -102,13 +100,14 @@ class LeaseQueries(Transactional):
                 record_event(
                     conn, task_id, EventKind.CONTAINER_CREATED, _short(container_id), container_id, created_at
                 )
-            moved = run_leased_transition(
+            row = run_leased_transition(
                 conn, _TO_RUNNING, task_id, runner_id, start_time=start_time, updated_at=timeutil.now()
             )
-            if moved:
-                detail = f"container {_short(container_id)} started by runner {runner_id}"
-                record_event(conn, task_id, EventKind.STARTED, detail, container_id or None)
-            return bool(moved)
+            if row is None:
+                return False
+            detail = f"container {_short(container_id)} started by runner {runner_id}"
+            record_event(conn, task_id, EventKind.STARTED, detail, container_id or None)
+            return True
 
     def record_unreported_start(self, task_id: str, container_id: str, runner_id: str) -> bool:
         """Count a container start that its runner never reported (it died, or lost its lease,
@@ -161,7 +160,7 @@ class LeaseQueries(Transactional):
         # An outcome without a message (complete) keeps the worker's last progress msg.
         msg = {"msg": outcome.msg} if outcome.msg else {}
         with self._write() as conn:
-            row = run_leased_transition_returning(
+            row = run_leased_transition(
                 conn,
                 _finishing(outcome.status),
                 task_id,

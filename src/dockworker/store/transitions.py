@@ -87,23 +87,21 @@ def leased_transition(target: TaskStatus, **fixed: Any) -> sa.Update:
     many times with :func:`run_leased_transition` (a runner's reports are most of a task's
     writes, and building, coercing and keying a statement was most of a report's cost).
     ``fixed``: values the same every time (SQL expressions included); the others are given
-    when it runs."""
-    return tasks.update().where(_leased_bound(), enterable(target)).values(status=target.value, **fixed)
+    when it runs. It returns the moved row."""
+    return (
+        tasks.update()
+        .where(_leased_bound(), enterable(target))
+        .values(status=target.value, **fixed)
+        .returning(tasks)
+    )
 
 
 def run_leased_transition(
     conn: Connection, statement: sa.Update, task_id: str, runner_id: str, **values: Any
-) -> int:
-    """Run a :func:`leased_transition` for this task and runner, setting ``values`` too;
-    returns how many moved (0: the lease is lost, or the table refuses the move)."""
-    result = conn.execute(statement, {LEASE_TASK_ID: task_id, LEASE_RUNNER_ID: runner_id, **values})
-    return int(result.rowcount or 0)
-
-
-def run_leased_transition_returning(
-    conn: Connection, statement: sa.Update, task_id: str, runner_id: str, **values: Any
 ) -> sa.Row[Any] | None:
-    """:func:`run_leased_transition` for a statement with RETURNING: the moved row, or None."""
+    """Run a :func:`leased_transition` for this task and runner, setting ``values`` too; the
+    task's row as the move left it, or None when it did not move (the lease is lost, or the
+    table refuses the move)."""
     return conn.execute(statement, {LEASE_TASK_ID: task_id, LEASE_RUNNER_ID: runner_id, **values}).first()
 
 
