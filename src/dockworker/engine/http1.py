@@ -109,15 +109,9 @@ class Connection:
 
     def read_head(self) -> Head:
         """The next answer's head; what follows it stays buffered (see :meth:`take_buffered`)."""
-        end = self._buffer.find(b"\r\n\r\n")
-        while end < 0:
-            if len(self._buffer) > HEAD_LIMIT:
-                raise http.client.HTTPException("the engine's answer has too long a head")
-            if not self._receive():
-                if self._buffer:
-                    raise http.client.IncompleteRead(bytes(self._buffer))
-                raise http.client.RemoteDisconnected("the engine closed the connection without an answer")
-            end = self._buffer.find(b"\r\n\r\n", max(0, len(self._buffer) - READ_SIZE - 3))
+        if not self._buffer and not self._receive():
+            raise http.client.RemoteDisconnected("the engine closed the connection without an answer")
+        end = self._until(b"\r\n\r\n", HEAD_LIMIT, "the engine's answer has too long a head")
         head = bytes(self._buffer[:end])
         del self._buffer[: end + 4]
         return parse_head(head)
@@ -141,16 +135,21 @@ class Connection:
         return body
 
     def _read_line(self) -> bytes:
-        end = self._buffer.find(b"\r\n")
-        while end < 0:
-            if len(self._buffer) > CHUNK_LINE_LIMIT:
-                raise http.client.HTTPException("malformed chunked answer")
-            if not self._receive():
-                raise http.client.IncompleteRead(bytes(self._buffer))
-            end = self._buffer.find(b"\r\n")
+        end = self._until(b"\r\n", CHUNK_LINE_LIMIT, "malformed chunked answer")
         line = bytes(self._buffer[:end])
         del self._buffer[: end + 2]
         return line
+
+    def _until(self, marker: bytes, limit: int, too_long: str) -> int:
+        """Receive until the buffer holds ``marker``; where it starts."""
+        end = self._buffer.find(marker)
+        while end < 0:
+            if len(self._buffer) > limit:
+                raise http.client.HTTPException(too_long)
+            if not self._receive():
+                raise http.client.IncompleteRead(bytes(self._buffer))
+            end = self._buffer.find(marker)
+        return end
 
     def _read_chunked(self) -> bytes:
         parts: list[bytes] = []
