@@ -32,10 +32,16 @@ def release(data_dir: Path) -> None:
             (code_dir / "release").touch()
 
 
+def started_containers(oci_root: Path) -> list[Path]:
+    """Not the spare (parked) supervisors' directories: a container started."""
+    return [c for c in (oci_root / "containers").iterdir() if (c / "supervisor.pid").exists()]
+
+
 def wait_supervisors_done(oci_root: Path, timeout: float = 30) -> None:
-    """Until every container's supervisor has recorded its exit (ended while no runner ran)."""
+    """Until every started container's supervisor has recorded its exit (ended while no
+    runner ran)."""
     deadline = time.monotonic() + timeout
-    while any(not (c / "exit").exists() for c in (oci_root / "containers").iterdir()):
+    while any(not (c / "exit").exists() for c in started_containers(oci_root)):
         assert time.monotonic() < deadline, "the container did not end"
         time.sleep(0.05)
 
@@ -51,7 +57,7 @@ def test_a_killed_service_re_adopts_its_oci_container(
         upload_script(svc, tmp_path / "until", "until", UNTIL_SH)
         task_id = queue_task(svc, "until")
         svc.api().wait_status(task_id, {"running"})
-        (container,) = (data / "oci" / "containers").iterdir()
+        (container,) = started_containers(data / "oci")
 
         svc.kill()  # SIGKILL: no chance to clean up
         assert (data / "oci" / "containers" / container.name).is_dir()

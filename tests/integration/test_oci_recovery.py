@@ -158,6 +158,7 @@ def test_a_runner_re_adopts_a_task_whose_container_a_killed_process_started(
     settings: Settings,
     oci_root: Path,
     runtime: str,
+    oci_engine: OciEngine,
     start_oci_runner: oci_fixtures.StartOciRunner,
     gate: Path,
 ) -> None:
@@ -169,6 +170,7 @@ def test_a_runner_re_adopts_a_task_whose_container_a_killed_process_started(
     labels = {TASK_LABEL: task.id, RUNNER_LABEL: runner_id, INSTALLATION_LABEL: store.installation_id()}
     # the earlier runner process created and started the container, then was killed
     start_in_a_process_then_kill_it(oci_root, runtime, gated_spec(gate, "echo late", labels=labels))
+    oci_engine.sweep()  # as the restarted process's engine does when made: the killed one's spares
     start_oci_runner()
     deadline = time.monotonic() + 20
     while "readopted" not in [e.kind for e in store.list_events(task.id)] and time.monotonic() < deadline:

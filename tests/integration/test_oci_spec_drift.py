@@ -1,13 +1,16 @@
 """The OCI backend's spec for a task container is the one the Docker engine generates for the
 same ``ContainerSpec`` through the Docker adapter: same process, mounts, namespaces, seccomp
 profile, masked and read-only paths, devices and limits. Only what is per container by nature
-differs (the hostname, the /etc/hostname file, the cgroup path), and the memory limit, which the
-OCI backend enforces on a parent cgroup (see cgroups.py)."""
+differs (the hostname, the /etc/hostname file, the cgroup path), and where the limits are
+written (cgroups.py): with runc, in the spec, the memory limit enforced on a parent cgroup; with
+crun on this cgroup v1 host, by dockworker into the container's cgroup, read back here."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ import pytest
 from dockworker.engine import Bind, ContainerSpec, DockerEngine
 from dockworker.engine.cgroupfs import CgroupLayout
 from dockworker.engine.oci import OciEngine
-from dockworker.engine.oci.cgroups import MEMORY_MARGIN, SCOPE_DIR
+from dockworker.engine.oci.cgroups import MEMORY_MARGIN, RUNTIME_DEVICE_RULES, SCOPE_DIR, device_rule
 from dockworker.engine.oci.policy import DOCKER_BUNDLES
 from dockworker.models import CodeSpec
 from dockworker.runner.contract import TaskFiles, container_spec, ensure_hosts_file, write_task_files
@@ -43,12 +46,42 @@ def docker_spec_of(engine: DockerEngine, spec: ContainerSpec) -> dict[str, Any]:
 
 
 def oci_spec_of(oci: OciEngine, root: Path, spec: ContainerSpec) -> dict[str, Any]:
+    """The bundle's spec; where dockworker placed the container itself, with the limits it
+    wrote into the container's cgroup (read from the running container's) as the spec's
+    ``resources``."""
     container_id = oci.create(spec)
     try:
         data: dict[str, Any] = json.loads((root / "containers" / container_id / "config.json").read_text())
+        if "cgroupsPath" not in data["linux"]:
+            oci.start(container_id)
+            data["linux"]["resources"] = placed_limits(
+                Path(SCOPE_DIR) / OciEngine.scope_of(root) / container_id
+            )
         return data
     finally:
         oci.remove(container_id)
+
+
+def placed_limits(relative: Path) -> dict[str, Any]:
+    layout = CgroupLayout.detect()
+
+    def read(controller: str, name: str) -> str:
+        hierarchy = layout.v1_of(controller)
+        assert hierarchy is not None, controller
+        return (hierarchy / relative / name).read_text().strip()
+
+    return {
+        "memory": {
+            "limit": int(read("memory", "memory.limit_in_bytes")),
+            "swap": int(read("memory", "memory.memsw.limit_in_bytes")),
+        },
+        "cpu": {
+            "quota": int(read("cpu", "cpu.cfs_quota_us")),
+            "period": int(read("cpu", "cpu.cfs_period_us")),
+        },
+        "pids": {"limit": int(read("pids", "pids.max"))},
+        "devices.list": read("devices", "devices.list").splitlines(),
+    }
 
 
 def task_like_spec(tmp_path: Path, settings: Settings, **changes: Any) -> ContainerSpec:
@@ -146,33 +179,57 @@ def test_the_spec_is_the_engines_own(
     assert {"type": "network"} in ours["linux"]["namespaces"]  # a new, empty one
     assert "/proc/kcore" in ours["linux"]["maskedPaths"]
     resources, expected = ours["linux"]["resources"], docker["linux"]["resources"]
-    assert resources["devices"] == expected["devices"]
     assert resources["pids"] == expected["pids"]
     assert (resources["cpu"]["quota"], resources["cpu"]["period"]) == (
         expected["cpu"]["quota"],
         expected["cpu"]["period"],
     )
-    # the enforced limit (and swap = memory) is on the parent cgroup; the container's own
-    # cgroup allows the margin more
-    assert resources["memory"]["limit"] - MEMORY_MARGIN == expected["memory"]["limit"] == spec.memory_bytes
-    assert resources["memory"]["swap"] - MEMORY_MARGIN == expected["memory"]["swap"] == spec.memory_bytes
+    if "cgroupsPath" in ours["linux"]:  # the runtime writes the limits
+        assert resources["devices"] == expected["devices"]
+        # the enforced limit (and swap = memory) is on the parent cgroup; the container's own
+        # cgroup allows the margin more
+        assert (
+            resources["memory"]["limit"] - MEMORY_MARGIN == expected["memory"]["limit"] == spec.memory_bytes
+        )
+        assert resources["memory"]["swap"] - MEMORY_MARGIN == expected["memory"]["swap"] == spec.memory_bytes
+    else:  # dockworker wrote them: what the kernel holds
+        assert resources["memory"] == {"limit": spec.memory_bytes, "swap": spec.memory_bytes}
+        assert expected["memory"]["limit"] == expected["memory"]["swap"] == spec.memory_bytes
+        allowed = {device_rule(rule)[1] for rule in expected["devices"] if rule.get("allow")}
+        assert set(resources["devices.list"]) == allowed | set(RUNTIME_DEVICE_RULES)
+        assert "a *:* rwm" not in resources["devices.list"]
     assert {k: v for k, v in ours["annotations"].items() if not k.startswith("run.oci.")} == spec.labels
 
 
-def test_the_parent_cgroup_enforces_the_engines_memory_limit(
-    settings: Settings, tmp_path: Path, oci_engine: OciEngine, oci_root: Path
+def test_the_engines_memory_limit_is_enforced_where_the_container_runs(
+    settings: Settings, tmp_path: Path, oci_engine: OciEngine, oci_root: Path, runtime: str
 ) -> None:
     spec = task_like_spec(tmp_path, settings, memory_bytes=80 * 1024 * 1024)
     container_id = oci_engine.create(spec)
     try:
         oci_engine.start(container_id)
-        memory = CgroupLayout.detect().memory_v1
+        layout = CgroupLayout.detect()
+        memory = layout.memory_v1
         assert memory is not None, "this check is for cgroup v1 hosts"
         parent = memory / SCOPE_DIR / OciEngine.scope_of(oci_root) / container_id
         assert (parent / "memory.limit_in_bytes").read_text().strip() == str(spec.memory_bytes)
         assert (parent / "memory.memsw.limit_in_bytes").read_text().strip() == str(spec.memory_bytes)
-        assert (parent / "task" / "memory.limit_in_bytes").read_text().strip() == str(
-            spec.memory_bytes + MEMORY_MARGIN
-        )
+        if runtime == "runc":  # the runtime's own cgroup, under the parent, allows the margin more
+            assert (parent / "task" / "memory.limit_in_bytes").read_text().strip() == str(
+                spec.memory_bytes + MEMORY_MARGIN
+            )
+            return
+        # placed by dockworker: the container runs in that cgroup, and crun is moved out of it
+        # once the container runs (its pid does not count against the container's limit)
+        assert not (parent / "task").exists()
+        own = os.readlink("/proc/self/ns/pid")
+        deadline = time.monotonic() + 10
+        while True:
+            pids = (parent / "cgroup.procs").read_text().split()
+            outside = [pid for pid in pids if os.readlink(f"/proc/{pid}/ns/pid") == own]
+            if (pids and not outside) or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert pids and not outside, (pids, outside)
     finally:
         oci_engine.remove(container_id)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dockworker.engine.cgroupfs import CgroupLayout
-from dockworker.engine.oci.cgroups import TaskCgroups, scope_container_ids
+from dockworker.engine.oci.cgroups import TaskCgroups, device_rule, scope_container_ids
 from dockworker.engine.oci.seccomp import SeccompUnavailable, compile_profile
 from dockworker.errors import InfrastructureError
 from tests.conftest import require
@@ -96,3 +96,23 @@ def test_a_profile_compiles_to_a_bpf_program() -> None:
 def test_an_unknown_action_is_refused() -> None:
     with pytest.raises(SeccompUnavailable):
         compile_profile({**PROFILE, "defaultAction": "SCMP_ACT_SOMETHING"})
+
+
+def test_device_rules_are_written_as_cgroup_v1_takes_them() -> None:
+    assert device_rule({"allow": False, "access": "rwm"}) == ("devices.deny", "a")
+    assert device_rule({"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"}) == (
+        "devices.allow",
+        "c 1:3 rwm",
+    )
+    assert device_rule({"allow": False, "type": "c", "major": 10, "minor": 229, "access": "rwm"}) == (
+        "devices.deny",
+        "c 10:229 rwm",
+    )
+    assert device_rule({"allow": True, "type": "b", "access": "m"}) == ("devices.allow", "b *:* m")
+
+
+def test_the_controllers_are_found_by_name_not_by_their_files() -> None:
+    layout = CgroupLayout.detect(HYBRID)
+    assert layout.v1_of("memory") == Path("/sys/fs/cgroup/memory")
+    assert layout.v1_of("name=systemd") == Path("/sys/fs/cgroup/systemd")
+    assert layout.v1_of("pids") is None and layout.v1_of("rw") is None

@@ -22,6 +22,8 @@ from pathlib import Path
 from .types import UNKNOWN_USAGE, ResourceUsage
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+# a cgroup v1 mount's options that are not controllers
+_MOUNT_OPTIONS = frozenset({"rw", "ro", "relatime", "noatime", "nosuid", "nodev", "noexec", "clone_children"})
 NS_PER_MS = 1_000_000
 US_PER_MS = 1_000
 
@@ -34,6 +36,8 @@ class CgroupLayout:
     memory_v1: Path | None
     unified: Path | None  # the cgroup2 mount (all of /sys/fs/cgroup on a v2 host)
     cpuacct_v1: Path | None = None
+    # each v1 controller (and named hierarchy) and where it is mounted
+    v1_controllers: tuple[tuple[str, Path], ...] = ()
 
     @classmethod
     def detect(cls, mountinfo: str | None = None) -> CgroupLayout:
@@ -42,6 +46,7 @@ class CgroupLayout:
         memory: Path | None = None
         cpuacct: Path | None = None
         unified: Path | None = None
+        controllers: list[tuple[str, Path]] = []
         for line in text.splitlines():
             fields = line.split()
             if " - " not in line or len(fields) < 5:
@@ -55,11 +60,22 @@ class CgroupLayout:
                 unified = mount_point
             elif fstype == "cgroup":
                 v1.append(mount_point)
+                controllers += [(option, mount_point) for option in options if option not in _MOUNT_OPTIONS]
                 if "memory" in options:
                     memory = mount_point
                 if "cpuacct" in options:
                     cpuacct = mount_point
-        return cls(v1=tuple(v1), memory_v1=memory, unified=unified, cpuacct_v1=cpuacct)
+        return cls(
+            v1=tuple(v1),
+            memory_v1=memory,
+            unified=unified,
+            cpuacct_v1=cpuacct,
+            v1_controllers=tuple(controllers),
+        )
+
+    def v1_of(self, controller: str) -> Path | None:
+        """Where the v1 controller ``controller`` (``pids``, ``cpu``...) is mounted."""
+        return next((path for name, path in self.v1_controllers if name == controller), None)
 
     @property
     def memory_on_v2(self) -> bool:

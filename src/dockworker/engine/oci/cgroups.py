@@ -1,6 +1,19 @@
 """Each task container's cgroups, and the out-of-memory record that outlives them.
 
-The runtime creates the container's own cgroup (``<scope>/<id>/task``) with every limit of the
+**Placed by dockworker (crun on a cgroup v1 host).** Moving a process into a cgroup takes a lock
+that first waits for an RCU grace period when no other move happened in the last milliseconds:
+6 to 16 ms on this project's 2-core host, half of a no-op task's start when the runtime made that
+move for each container (docs/oci.md, "Where a start's time went"). So dockworker makes the
+container's cgroup ``<scope>/<id>`` in every v1 hierarchy *before* the task is claimed, with a
+parked supervisor's runtime-to-be already in it (``parking.py``); crun runs with its cgroup
+manager disabled, and the container's processes are born in that cgroup. dockworker writes the
+limits crun would have written (memory = memory + swap, the CPU quota, pids, the device rules and
+crun's own device defaults) before the container starts, and moves crun's own process back out
+once the container runs (off the task's path). The OOM kill is counted in the cgroup's
+``memory.oom_control``, which stays until the container is removed.
+
+**Made by the runtime (runc; crun on a cgroup v2 host).** The runtime creates the container's
+own cgroup (``<scope>/<id>/task``) with every limit of the
 OCI spec, and deletes it the moment the container exits: the kernel's OOM record for it goes
 with it. So the container is placed under a parent of dockworker's own (``<scope>/<id>``) that
 holds the enforced memory limit, while the container's cgroup allows ``MEMORY_MARGIN`` more: a
@@ -24,7 +37,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import signal
+import threading
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from ...errors import InfrastructureError
 from ..cgroupfs import CgroupLayout, read_usage
@@ -33,6 +51,28 @@ from ..types import ResourceUsage
 SCOPE_DIR = "dockworker-oci"
 LEAF = "task"
 MEMORY_MARGIN = 2 * 1024 * 1024
+CPU_PERIOD_US = 100_000
+# What crun allows besides the spec's device rules, as it writes them on cgroup v1: mknod of any
+# node (the capability is dropped anyway), /dev/full, the pseudo-terminals.
+RUNTIME_DEVICE_RULES = ("c *:* m", "b *:* m", "c 1:7 rwm", "c 136:* rwm", "c 5:2 rwm")
+
+
+def places_containers(layout: CgroupLayout) -> bool:
+    """Whether dockworker can place containers in their cgroups itself (a cgroup v1 host; the
+    runtime must also be able to leave cgroups alone: crun)."""
+    return layout.memory_v1 is not None
+
+
+def device_rule(rule: Mapping[str, Any]) -> tuple[str, str]:
+    """An OCI device rule as cgroup v1 takes it: (``devices.allow`` or ``devices.deny``, line)."""
+    kind = str(rule.get("type") or "a")
+    major = "*" if rule.get("major") is None else str(rule["major"])
+    minor = "*" if rule.get("minor") is None else str(rule["minor"])
+    target = "devices.allow" if rule.get("allow") else "devices.deny"
+    return target, "a" if kind == "a" else f"{kind} {major}:{minor} {rule.get('access') or 'rwm'}"
+
+
+_CPUSETS = threading.Lock()
 
 
 def _write(path: Path, value: str) -> None:
@@ -64,25 +104,126 @@ class TaskCgroups:
             raise InfrastructureError("no memory cgroup controller is mounted on this host")
         return base / self.relative
 
-    def create(self, memory_bytes: int) -> int | None:
-        """Create the parent with the enforced memory limit. On cgroup v1, returns an eventfd
-        the kernel signals on each OOM of the parent (the caller hands it to the supervisor)."""
+    def create_parent(self) -> int | None:
+        """Create the parent the runtime makes the container's cgroup under. On cgroup v1,
+        returns an eventfd the kernel signals on each OOM of the parent (the caller hands it to
+        the supervisor)."""
         parent = self._memory_parent()
         try:
             parent.mkdir(parents=True, exist_ok=True)
             if self._layout.memory_on_v2:
                 _enable_memory_controller(self._layout.unified, parent)
+                return None
+            return _oom_eventfd(parent)
+        except OSError as exc:
+            with contextlib.suppress(InfrastructureError):
+                self.remove()
+            raise InfrastructureError(f"cannot set up the container's memory cgroup {parent}: {exc}") from exc
+
+    def limit_parent(self, memory_bytes: int) -> None:
+        """The enforced memory limit (= memory + swap), on the parent."""
+        parent = self._memory_parent()
+        try:
+            if self._layout.memory_on_v2:
                 _write(parent / "memory.max", str(memory_bytes))
                 with contextlib.suppress(FileNotFoundError):
                     _write(parent / "memory.swap.max", "0")
-                return None
+                return
             _write(parent / "memory.limit_in_bytes", str(memory_bytes))
             with contextlib.suppress(FileNotFoundError):  # no swap accounting: no swap limit to set
                 _write(parent / "memory.memsw.limit_in_bytes", str(memory_bytes))
-            return _oom_eventfd(parent)
         except OSError as exc:
-            self.remove()
-            raise InfrastructureError(f"cannot set up the container's memory cgroup {parent}: {exc}") from exc
+            raise InfrastructureError(f"cannot set the container's memory limit on {parent}: {exc}") from exc
+
+    # --- placed by dockworker (cgroup v1) ----------------------------------------------------
+
+    def prepare(self) -> None:
+        """Make the container's cgroup in every v1 hierarchy (an empty cpuset level gets its
+        parent's CPUs and memory nodes, or nothing could move in)."""
+        try:
+            for hierarchy in self._layout.v1:
+                path = hierarchy / self.relative
+                path.mkdir(parents=True, exist_ok=True)
+                if self._layout.v1_of("cpuset") != hierarchy:
+                    continue
+                levels = [p for p in (path, *path.parents) if hierarchy in p.parents]
+                with _CPUSETS:  # a level made by another thread gets its values first
+                    for level in reversed(levels):
+                        for name in ("cpuset.cpus", "cpuset.mems"):
+                            if not (level / name).read_text().strip():
+                                _write(level / name, (level.parent / name).read_text().strip())
+        except OSError as exc:
+            with contextlib.suppress(InfrastructureError):
+                self.remove()
+            raise InfrastructureError(f"cannot make the container's cgroups: {exc}") from exc
+
+    def place(self, pid: int) -> None:
+        """Move the process ``pid`` into the container's cgroup in every v1 hierarchy."""
+        for hierarchy in self._layout.v1:
+            _write(hierarchy / self.relative / "cgroup.procs", str(pid))
+
+    def move_out(self, pid: int) -> None:
+        """Move the process ``pid`` (the runtime, once the container runs) from the
+        container's cgroup to the scope's, in every v1 hierarchy; gone already is fine."""
+        try:
+            for hierarchy in self._layout.v1:
+                _write(hierarchy / self.relative.parent / "cgroup.procs", str(pid))
+        except ProcessLookupError:
+            return
+
+    def limit(
+        self, *, memory_bytes: int, cpus: float, pids: int, device_rules: Iterable[Mapping[str, Any]]
+    ) -> None:
+        """Write the limits crun would have written: memory = memory + swap, the CPU quota, the
+        pids limit, the device rules, then crun's own device defaults."""
+        layout = self._layout
+        self.limit_parent(memory_bytes)
+        try:
+            cpu = layout.v1_of("cpu")
+            if cpu is not None and cpus > 0:
+                _write(cpu / self.relative / "cpu.cfs_period_us", str(CPU_PERIOD_US))
+                _write(cpu / self.relative / "cpu.cfs_quota_us", str(round(cpus * CPU_PERIOD_US)))
+            pids_hierarchy = layout.v1_of("pids")
+            if pids_hierarchy is not None and pids > 0:
+                _write(pids_hierarchy / self.relative / "pids.max", str(pids))
+            devices = layout.v1_of("devices")
+            if devices is not None:
+                rules = [*map(device_rule, device_rules)]
+                rules += [("devices.allow", rule) for rule in RUNTIME_DEVICE_RULES]
+                for target, line in rules:
+                    _write(devices / self.relative / target, line)
+        except OSError as exc:
+            raise InfrastructureError(f"cannot set the container's limits: {exc}") from exc
+
+    def processes(self) -> list[int]:
+        """The processes in the container's cgroup (placed mode)."""
+        hierarchy = self._layout.v1_of("pids") or self._layout.memory_v1
+        if hierarchy is None:
+            return []
+        try:
+            return [int(pid) for pid in (hierarchy / self.relative / "cgroup.procs").read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def kill_all(self, timeout: float) -> None:
+        """SIGKILL every process in the container's cgroup (placed mode; whatever their pid
+        namespace: the runtime too) until none is left, or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while pids := self.processes():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if time.monotonic() > deadline:
+                raise InfrastructureError(f"processes still in the container's cgroup: {pids}")
+            time.sleep(0.005)
+
+    def oom_kills_v1(self) -> int:
+        """The OOM kills counted in the container's own cgroup (placed mode; 0 when unknown)."""
+        try:
+            text = (self._memory_parent() / "memory.oom_control").read_text()
+        except (OSError, InfrastructureError):
+            return 0
+        return _flat_key(text, "oom_kill")
 
     def oom_kills_v2(self) -> int:
         """The OOM kills in the parent's subtree (cgroup v2 only; 0 when unknown)."""
@@ -90,11 +231,7 @@ class TaskCgroups:
             text = (self._memory_parent() / "memory.events").read_text()
         except (OSError, InfrastructureError):
             return 0
-        for line in text.splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill":
-                return int(value)
-        return 0
+        return _flat_key(text, "oom_kill")
 
     def usage(self) -> ResourceUsage:
         """What the container used over its life; read once it has exited, before :meth:`remove`."""
@@ -121,6 +258,14 @@ class TaskCgroups:
         for hierarchy in layout.hierarchies():
             with contextlib.suppress(OSError):
                 os.rmdir(hierarchy / SCOPE_DIR / scope)
+
+
+def _flat_key(text: str, wanted: str) -> int:
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == wanted:
+            return int(value)
+    return 0
 
 
 def _oom_eventfd(parent: Path) -> int:

@@ -18,10 +18,11 @@ import queue
 import secrets
 import select
 import shutil
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,8 +33,9 @@ from ..base import Engine
 from ..cgroupfs import CgroupLayout
 from ..types import ContainerInfo, ContainerSpec, ExitInfo, ResourceUsage
 from . import supervisor
-from .cgroups import TaskCgroups, scope_container_ids
+from .cgroups import TaskCgroups, places_containers, scope_container_ids
 from .images import ImageCache
+from .parking import ParkedSupervisor, Parking, read_report
 from .policy import DOCKER_BUNDLES, PolicyStore, SandboxPolicy
 from .runtime import Runtime
 from .seccomp import BPF_ANNOTATION, SeccompUnavailable, compile_profile
@@ -76,32 +78,49 @@ def _lock_is_free(path: Path) -> bool:
     return True
 
 
-class BackgroundDeleter:
-    """Deletes removed containers' directories on a thread of its own."""
+class Chores:
+    """Work off the tasks' path, in order, on a thread of its own: deleting removed containers'
+    files, moving the runtime out of a started container's cgroup."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def delete(self, path: Path) -> None:
+    def do(self, chore: Callable[[], None]) -> None:
         with self._lock:
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="oci-deleter", daemon=True)
+                self._thread = threading.Thread(target=self._run, name="oci-chores", daemon=True)
                 self._thread.start()
-        self._queue.put(path)
+        self._queue.put(chore)
+
+    def delete(self, path: Path) -> None:
+        self.do(lambda: shutil.rmtree(path, ignore_errors=True))
 
     def _run(self) -> None:
-        while (path := self._queue.get()) is not None:
-            shutil.rmtree(path, ignore_errors=True)
+        while (chore := self._queue.get()) is not None:
+            try:
+                chore()
+            except Exception:
+                log.exception("oci.chore_failed")
 
     def close(self, timeout: float = 30) -> None:
-        """Delete what is queued, then stop."""
+        """Do what is queued, then stop."""
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:
             self._queue.put(None)
             thread.join(timeout)
+
+
+def _pipe(*, child_end: int) -> tuple[int, int]:
+    """A pipe whose end for a supervisor (0: read, 1: write) is numbered 10 or more: the script
+    moves its pipes to 3, 4 and 5 and closes the originals, which must not be any of those."""
+    ends = list(os.pipe())
+    moved = fcntl.fcntl(ends[child_end], fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(ends[child_end])
+    ends[child_end] = moved
+    return ends[0], ends[1]
 
 
 def _tail(path: Path, limit: int = 2000) -> str:
@@ -134,7 +153,7 @@ class OciEngine:
         self._removed = root / "removed"
         for directory in (self._containers, self._removed):
             directory.mkdir(parents=True, exist_ok=True)
-        self._deleter = BackgroundDeleter()
+        self._chores = Chores()
         os.chmod(root, 0o700)
         self._runtime = Runtime.find(runtime, root / "runtime")
         self._runtime.state_root.mkdir(parents=True, exist_ok=True)
@@ -143,6 +162,11 @@ class OciEngine:
         self._policy = PolicyStore(root / "policy", docker, probe_image or _probe_image(), docker_bundles)
         self._layout = CgroupLayout.detect()
         self._scope = self.scope_of(root)
+        # crun on a cgroup v1 host: dockworker places each container in its cgroup (cgroups.py)
+        self._places = self._runtime.name == "crun" and places_containers(self._layout)
+        self._parking: Parking[ParkedSupervisor] = Parking(self._park, self._discard)
+        # created containers whose supervisor waits for their start
+        self._parked: dict[str, ParkedSupervisor] = {}
         self._lock = threading.Lock()
         self._supervisors: dict[str, subprocess.Popen[bytes]] = {}
         # Notified when a supervisor is registered: an output reader attached before the start
@@ -162,7 +186,12 @@ class OciEngine:
         return self._runtime.name
 
     def close(self) -> None:
-        self._deleter.close()
+        self._parking.close()
+        with self._lock:
+            waiting, self._parked = list(self._parked.values()), {}
+        for unit in waiting:  # created, never started: their containers stay until removed
+            unit.dismiss()
+        self._chores.close()
         TaskCgroups.remove_scope(self._layout, self._scope)
         if self._close_docker:
             self._docker.close()
@@ -208,33 +237,29 @@ class OciEngine:
     def create(self, spec: ContainerSpec) -> str:
         image = self._images.prepare(spec.image)
         policy = self._policy.get()
-        container_id = secrets.token_hex(32)
-        container = ContainerDir(self._containers / container_id)
-        cgroups = TaskCgroups(self._layout, self._scope, container_id)
         lowerdir = ":".join(reversed(image.layers))
-        options = f"lowerdir={lowerdir},upperdir={container.scratch}/upper,workdir={container.scratch}/work"
-        if len(options) > MAX_MOUNT_OPTIONS:
-            raise TaskSetupError(
-                f"the image {spec.image} has too many layers ({len(image.layers)}) for one overlay mount"
-            )
-        config = oci_config(
-            spec=spec,
-            image=image,
-            policy=policy,
-            container_id=container_id,
-            hostname_file=str(container.hostname),
-            cgroups_path=cgroups.runtime_path,
-            annotations=self._runtime_annotations(policy),
-        )
+        unit = self._parking.take()
+        container = unit.container
+        container_id = container.id
         try:
-            container.path.mkdir(mode=0o700)
-            for directory in (container.rootfs, container.scratch):
-                directory.mkdir()
-                directory.chmod(0o755)
+            scratch = container.scratch
+            options = f"lowerdir={lowerdir},upperdir={scratch}/upper,workdir={scratch}/work"
+            if len(options) > MAX_MOUNT_OPTIONS:
+                raise TaskSetupError(
+                    f"the image {spec.image} has too many layers ({len(image.layers)}) for one overlay mount"
+                )
+            cgroups = TaskCgroups(self._layout, self._scope, container_id)
+            config = oci_config(
+                spec=spec,
+                image=image,
+                policy=policy,
+                container_id=container_id,
+                hostname_file=str(container.hostname),
+                cgroups_path=None if self._places else cgroups.runtime_path,
+                annotations=self._runtime_annotations(policy),
+            )
             container.hostname.write_text(config["hostname"] + "\n")
             container.hostname.chmod(0o644)
-            container.output.touch(mode=0o600)
-            container.lock.touch(mode=0o600)
             container.config.write_text(json.dumps(config))
             meta = {
                 "labels": dict(spec.labels),
@@ -242,17 +267,112 @@ class OciEngine:
                 "image_id": image.id,
                 "lowerdir": lowerdir,
                 "memory_bytes": spec.memory_bytes,
+                "cpus": spec.cpus,
+                "pids": spec.pids,
+                "placed": self._places,
                 "keep_bytes": spec.log_max_bytes + 1,
                 # a read-only root's writable layer only holds the mount points
                 "scratch_bytes": SCRATCH_READ_ONLY if spec.read_only_root else spec.memory_bytes,
                 "created": time.time(),
             }
-            # the metadata last: a directory without it is a half-made container (swept)
+            # the metadata last: a directory without it is not a container (swept)
             container.meta.write_text(json.dumps(meta))
-        except OSError as exc:
-            shutil.rmtree(container.path, ignore_errors=True)
-            raise InfrastructureError(f"create container: {exc}") from exc
+        except BaseException as exc:
+            self._discard(unit)
+            if isinstance(exc, OSError):
+                raise InfrastructureError(f"create container: {exc}") from exc
+            raise
+        with self._lock:
+            self._parked[container_id] = unit
         return container_id
+
+    def _park(self) -> ParkedSupervisor:
+        """A supervisor for a container to come (parking.py)."""
+        container = ContainerDir(self._containers / secrets.token_hex(32))
+        cgroups = TaskCgroups(self._layout, self._scope, container.id)
+        process: subprocess.Popen[bytes] | None = None
+        ours: list[int] = []  # descriptors to close here, whatever happens
+        kept: list[int] = []  # the pipes' ends kept by a parked supervisor
+        try:
+            container.path.mkdir(mode=0o700)
+            for directory in (container.rootfs, container.scratch):
+                directory.mkdir()
+                directory.chmod(0o755)
+            container.output.touch(mode=0o600)
+            container.lock.touch(mode=0o600)
+            oom_events = None
+            if self._places:
+                cgroups.prepare()
+            else:
+                oom_events = cgroups.create_parent()
+            if oom_events is not None:
+                ours.append(oom_events)
+            report, report_end = _pipe(child_end=1)
+            task_end, task_line = _pipe(child_end=0)
+            output_end, output_line = _pipe(child_end=0)
+            ours += [report, report_end, task_end, output_end]
+            kept += [task_line, output_line]
+            lock = os.open(container.lock, os.O_RDWR | os.O_CLOEXEC)
+            ours.append(lock)
+            log_flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+            ours.append(os.open(container.supervisor_log, log_flags, 0o600))
+            fcntl.flock(lock, fcntl.LOCK_EX)  # handed over to the supervisor with the descriptor
+            process = subprocess.Popen(
+                supervisor.argv(
+                    tools=self._tools,
+                    container=container,
+                    pipes=(report_end, task_end, output_end),
+                    layer_root=self._images.layer_root,
+                    runtime_binary=self._runtime.binary,
+                    runtime_options=("--cgroup-manager=disabled",) if self._places else (),
+                    runtime_root=self._runtime.state_root,
+                    hide_unified=self._runtime.hide_unified,
+                ),
+                stdin=oom_events if oom_events is not None else subprocess.DEVNULL,
+                stdout=lock,
+                stderr=ours[-1],
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=(report_end, task_end, output_end),
+            )
+            for fd in (report_end, task_end, output_end):
+                os.close(fd)
+                ours.remove(fd)
+            runtime_pid = read_report(report, process)
+            if self._places:
+                cgroups.place(runtime_pid)  # the wait for a grace period: here, not in a start
+            container.parked.write_text(f"{process.pid}\n")
+        except BaseException as exc:
+            unit_fds, kept = kept, []
+            if process is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+            for fd in unit_fds:
+                os.close(fd)
+            with contextlib.suppress(InfrastructureError):
+                cgroups.remove()
+            shutil.rmtree(container.path, ignore_errors=True)
+            if isinstance(exc, OSError):
+                raise InfrastructureError(f"park a supervisor: {exc}") from exc
+            raise
+        finally:
+            for fd in ours:
+                os.close(fd)
+        return ParkedSupervisor(
+            container=container,
+            process=process,
+            task_line=kept[0],
+            output_line=kept[1],
+            runtime_pid=runtime_pid,
+        )
+
+    def _discard(self, unit: ParkedSupervisor) -> None:
+        """Dismiss a parked supervisor that has no container, and remove what it held."""
+        unit.dismiss()
+        with contextlib.suppress(InfrastructureError):
+            TaskCgroups(self._layout, self._scope, unit.container.id).remove()
+        shutil.rmtree(unit.container.path, ignore_errors=True)
 
     def _runtime_annotations(self, policy: SandboxPolicy) -> dict[str, str]:
         """For crun: the seccomp profile compiled once (see seccomp.py) instead of per start."""
@@ -275,42 +395,40 @@ class OciEngine:
         meta = self._meta(container)
         if container.launched.exists():
             raise TaskSetupError(f"start container: {container_id[:12]} was already started")
-        cgroups = TaskCgroups(self._layout, self._scope, container_id)
-        oom_events = cgroups.create(int(meta["memory_bytes"]))
-        lock = os.open(container.lock, os.O_RDWR | os.O_CLOEXEC)
-        log = os.open(container.supervisor_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # handed over to the supervisor with the descriptor
-            process = subprocess.Popen(
-                supervisor.argv(
-                    tools=self._tools,
-                    container=container,
-                    layer_root=self._images.layer_root,
-                    lowerdir=str(meta["lowerdir"]),
-                    keep_bytes=int(meta["keep_bytes"]),
-                    scratch_bytes=int(meta["scratch_bytes"]),
-                    runtime_binary=self._runtime.binary,
-                    runtime_root=self._runtime.state_root,
-                    hide_unified=self._runtime.hide_unified,
-                ),
-                stdin=oom_events if oom_events is not None else subprocess.DEVNULL,
-                stdout=lock,
-                stderr=log,
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as exc:
-            cgroups.remove()
-            raise InfrastructureError(f"start container: cannot start its supervisor: {exc}") from exc
-        finally:
-            for fd in (lock, log, oom_events):
-                if fd is not None:
-                    os.close(fd)
         with self._lock:
-            self._supervisors[container_id] = process
+            unit = self._parked.pop(container_id, None)
+        if unit is None:
+            raise InfrastructureError(
+                f"start container: {container_id[:12]} has no supervisor (made by another process)"
+            )
+        cgroups = TaskCgroups(self._layout, self._scope, container_id)
+        placed = bool(meta.get("placed"))
+        try:
+            if placed:
+                cgroups.limit(
+                    memory_bytes=int(meta["memory_bytes"]),
+                    cpus=float(meta["cpus"]),
+                    pids=int(meta["pids"]),
+                    device_rules=self._policy.get().device_rules,
+                )
+            else:
+                cgroups.limit_parent(int(meta["memory_bytes"]))
+        except InfrastructureError:
+            unit.dismiss()
+            raise
+        with self._lock:
+            self._supervisors[container_id] = unit.process
             self._supervisor_started.notify_all()
-        container.launched.write_text(f"{process.pid}\n")
-        self._wait_started(container, process)
+        container.launched.write_text(f"{unit.process.pid}\n")
+        unit.launch(
+            lowerdir=str(meta["lowerdir"]),
+            scratch_bytes=int(meta["scratch_bytes"]),
+            keep_bytes=int(meta["keep_bytes"]),
+        )
+        self._wait_started(container, unit.process)
+        if placed:
+            # crun itself is no part of the container: out of its cgroup (and its pids limit)
+            self._chores.do(lambda: cgroups.move_out(unit.runtime_pid))
 
     def _wait_started(self, container: ContainerDir, process: subprocess.Popen[bytes]) -> None:
         if wait_for_file(container.pid, process.pid, START_TIMEOUT_S):
@@ -433,8 +551,11 @@ class OciEngine:
         return ExitInfo(exit_code=exit_code, oom_killed=self._oom_killed(container), error="")
 
     def _oom_killed(self, container: ContainerDir) -> bool:
+        cgroups = TaskCgroups(self._layout, self._scope, container.id)
+        if self._meta(container).get("placed"):
+            return cgroups.oom_kills_v1() > 0
         if self._layout.memory_on_v2:
-            return TaskCgroups(self._layout, self._scope, container.id).oom_kills_v2() > 0
+            return cgroups.oom_kills_v2() > 0
         try:
             return int(container.oom.read_text().strip() or 0) > 0
         except (OSError, ValueError):
@@ -462,7 +583,7 @@ class OciEngine:
             return
         if not container.launched.exists() or self._finished(container):
             return
-        self._runtime.kill(container_id, "KILL")
+        self._signal_all(container, "KILL")
         if not self._wait_finished(container, KILL_WAIT_S):
             raise InfrastructureError(
                 f"kill container: {container_id[:12]} still running after {KILL_WAIT_S:.0f} s"
@@ -470,7 +591,28 @@ class OciEngine:
 
     def signal(self, container_id: str, signal: str) -> None:
         """Send ``signal`` to every process of the container (as an operator would)."""
-        self._runtime.kill(self._existing(container_id).id, signal)
+        self._signal_all(self._existing(container_id), signal)
+
+    def _signal_all(self, container: ContainerDir, name: str) -> None:
+        """Signal every process of the container: through the runtime, or (where dockworker
+        placed it, and the runtime does not know its cgroup) each process in its cgroup that
+        is in the container's pid namespace (not the runtime itself)."""
+        try:
+            placed = bool(self._meta(container).get("placed"))
+        except ContainerGone:
+            return
+        if not placed:
+            self._runtime.kill(container.id, name)
+            return
+        try:
+            number = int(name) if name.isdigit() else signal.Signals[f"SIG{name.removeprefix('SIG')}"]
+        except KeyError as exc:
+            raise ClientError(f"unknown signal {name!r}") from exc
+        own = os.readlink("/proc/self/ns/pid")
+        for pid in TaskCgroups(self._layout, self._scope, container.id).processes():
+            with contextlib.suppress(OSError):  # gone meanwhile
+                if os.readlink(f"/proc/{pid}/ns/pid") != own:
+                    os.kill(pid, number)
 
     def remove(self, container_id: str) -> None:
         """Remove the container, killing it first if it runs; a container already gone is fine."""
@@ -478,15 +620,22 @@ class OciEngine:
             container = self._dir(container_id)
         except ContainerGone:
             return
+        with self._lock:
+            unit = self._parked.pop(container_id, None)
+        if unit is not None:  # created, never started
+            unit.dismiss()
         if not container.path.exists():
             return
         if container.launched.exists() and not self._finished(container):
-            self._runtime.kill(container_id, "KILL")
+            self._signal_all(container, "KILL")
             if not self._wait_finished(container, KILL_WAIT_S):
                 raise InfrastructureError(f"remove container: {container_id[:12]} still running")
         self._runtime.delete(container_id)
         self._reap(container_id)
-        TaskCgroups(self._layout, self._scope, container_id).remove()
+        cgroups = TaskCgroups(self._layout, self._scope, container_id)
+        if self._places:  # what the runtime does not know of (its supervisor killed, say)
+            cgroups.kill_all(KILL_WAIT_S)
+        cgroups.remove()
         if os.path.ismount(container.rootfs):  # only if something mounted it on the host
             subprocess.run(["umount", "--lazy", str(container.rootfs)], check=False, capture_output=True)
         # Gone at once for every reader (one rename); its files are deleted off the task's path.
@@ -495,7 +644,7 @@ class OciEngine:
             os.rename(container.path, trashed)
         except OSError as exc:
             raise InfrastructureError(f"remove container: cannot remove {container.path}: {exc}") from exc
-        self._deleter.delete(trashed)
+        self._chores.delete(trashed)
 
     def _reap(self, container_id: str) -> None:
         with self._lock:
@@ -548,14 +697,52 @@ class OciEngine:
                     self._runtime.delete(container_id)
         for container_id in scope_container_ids(self._layout, self._scope) - known:
             with contextlib.suppress(InfrastructureError):
-                TaskCgroups(self._layout, self._scope, container_id).remove()
+                orphan = TaskCgroups(self._layout, self._scope, container_id)
+                if self._places:
+                    orphan.kill_all(KILL_WAIT_S)
+                orphan.remove()
         for name in known:
             container = ContainerDir(self._containers / name)
             if container.meta.exists() or container.launched.exists():
                 continue
-            with contextlib.suppress(FileNotFoundError):  # half-made, unless still being made
-                if time.time() - container.path.stat().st_mtime > HALF_MADE_AFTER_S:
-                    shutil.rmtree(container.path, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                # an earlier process's parked supervisor (no task for it now); or half-made,
+                # unless still being made
+                if container.parked.exists():
+                    if self._parked_here(container):
+                        continue
+                    self._end_parked(container)
+                elif time.time() - container.path.stat().st_mtime <= HALF_MADE_AFTER_S:
+                    continue
+                with contextlib.suppress(InfrastructureError):
+                    orphan = TaskCgroups(self._layout, self._scope, name)
+                    if self._places:
+                        orphan.kill_all(KILL_WAIT_S)
+                    orphan.remove()
+                shutil.rmtree(container.path, ignore_errors=True)
+
+    @staticmethod
+    def _parked_here(container: ContainerDir) -> bool:
+        """Whether the container's parked supervisor is this process's (its parent)."""
+        try:
+            pid = int(container.parked.read_text())
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except (OSError, ValueError):
+            return False
+        return int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid()
+
+    def _end_parked(self, container: ContainerDir) -> None:
+        """End an earlier process's parked supervisor (which ends by itself once it reads that
+        its runner is gone: this does not wait for it to notice)."""
+        try:
+            pid = int(container.parked.read_text())
+            if str(container.path).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                os.killpg(pid, signal.SIGKILL)
+        except (OSError, ValueError):
+            pass  # gone already
+        deadline = time.monotonic() + KILL_WAIT_S
+        while not _lock_is_free(container.lock) and time.monotonic() < deadline:
+            time.sleep(0.005)
 
 
 if TYPE_CHECKING:

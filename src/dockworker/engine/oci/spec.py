@@ -124,7 +124,7 @@ def oci_config(
     policy: SandboxPolicy,
     container_id: str,
     hostname_file: str,
-    cgroups_path: str,
+    cgroups_path: str | None,
     annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     if not spec.network_disabled:
@@ -159,7 +159,11 @@ def oci_config(
         "cpu": {"quota": round(spec.cpus * CPU_PERIOD_US), "period": CPU_PERIOD_US},
         "pids": {"limit": spec.pids},
     }
-    linux = {**policy.linux, "resources": resources, "cgroupsPath": cgroups_path}
+    # Without a cgroups path, dockworker places the container and writes these limits itself
+    # (cgroups.py), and the runtime leaves cgroups alone.
+    linux = {**policy.linux}
+    if cgroups_path is not None:
+        linux.update(resources=resources, cgroupsPath=cgroups_path)
     return {
         "ociVersion": OCI_VERSION,
         "process": process,

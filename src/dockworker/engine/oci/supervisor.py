@@ -2,24 +2,34 @@
 so that it outlives the runner (a runner killed with -9 and started again finds its tasks still
 running, their output and exit recorded).
 
-It runs in a private mount namespace, where it mounts the container's overlay root: the image's
-layers under a writable layer on a tmpfs (so neither the mounts nor the writable layer can leak
-onto the host: they go away with the container's namespaces), then runs the OCI
-runtime in the foreground, which creates, starts, waits for and deletes the container and exits
-with the container's status. The container's stdout and stderr are one pipe (with crun; runc
-copies each through a pipe of its own), read in order by ``dd``, which writes each read at once
-and keeps the first ``cap + 1`` bytes in the container's output file (the runner's log pump
-applies the cap and its marker, as for the Docker path), while ``cat`` reads and drops the rest:
-a flood neither blocks the task nor fills the disk.
+It is started before the task is known, *parked* (``parking.py``): it waits for the task's line
+from the runner, so that what costs time and needs no task (the processes, the mount namespace,
+placing the runtime-to-be in the container's cgroup) is done off the task's path.
 
-Descriptors handed over by the runner: standard input is the OOM eventfd (cgroups.py) or
-/dev/null; standard output is the container's lock, held (``flock``) by the supervisor and its
-children for as long as any of them lives, so "the lock is free" means "everything is
-recorded"; standard error is the supervisor's own log.
+It runs in a private mount namespace, where its runtime side mounts the container's overlay root:
+the image's layers under a writable layer on a tmpfs (so neither the mounts nor the writable
+layer can leak onto the host: they go away with the container's namespaces), then becomes the
+OCI runtime, which creates, starts, waits for and deletes the container and exits with the
+container's status. The container's stdout and stderr are one pipe (with crun; runc copies each
+through a pipe of its own), read in order by ``dd``, which writes each read at once and keeps the
+first ``cap + 1`` bytes in the container's output file (the runner's log pump applies the cap and
+its marker, as for the Docker path), while ``cat`` reads and drops the rest: a flood neither
+blocks the task nor fills the disk.
+
+Descriptors handed over by the runner: standard input is the OOM eventfd (cgroups.py; when the
+runtime makes the container's cgroup on cgroup v1) or /dev/null; standard output is the
+container's lock, held (``flock``) by the supervisor and its children for as long as any of them
+lives, so "the lock is free" means "everything is recorded"; standard error is the supervisor's
+own log; and three pipes, named by number in its arguments: where the runtime side reports its
+process id (which the runner places in the container's cgroup), where it reads the task's line
+(the image's layers, the size of the writable layer), and where the output side reads how many
+bytes to keep. A pipe closed before its line came (the runner went away, or dismissed it) ends
+the supervisor without starting anything.
 
 Files it writes in the container's directory: ``pid`` (by the runtime, once the container's
 process runs), ``output``, ``exit`` (the runtime's status), ``oom`` (the eventfd's count, read
-when the exit is not 0), ``runtime.log`` (the runtime's own messages)."""
+when the exit is not 0), ``setup`` (instead of ``exit``: why nothing was started, a status of
+``SETUP_FAILURES``), ``runtime.log`` (the runtime's own messages)."""
 
 from __future__ import annotations
 
@@ -30,29 +40,45 @@ from pathlib import Path
 
 from ...errors import EngineUnavailable
 
-# Exit statuses of the script itself, before the runtime runs.
+# Exit statuses of the script itself when it started nothing (also written to ``setup``).
 SETUP_FAILURES = {
     90: "cannot enter the image's layer directory",
     91: "cannot mount the container's root",
     92: "cannot hide the cgroup2 mount from the runtime",
+    93: "its supervisor was dismissed before the start",
 }
 
-# $1 container dir, $2 layer dir, $3 lowerdir (relative to $2, top layer first),
-# $4 container id, $5 bytes of output to keep, $6 runtime binary, $7 runtime root,
-# $8 "1" to hide the cgroup2 mount, $9 size of the root's writable layer (a tmpfs)
-SCRIPT = r"""exec 8<&0 9>&1 </dev/null >/dev/null
-mount -t tmpfs -o "mode=0755,size=$9" tmpfs "$1/scratch" || exit 91
-mkdir "$1/scratch/upper" "$1/scratch/work" || exit 91
-cd "$2" || exit 90
-layers="lowerdir=$3,upperdir=$1/scratch/upper,workdir=$1/scratch/work"
-mount -t overlay -o "$layers" overlay "$1/rootfs" || exit 91
-if [ "$8" = 1 ]; then umount /sys/fs/cgroup/unified || exit 92; fi
+# $1 report pipe (write), $2 task line pipe (read), $3 output line pipe (read), $4 container
+# dir, $5 layer dir, $6 container id, $7 runtime binary, $8 the runtime's global options (split
+# on spaces; may be empty), $9 runtime root, ${10} "1" to hide the cgroup2 mount.
+# The task's line: the lower layers (relative to $5, top first) and the writable layer's size.
+SCRIPT = r"""exec 4>&"$1" 3<&"$2" 5<&"$3" 8<&0 9>&1 </dev/null >/dev/null
+eval "exec $1>&- $2<&- $3<&-"
+set -o pipefail
 {
-  "$6" --root "$7" --log "$1/runtime.log" run --bundle "$1" --pid-file "$1/pid" "$4" 2>&1
-  rc=$?
-  [ "$rc" = 0 ] || od -An -tu8 -N8 <&8 >"$1/oom" 2>/dev/null
-  echo "$rc" >"$1/exit"
-} | { dd bs=64k count="$5" iflag=count_bytes status=none >>"$1/output"; exec cat >/dev/null; }
+  exec 5<&-
+  read -r me _ </proc/self/stat; echo "$me" >&4; exec 4>&-
+  setup() { echo "$1" >"$d/setup"; exit "$1"; }
+  d=$4
+  read -r lowerdir scratch <&3 || setup 93
+  exec 3<&-
+  mount -t tmpfs -o "mode=0755,size=$scratch" tmpfs "$d/scratch" || setup 91
+  mkdir "$d/scratch/upper" "$d/scratch/work" || setup 91
+  cd "$5" || setup 90
+  layers="lowerdir=$lowerdir,upperdir=$d/scratch/upper,workdir=$d/scratch/work"
+  mount -t overlay -o "$layers" overlay "$d/rootfs" || setup 91
+  if [ "${10}" = 1 ]; then umount /sys/fs/cgroup/unified || setup 92; fi
+  exec "$7" $8 --root "$9" --log "$d/runtime.log" run --bundle "$d" --pid-file "$d/pid" "$6" 2>&1
+} | {
+  exec 3<&- 4>&-
+  read -r keep <&5 || exit 0
+  exec 5<&-
+  dd bs=64k count="$keep" iflag=count_bytes status=none >>"$4/output"; exec cat >/dev/null
+}
+rc=$?
+if read -r failed <"$4/setup" 2>/dev/null; then exit "$failed"; fi
+[ "$rc" = 0 ] || od -An -tu8 -N8 <&8 >"$4/oom" 2>/dev/null
+echo "$rc" >"$4/exit"
 """
 NAME = "dockworker-supervisor"
 BUSYBOX = "/bin/busybox"
@@ -123,6 +149,16 @@ class ContainerDir:
     def oom(self) -> Path:
         return self.path / "oom"
 
+    @property
+    def setup(self) -> Path:
+        return self.path / "setup"
+
+    @property
+    def parked(self) -> Path:
+        """Written once a parked supervisor holds the container's lock (removed by the sweep
+        with the directory when that supervisor has gone without a task)."""
+        return self.path / "parked"
+
 
 @dataclass(frozen=True, kw_only=True)
 class Toolset:
@@ -163,14 +199,15 @@ def argv(
     *,
     tools: Toolset,
     container: ContainerDir,
+    pipes: tuple[int, int, int],
     layer_root: Path,
-    lowerdir: str,
-    keep_bytes: int,
-    scratch_bytes: int,
     runtime_binary: str,
+    runtime_options: tuple[str, ...],
     runtime_root: Path,
     hide_unified: bool,
 ) -> list[str]:
+    """``pipes``: the child's descriptors of the report pipe (write), the task line's and the
+    output line's (read)."""
     return [
         *tools.unshare,
         "--mount",
@@ -180,13 +217,12 @@ def argv(
         "-c",
         SCRIPT,
         NAME,
+        *(str(fd) for fd in pipes),
         str(container.path),
         str(layer_root),
-        lowerdir,
         container.id,
-        str(keep_bytes),
         runtime_binary,
+        " ".join(runtime_options),
         str(runtime_root),
         "1" if hide_unified else "0",
-        str(scratch_bytes),
     ]
