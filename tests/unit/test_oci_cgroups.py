@@ -116,3 +116,25 @@ def test_the_controllers_are_found_by_name_not_by_their_files() -> None:
     assert layout.v1_of("memory") == Path("/sys/fs/cgroup/memory")
     assert layout.v1_of("name=systemd") == Path("/sys/fs/cgroup/systemd")
     assert layout.v1_of("pids") is None and layout.v1_of("rw") is None
+
+
+def test_the_runtime_is_moved_out_only_while_it_is_in_the_containers_cgroup(tmp_path: Path) -> None:
+    pids, memory = tmp_path / "pids", tmp_path / "memory"
+    layout = CgroupLayout(
+        v1=(pids, memory),
+        memory_v1=memory,
+        unified=None,
+        v1_controllers=(("pids", pids), ("memory", memory)),
+    )
+    cgroups = TaskCgroups(layout, "scope", "e" * 64)
+    for hierarchy in (pids, memory):
+        (hierarchy / cgroups.relative).mkdir(parents=True)
+        (hierarchy / cgroups.relative.parent / "cgroup.procs").write_text("")
+    (pids / cgroups.relative / "cgroup.procs").write_text("41\n42\n")
+    cgroups.move_out(7)  # ended, its pid elsewhere now: left alone
+    assert [(h / cgroups.relative.parent / "cgroup.procs").read_text() for h in (pids, memory)] == ["", ""]
+    cgroups.move_out(42)
+    assert [(h / cgroups.relative.parent / "cgroup.procs").read_text() for h in (pids, memory)] == [
+        "42",
+        "42",
+    ]

@@ -160,6 +160,18 @@ def test_the_config_wraps_the_command_in_the_init_and_orders_mounts(tmp_path: Pa
     assert resources["cpu"] == {"quota": 50_000, "period": 100_000} and resources["pids"] == {"limit": 32}
     assert config["linux"]["cgroupsPath"] == "/x/task" and config["linux"]["maskedPaths"] == ["/proc/kcore"]
     assert config["annotations"] == {"dockworker.task": "t", "run.oci.seccomp_bpf_data": "AA=="}
+    # placed by dockworker (no cgroups path): the runtime is given no cgroup and no limits to
+    # write; dockworker writes them into the container's cgroup (cgroups.py)
+    placed = oci_config(
+        spec=spec,
+        image=image(tmp_path),
+        policy=POLICY,
+        container_id="f" * 64,
+        hostname_file="/c/hostname",
+        cgroups_path=None,
+    )
+    assert "cgroupsPath" not in placed["linux"] and "resources" not in placed["linux"]
+    assert placed["linux"]["maskedPaths"] == ["/proc/kcore"] and placed["process"] == config["process"]
 
 
 def test_a_container_with_a_network_is_refused(tmp_path: Path) -> None:

@@ -57,10 +57,22 @@ CPU_PERIOD_US = 100_000
 RUNTIME_DEVICE_RULES = ("c *:* m", "b *:* m", "c 1:7 rwm", "c 136:* rwm", "c 5:2 rwm")
 
 
+# The v1 controllers whose limits dockworker writes when it places a container itself.
+PLACED_CONTROLLERS = ("memory", "cpu", "pids", "devices")
+
+
 def places_containers(layout: CgroupLayout) -> bool:
-    """Whether dockworker can place containers in their cgroups itself (a cgroup v1 host; the
-    runtime must also be able to leave cgroups alone: crun)."""
-    return layout.memory_v1 is not None
+    """Whether dockworker can place containers in their cgroups itself: a cgroup v1 host with
+    every controller it writes a limit in (the runtime must also be able to leave cgroups
+    alone: crun). Otherwise the runtime makes them, with the spec's limits."""
+    return all(layout.v1_of(controller) is not None for controller in PLACED_CONTROLLERS)
+
+
+def _placed(layout: CgroupLayout, controller: str) -> Path:
+    hierarchy = layout.v1_of(controller)
+    if hierarchy is None:  # places_containers said otherwise
+        raise InfrastructureError(f"no cgroup v1 {controller} controller: cannot place containers")
+    return hierarchy
 
 
 def device_rule(rule: Mapping[str, Any]) -> tuple[str, str]:
@@ -163,8 +175,13 @@ class TaskCgroups:
             _write(hierarchy / self.relative / "cgroup.procs", str(pid))
 
     def move_out(self, pid: int) -> None:
-        """Move the process ``pid`` (the runtime, once the container runs) from the
-        container's cgroup to the scope's, in every v1 hierarchy; gone already is fine."""
+        """Move the runtime (``pid``, not in the container's pid namespace) from the
+        container's cgroup to the scope's, in every v1 hierarchy. Only while it is still in the
+        container's cgroup: once it has ended, nothing of the container runs any more (it ends
+        after the container's init, whose end ends every process in that pid namespace), so no
+        other process can have its pid there, and a pid of a process elsewhere is left alone."""
+        if pid not in self.processes():
+            return
         try:
             for hierarchy in self._layout.v1:
                 _write(hierarchy / self.relative.parent / "cgroup.procs", str(pid))
@@ -179,19 +196,16 @@ class TaskCgroups:
         layout = self._layout
         self.limit_parent(memory_bytes)
         try:
-            cpu = layout.v1_of("cpu")
-            if cpu is not None and cpus > 0:
+            cpu, pids_hierarchy, devices = (_placed(layout, c) for c in ("cpu", "pids", "devices"))
+            if cpus > 0:
                 _write(cpu / self.relative / "cpu.cfs_period_us", str(CPU_PERIOD_US))
                 _write(cpu / self.relative / "cpu.cfs_quota_us", str(round(cpus * CPU_PERIOD_US)))
-            pids_hierarchy = layout.v1_of("pids")
-            if pids_hierarchy is not None and pids > 0:
+            if pids > 0:
                 _write(pids_hierarchy / self.relative / "pids.max", str(pids))
-            devices = layout.v1_of("devices")
-            if devices is not None:
-                rules = [*map(device_rule, device_rules)]
-                rules += [("devices.allow", rule) for rule in RUNTIME_DEVICE_RULES]
-                for target, line in rules:
-                    _write(devices / self.relative / target, line)
+            rules = [*map(device_rule, device_rules)]
+            rules += [("devices.allow", rule) for rule in RUNTIME_DEVICE_RULES]
+            for target, line in rules:
+                _write(devices / self.relative / target, line)
         except OSError as exc:
             raise InfrastructureError(f"cannot set the container's limits: {exc}") from exc
 
@@ -219,19 +233,22 @@ class TaskCgroups:
 
     def oom_kills_v1(self) -> int:
         """The OOM kills counted in the container's own cgroup (placed mode; 0 when unknown)."""
-        try:
-            text = (self._memory_parent() / "memory.oom_control").read_text()
-        except (OSError, InfrastructureError):
-            return 0
-        return _flat_key(text, "oom_kill")
+        return self._oom_kill_count("memory.oom_control")
 
     def oom_kills_v2(self) -> int:
         """The OOM kills in the parent's subtree (cgroup v2 only; 0 when unknown)."""
+        return self._oom_kill_count("memory.events")
+
+    def _oom_kill_count(self, name: str) -> int:
         try:
-            text = (self._memory_parent() / "memory.events").read_text()
+            text = (self._memory_parent() / name).read_text()
         except (OSError, InfrastructureError):
             return 0
-        return _flat_key(text, "oom_kill")
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+        return 0
 
     def usage(self) -> ResourceUsage:
         """What the container used over its life; read once it has exited, before :meth:`remove`."""
@@ -258,14 +275,6 @@ class TaskCgroups:
         for hierarchy in layout.hierarchies():
             with contextlib.suppress(OSError):
                 os.rmdir(hierarchy / SCOPE_DIR / scope)
-
-
-def _flat_key(text: str, wanted: str) -> int:
-    for line in text.splitlines():
-        key, _, value = line.partition(" ")
-        if key == wanted:
-            return int(value)
-    return 0
 
 
 def _oom_eventfd(parent: Path) -> int:

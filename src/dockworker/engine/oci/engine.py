@@ -117,7 +117,12 @@ def _pipe(*, child_end: int) -> tuple[int, int]:
     """A pipe whose end for a supervisor (0: read, 1: write) is numbered 10 or more: the script
     moves its pipes to 3, 4 and 5 and closes the originals, which must not be any of those."""
     ends = list(os.pipe())
-    moved = fcntl.fcntl(ends[child_end], fcntl.F_DUPFD_CLOEXEC, 10)
+    try:
+        moved = fcntl.fcntl(ends[child_end], fcntl.F_DUPFD_CLOEXEC, 10)
+    except OSError:
+        for fd in ends:
+            os.close(fd)
+        raise
     os.close(ends[child_end])
     ends[child_end] = moved
     return ends[0], ends[1]
@@ -167,6 +172,7 @@ class OciEngine:
         self._parking: Parking[ParkedSupervisor] = Parking(self._park, self._discard)
         # created containers whose supervisor waits for their start
         self._parked: dict[str, ParkedSupervisor] = {}
+        self._closed = False
         self._lock = threading.Lock()
         self._supervisors: dict[str, subprocess.Popen[bytes]] = {}
         # Notified when a supervisor is registered: an output reader attached before the start
@@ -188,6 +194,7 @@ class OciEngine:
     def close(self) -> None:
         self._parking.close()
         with self._lock:
+            self._closed = True
             waiting, self._parked = list(self._parked.values()), {}
         for unit in waiting:  # created, never started: their containers stay until removed
             unit.dismiss()
@@ -270,6 +277,7 @@ class OciEngine:
                 "cpus": spec.cpus,
                 "pids": spec.pids,
                 "placed": self._places,
+                "device_rules": policy.device_rules,
                 "keep_bytes": spec.log_max_bytes + 1,
                 # a read-only root's writable layer only holds the mount points
                 "scratch_bytes": SCRATCH_READ_ONLY if spec.read_only_root else spec.memory_bytes,
@@ -283,7 +291,12 @@ class OciEngine:
                 raise InfrastructureError(f"create container: {exc}") from exc
             raise
         with self._lock:
-            self._parked[container_id] = unit
+            closed = self._closed
+            if not closed:
+                self._parked[container_id] = unit
+        if closed:
+            unit.dismiss()
+            raise InfrastructureError("create container: the OCI engine is closed")
         return container_id
 
     def _park(self) -> ParkedSupervisor:
@@ -308,10 +321,13 @@ class OciEngine:
             if oom_events is not None:
                 ours.append(oom_events)
             report, report_end = _pipe(child_end=1)
+            ours += [report, report_end]
             task_end, task_line = _pipe(child_end=0)
+            ours.append(task_end)
+            kept.append(task_line)
             output_end, output_line = _pipe(child_end=0)
-            ours += [report, report_end, task_end, output_end]
-            kept += [task_line, output_line]
+            ours.append(output_end)
+            kept.append(output_line)
             lock = os.open(container.lock, os.O_RDWR | os.O_CLOEXEC)
             ours.append(lock)
             log_flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
@@ -351,6 +367,8 @@ class OciEngine:
             for fd in unit_fds:
                 os.close(fd)
             with contextlib.suppress(InfrastructureError):
+                if self._places:  # its runtime side, once placed, is not in its session's wait
+                    cgroups.kill_all(KILL_WAIT_S)
                 cgroups.remove()
             shutil.rmtree(container.path, ignore_errors=True)
             if isinstance(exc, OSError):
@@ -409,22 +427,22 @@ class OciEngine:
                     memory_bytes=int(meta["memory_bytes"]),
                     cpus=float(meta["cpus"]),
                     pids=int(meta["pids"]),
-                    device_rules=self._policy.get().device_rules,
+                    device_rules=list(meta["device_rules"]),
                 )
             else:
                 cgroups.limit_parent(int(meta["memory_bytes"]))
-        except InfrastructureError:
-            unit.dismiss()
+            lowerdir, scratch = str(meta["lowerdir"]), int(meta["scratch_bytes"])
+            keep = int(meta["keep_bytes"])
+            container.launched.write_text(f"{unit.process.pid}\n")
+        except BaseException as exc:
+            unit.dismiss()  # nothing started: the container stays, created, until removed
+            if isinstance(exc, (OSError, KeyError, TypeError, ValueError)):
+                raise InfrastructureError(f"start container: {exc!r}") from exc
             raise
         with self._lock:
             self._supervisors[container_id] = unit.process
             self._supervisor_started.notify_all()
-        container.launched.write_text(f"{unit.process.pid}\n")
-        unit.launch(
-            lowerdir=str(meta["lowerdir"]),
-            scratch_bytes=int(meta["scratch_bytes"]),
-            keep_bytes=int(meta["keep_bytes"]),
-        )
+        unit.launch(lowerdir=lowerdir, scratch_bytes=scratch, keep_bytes=keep)
         self._wait_started(container, unit.process)
         if placed:
             # crun itself is no part of the container: out of its cgroup (and its pids limit)
@@ -435,7 +453,7 @@ class OciEngine:
             return
         if process.poll() is not None:
             raise self._start_failure(container, process.returncode)
-        self._runtime.kill(container.id)
+        self._signal_all(container, "KILL")
         raise InfrastructureError(f"start container: not running after {START_TIMEOUT_S:.0f} s")
 
     def _start_failure(self, container: ContainerDir, status: int) -> InfrastructureError | TaskSetupError:

@@ -76,7 +76,7 @@ set -o pipefail
   dd bs=64k count="$keep" iflag=count_bytes status=none >>"$4/output"; exec cat >/dev/null
 }
 rc=$?
-if read -r failed <"$4/setup" 2>/dev/null; then exit "$failed"; fi
+if [ -f "$4/setup" ]; then read -r failed <"$4/setup"; exit "$failed"; fi
 [ "$rc" = 0 ] || od -An -tu8 -N8 <&8 >"$4/oom" 2>/dev/null
 echo "$rc" >"$4/exit"
 """
@@ -165,7 +165,9 @@ class Toolset:
     """How the supervisor is started: a mount namespace of its own, and a shell. The host's
     static busybox, when there is one, does both, and runs mount, mkdir, dd, cat and od as
     built-in applets (no exec each): it halves what the supervisor costs before the runtime
-    starts. Otherwise util-linux's unshare and /bin/sh with the host's commands."""
+    starts. Otherwise util-linux's unshare and bash with the host's commands (the script
+    names descriptors above 9 and sets pipefail, which a POSIX-only /bin/sh such as dash does
+    not take)."""
 
     unshare: tuple[str, ...]
     shell: tuple[str, ...]
@@ -174,15 +176,15 @@ class Toolset:
     def find(cls, busybox: str = BUSYBOX) -> Toolset:
         if _busybox_has(busybox, BUSYBOX_APPLETS):
             return cls(unshare=(busybox, "unshare"), shell=(busybox, "sh"))
-        unshare = shutil.which("unshare")
-        missing = [
-            c for c in ("unshare", "mount", "umount", "mkdir", "dd", "cat", "od") if not shutil.which(c)
-        ]
-        if unshare is None or missing:
+        unshare, bash = shutil.which("unshare"), shutil.which("bash")
+        needed = ("unshare", "bash", "mount", "umount", "mkdir", "dd", "cat", "od")
+        missing = [command for command in needed if not shutil.which(command)]
+        if unshare is None or bash is None or missing:
             raise EngineUnavailable(
-                f"the OCI backend's supervisor needs {', '.join(missing)} (util-linux, coreutils)"
+                f"the OCI backend's supervisor needs {', '.join(missing)} (util-linux, coreutils, bash;"
+                " or a static busybox at /bin/busybox)"
             )
-        return cls(unshare=(unshare,), shell=("/bin/sh",))
+        return cls(unshare=(unshare,), shell=(bash,))
 
 
 def _busybox_has(busybox: str, applets: frozenset[str]) -> bool:
