@@ -100,8 +100,9 @@ def check_executions(
         for task_id, (_, n, _) in tasks.items()
         if n != len(starts.get(task_id, []))
     }
+    witness = "the OCI runtime was asked to run" if rig.runtime == "oci" else "seen on the engine"
     report.add(
-        f"container starts seen on the engine: {executions}; attempts recorded: {attempts}; "
+        f"container starts {witness}: {executions}; attempts recorded: {attempts}; "
         f"tasks whose starts != attempts: {len(mismatched)}"
     )
     for task_id, (n, seen) in sorted(mismatched.items())[:20]:

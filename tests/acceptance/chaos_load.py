@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .engine_watch import installation_containers
+from .oci_witness import oci_containers
 from .rig import Report, Rig, elapsed
 from .support import Api
 
@@ -174,7 +175,10 @@ def wait_settled(rig: Rig, deadline: float, report: Report) -> bool:
 def wait_no_containers(rig: Rig, timeout: float) -> tuple[list[dict[str, Any]], float]:
     started = time.monotonic()
     while True:
-        left = installation_containers(rig.installation_id)
+        if rig.runtime == "oci":
+            left = oci_containers(rig.runner_data_dirs())
+        else:
+            left = installation_containers(rig.installation_id)
         if not left or time.monotonic() - started > timeout:
             return left, time.monotonic() - started
         time.sleep(1)

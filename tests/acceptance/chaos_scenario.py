@@ -22,6 +22,7 @@ from .chaos_load import (
     wait_no_containers,
     wait_settled,
 )
+from .oci_witness import oci_leftovers
 from .rig import Rig, elapsed
 from .support import Api
 
@@ -121,7 +122,8 @@ def _verdict(rig: Rig, load: Load, clients: list[Api]) -> None:
     report = rig.report
     assert rig.events is not None
     left, waited = wait_no_containers(rig, REAP_S)
-    report.add(f"containers of the installation left: {len(left)} (waited {waited:.0f} s for the reaper)")
+    where = "in the runners' OCI directories" if rig.runtime == "oci" else "of the installation"
+    report.add(f"containers {where} left: {len(left)} (waited {waited:.0f} s for the reaper)")
     if left:
         report.fail(
             "containers left on the engine: "
@@ -148,5 +150,10 @@ def _verdict(rig: Rig, load: Load, clients: list[Api]) -> None:
     )
     codes = rig.stop_services()
     report.add("exit codes after SIGTERM: " + ", ".join(f"{name} {code}" for name, code in codes.items()))
+    if rig.runtime == "oci":  # stopped: nothing of the OCI backends may remain
+        remains = oci_leftovers(rig.runner_data_dirs())
+        report.add(f"left by the OCI backends once stopped: {len(remains)} {remains[:10]}")
+        if remains:
+            report.fail(f"the OCI backends left: {remains}")
     if any(code != 0 for code in codes.values()):
         report.fail(f"a process did not exit 0 after SIGTERM (None: killed after the grace period): {codes}")

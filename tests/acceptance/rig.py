@@ -28,6 +28,7 @@ from tests.pgdb import Databases, libpq_url
 
 from .engine_watch import StartEvents, remove_installation_containers
 from .netns import RunnerHost
+from .oci_witness import RuntimeStarts, install_wrapper
 from .procs import Proc, ProcFailed, said, server_ready
 from .support import LOOPBACK, Api, clean_env, dockworker_command, free_port
 
@@ -90,6 +91,7 @@ class Rig:
         remote: RunnerHost | None = None,
         timing: Timing | None = None,
         slots: int = 2,
+        runtime: str = "docker",
     ) -> None:
         self.root = root
         self.report = report
@@ -109,12 +111,15 @@ class Rig:
         self.cluster_id = ""
         self.cluster_token = ""
         self.url = ""
-        self.events: StartEvents | None = None
+        # the runners' --runtime; on "oci" the OCI runtime is the witness (oci_witness.py)
+        self.runtime = runtime
+        self.events: StartEvents | RuntimeStarts | None = None
         self.servers: list[Proc] = []
         self.runners: list[Proc] = []
         self.apis: list[Api] = []
         self.chaos_log: list[str] = []
         self._closed = False
+        self._wrapper_dir = Path()
 
     def open(self) -> None:
         """A fresh database with a project, and the installation id its runners will use."""
@@ -126,7 +131,12 @@ class Rig:
         self.admin_token = self.store.create_token(None, "rig admin")[0]  # GET /2/runners
         self.installation_id = self.store.installation_id()
         self.db = psycopg.connect(libpq_url(self.url), autocommit=True, connect_timeout=5)
-        self.events = StartEvents(self.root, self.installation_id)
+        if self.runtime == "oci":
+            journal = self.root / "runtime-starts.txt"
+            self._wrapper_dir = install_wrapper(self.root / "runtime-witness", journal)
+            self.events = RuntimeStarts(journal)
+        else:
+            self.events = StartEvents(self.root, self.installation_id)
 
     def note(self, line: str) -> None:
         self.chaos_log.append(f"{elapsed(self.t0)} (epoch {time.time():.3f})  {line}")
@@ -216,12 +226,18 @@ class Rig:
                 argv += ["--api", url]
             argv += ["--cluster-id", cluster_id, "--cluster-token", token, "--runner-id", name]
             marker = f"runner of cluster {cluster_id} started"
-        argv = [*argv, "--data-dir", data_dir, "--slots", str(self.slots)]
+        argv = [*argv, "--data-dir", data_dir, "--slots", str(self.slots), "--runtime", self.runtime]
         if self.remote is not None:
             argv = self.remote.command(argv)
-        proc = Proc(name, argv, self.root / f"{name}.log", said(marker), self.timing.env())
+        env = self.timing.env()
+        if self.runtime == "oci":
+            env["PATH"] = f"{self._wrapper_dir}:{env.get('PATH', '')}"
+        proc = Proc(name, argv, self.root / f"{name}.log", said(marker), env)
         self.runners.append(proc)
         return proc
+
+    def runner_data_dirs(self) -> list[Path]:
+        return [self.data_dir(proc.name) for proc in self.runners]
 
     def start_runners(self, count: int) -> None:
         for index in range(count):

@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from dockworker.engine import Bind, ContainerSpec, DockerEngine
+from dockworker.engine.cgroupfs import CgroupLayout
 from dockworker.engine.oci import OciEngine
+from dockworker.engine.oci.cgroups import TaskCgroups
 from dockworker.errors import InfrastructureError
 from dockworker.models import CodeSpec
 from dockworker.names import INSTALLATION_LABEL, RUNNER_LABEL, TASK_LABEL
@@ -181,3 +183,31 @@ def test_a_runner_re_adopts_a_task_whose_container_a_killed_process_started(
     assert done.attempts == 1 and done.infra_attempts == 0
     assert store.read_log(task.id) == b"early\nlate\n"
     assert "readopted" in [e.kind for e in store.list_events(task.id)]
+
+
+def test_a_park_cut_short_by_a_killed_process_is_swept(
+    oci_root: Path, runtime: str, engine: DockerEngine
+) -> None:
+    """A runner killed while it parked a supervisor (the directory made, maybe its cgroup,
+    no container): the next process's engine removes it; its own spares it leaves alone."""
+    OciEngine(oci_root, engine, runtime=runtime).close()  # the root's layout, as a runner makes it
+    cut_short = oci_root / "containers" / ("a" * 64)
+    cut_short.mkdir()
+    (cut_short / "parked").write_text("1 1\n")  # another process (pid 1 started at tick 1)
+    (cut_short / "lock").touch()
+    cgroups = TaskCgroups(CgroupLayout.detect(), OciEngine.scope_of(oci_root), "a" * 64)
+    cgroups.prepare()
+    oci = OciEngine(oci_root, engine, runtime=runtime)
+    try:
+        assert not cut_short.exists()
+        container_id = oci.create(
+            ContainerSpec(image=BUSYBOX_IMAGE, command=["true"], labels={TASK_LABEL: "t-swept"})
+        )
+        oci.sweep()  # this process's spares and its created container stay
+        assert (oci_root / "containers" / container_id / "meta.json").exists()
+        spares = [p for p in (oci_root / "containers").iterdir() if p.name != container_id]
+        assert spares and all((p / "parked").exists() for p in spares)
+        oci.remove(container_id)
+    finally:
+        oci.close()
+    assert oci_fixtures.leftovers(oci_root) == []

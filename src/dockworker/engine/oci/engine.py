@@ -173,6 +173,7 @@ class OciEngine:
         # created containers whose supervisor waits for their start
         self._parked: dict[str, ParkedSupervisor] = {}
         self._closed = False
+        self._identity = _process_identity(os.getpid())
         self._lock = threading.Lock()
         self._supervisors: dict[str, subprocess.Popen[bytes]] = {}
         # Notified when a supervisor is registered: an output reader attached before the start
@@ -308,6 +309,9 @@ class OciEngine:
         kept: list[int] = []  # the pipes' ends kept by a parked supervisor
         try:
             container.path.mkdir(mode=0o700)
+            # who parks here: a sweep leaves this process's alone, and removes the others' once
+            # their lock is free (parking.py)
+            container.parked.write_text(f"{self._identity}\n")
             for directory in (container.rootfs, container.scratch):
                 directory.mkdir()
                 directory.chmod(0o755)
@@ -357,7 +361,8 @@ class OciEngine:
             runtime_pid = read_report(report, process)
             if self._places:
                 cgroups.place(runtime_pid)  # the wait for a grace period: here, not in a start
-            container.parked.write_text(f"{process.pid}\n")
+            with container.parked.open("a") as marker:  # its supervisor, for a sweep to end it
+                marker.write(f"{process.pid}\n")
         except BaseException as exc:
             unit_fds, kept = kept, []
             if process is not None:
@@ -727,9 +732,8 @@ class OciEngine:
                 # an earlier process's parked supervisor (no task for it now); or half-made,
                 # unless still being made
                 if container.parked.exists():
-                    if self._parked_here(container):
+                    if self._parked_here(container) or not self._end_parked(container):
                         continue
-                    self._end_parked(container)
                 elif time.time() - container.path.stat().st_mtime <= HALF_MADE_AFTER_S:
                     continue
                 with contextlib.suppress(InfrastructureError):
@@ -739,28 +743,37 @@ class OciEngine:
                     orphan.remove()
                 shutil.rmtree(container.path, ignore_errors=True)
 
-    @staticmethod
-    def _parked_here(container: ContainerDir) -> bool:
-        """Whether the container's parked supervisor is this process's (its parent)."""
+    def _parked_here(self, container: ContainerDir) -> bool:
+        """Whether this process parked (or is parking) that supervisor."""
         try:
-            pid = int(container.parked.read_text())
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except (OSError, ValueError):
+            return container.parked.read_text().splitlines()[0] == self._identity
+        except (OSError, IndexError):
             return False
-        return int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid()
 
-    def _end_parked(self, container: ContainerDir) -> None:
+    @staticmethod
+    def _end_parked(container: ContainerDir) -> bool:
         """End an earlier process's parked supervisor (which ends by itself once it reads that
-        its runner is gone: this does not wait for it to notice)."""
+        its runner is gone: this does not wait for it to notice); whether it has ended."""
         try:
-            pid = int(container.parked.read_text())
-            if str(container.path).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+            lines = container.parked.read_text().splitlines()
+            pid = int(lines[1]) if len(lines) > 1 else None
+            if pid is not None and str(container.path).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                 os.killpg(pid, signal.SIGKILL)
         except (OSError, ValueError):
             pass  # gone already
         deadline = time.monotonic() + KILL_WAIT_S
-        while not _lock_is_free(container.lock) and time.monotonic() < deadline:
+        while not _lock_is_free(container.lock):
+            if time.monotonic() > deadline:
+                return False
             time.sleep(0.005)
+        return True
+
+
+def _process_identity(pid: int) -> str:
+    """A process's id and start time: unique for as long as the host runs (a pid alone is
+    used again, and a runner in a container may be pid 1 at every start)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return f"{pid} {stat.rsplit(')', 1)[1].split()[19]}"
 
 
 if TYPE_CHECKING:

@@ -155,8 +155,9 @@ class ContainerDir:
 
     @property
     def parked(self) -> Path:
-        """Written once a parked supervisor holds the container's lock (removed by the sweep
-        with the directory when that supervisor has gone without a task)."""
+        """Written when the directory is made for a parked supervisor: the parking process
+        (its pid and start time), then the supervisor's pid. A sweep removes the directory of
+        another process's once its lock is free and it holds no container."""
         return self.path / "parked"
 
 
