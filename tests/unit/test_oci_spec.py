@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -136,15 +137,19 @@ def test_the_config_wraps_the_command_in_the_init_and_orders_mounts(tmp_path: Pa
         cpus=0.5,
         pids=32,
     )
-    config = oci_config(
-        spec=spec,
-        image=image(tmp_path),
-        policy=POLICY,
-        container_id="f" * 64,
-        hostname_file="/c/hostname",
-        cgroups_path="/x/task",
-        annotations={"run.oci.seccomp_bpf_data": "AA=="},
-    )
+
+    def config_for(cgroups_path: str | None) -> dict[str, Any]:
+        return oci_config(
+            spec=spec,
+            image=image(tmp_path),
+            policy=POLICY,
+            container_id="f" * 64,
+            hostname_file="/c/hostname",
+            cgroups_path=cgroups_path,
+            annotations={"run.oci.seccomp_bpf_data": "AA=="},
+        )
+
+    config = config_for("/x/task")
     assert config["process"]["args"] == ["/sbin/docker-init", "--", "sh", "run.sh"]
     assert config["process"]["noNewPrivileges"] is True and config["process"]["capabilities"] == {}
     assert config["hostname"] == "f" * 12 and config["root"] == {"path": "rootfs", "readonly": True}
@@ -162,14 +167,7 @@ def test_the_config_wraps_the_command_in_the_init_and_orders_mounts(tmp_path: Pa
     assert config["annotations"] == {"dockworker.task": "t", "run.oci.seccomp_bpf_data": "AA=="}
     # placed by dockworker (no cgroups path): the runtime is given no cgroup and no limits to
     # write; dockworker writes them into the container's cgroup (cgroups.py)
-    placed = oci_config(
-        spec=spec,
-        image=image(tmp_path),
-        policy=POLICY,
-        container_id="f" * 64,
-        hostname_file="/c/hostname",
-        cgroups_path=None,
-    )
+    placed = config_for(None)
     assert "cgroupsPath" not in placed["linux"] and "resources" not in placed["linux"]
     assert placed["linux"]["maskedPaths"] == ["/proc/kcore"] and placed["process"] == config["process"]
 

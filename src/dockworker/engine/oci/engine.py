@@ -371,11 +371,7 @@ class OciEngine:
                 process.wait()
             for fd in unit_fds:
                 os.close(fd)
-            with contextlib.suppress(InfrastructureError):
-                if self._places:  # its runtime side, once placed, is not in its session's wait
-                    cgroups.kill_all(KILL_WAIT_S)
-                cgroups.remove()
-            shutil.rmtree(container.path, ignore_errors=True)
+            self._drop_unused(container)
             if isinstance(exc, OSError):
                 raise InfrastructureError(f"park a supervisor: {exc}") from exc
             raise
@@ -393,9 +389,22 @@ class OciEngine:
     def _discard(self, unit: ParkedSupervisor) -> None:
         """Dismiss a parked supervisor that has no container, and remove what it held."""
         unit.dismiss()
+        self._drop_unused(unit.container)
+
+    def _drop_unused(self, container: ContainerDir) -> None:
+        """Remove a directory that holds no container (a parked supervisor's, dismissed or
+        gone), and its cgroups."""
         with contextlib.suppress(InfrastructureError):
-            TaskCgroups(self._layout, self._scope, unit.container.id).remove()
-        shutil.rmtree(unit.container.path, ignore_errors=True)
+            self._remove_cgroups(container.id)
+        shutil.rmtree(container.path, ignore_errors=True)
+
+    def _remove_cgroups(self, container_id: str) -> None:
+        """Remove the container's cgroups; where dockworker placed it, first kill what still
+        runs in them (the runtime, its cgroup manager disabled, knows nothing of them)."""
+        cgroups = TaskCgroups(self._layout, self._scope, container_id)
+        if self._places:
+            cgroups.kill_all(KILL_WAIT_S)
+        cgroups.remove()
 
     def _runtime_annotations(self, policy: SandboxPolicy) -> dict[str, str]:
         """For crun: the seccomp profile compiled once (see seccomp.py) instead of per start."""
@@ -655,10 +664,7 @@ class OciEngine:
                 raise InfrastructureError(f"remove container: {container_id[:12]} still running")
         self._runtime.delete(container_id)
         self._reap(container_id)
-        cgroups = TaskCgroups(self._layout, self._scope, container_id)
-        if self._places:  # what the runtime does not know of (its supervisor killed, say)
-            cgroups.kill_all(KILL_WAIT_S)
-        cgroups.remove()
+        self._remove_cgroups(container_id)
         if os.path.ismount(container.rootfs):  # only if something mounted it on the host
             subprocess.run(["umount", "--lazy", str(container.rootfs)], check=False, capture_output=True)
         # Gone at once for every reader (one rename); its files are deleted off the task's path.
@@ -720,10 +726,7 @@ class OciEngine:
                     self._runtime.delete(container_id)
         for container_id in scope_container_ids(self._layout, self._scope) - known:
             with contextlib.suppress(InfrastructureError):
-                orphan = TaskCgroups(self._layout, self._scope, container_id)
-                if self._places:
-                    orphan.kill_all(KILL_WAIT_S)
-                orphan.remove()
+                self._remove_cgroups(container_id)
         for name in known:
             container = ContainerDir(self._containers / name)
             if container.meta.exists() or container.launched.exists():
@@ -736,12 +739,7 @@ class OciEngine:
                         continue
                 elif time.time() - container.path.stat().st_mtime <= HALF_MADE_AFTER_S:
                     continue
-                with contextlib.suppress(InfrastructureError):
-                    orphan = TaskCgroups(self._layout, self._scope, name)
-                    if self._places:
-                        orphan.kill_all(KILL_WAIT_S)
-                    orphan.remove()
-                shutil.rmtree(container.path, ignore_errors=True)
+                self._drop_unused(container)
 
     def _parked_here(self, container: ContainerDir) -> bool:
         """Whether this process parked (or is parking) that supervisor."""
