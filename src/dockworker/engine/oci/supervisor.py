@@ -11,7 +11,9 @@ the image's layers under a writable layer on a tmpfs (so neither the mounts nor 
 layer can leak onto the host: they go away with the container's namespaces), then becomes the
 OCI runtime, which creates, starts, waits for and deletes the container and exits with the
 container's status. The container's stdout and stderr are one pipe (with crun; runc copies each
-through a pipe of its own), read in order by ``dd``, which writes each read at once and keeps the
+through a pipe of its own), read in order by ``dd`` (busybox's; coreutils' ``head -c`` where
+there is no static busybox: GNU dd with a byte count stops after a short read), which writes
+each read at once and keeps the
 first ``cap + 1`` bytes in the container's output file (the runner's log pump applies the cap and
 its marker, as for the Docker path), while ``cat`` reads and drops the rest: a flood neither
 blocks the task nor fills the disk.
@@ -50,7 +52,8 @@ SETUP_FAILURES = {
 
 # $1 report pipe (write), $2 task line pipe (read), $3 output line pipe (read), $4 container
 # dir, $5 layer dir, $6 container id, $7 runtime binary, $8 the runtime's global options (split
-# on spaces; may be empty), $9 runtime root, ${10} "1" to hide the cgroup2 mount.
+# on spaces; may be empty), $9 runtime root, ${10} "1" to hide the cgroup2 mount, ${11} "head" to
+# keep the output's first bytes with head -c (else dd).
 # The task's line: the lower layers (relative to $5, top first) and the writable layer's size.
 SCRIPT = r"""exec 4>&"$1" 3<&"$2" 5<&"$3" 8<&0 9>&1 </dev/null >/dev/null
 eval "exec $1>&- $2<&- $3<&-"
@@ -73,7 +76,9 @@ set -o pipefail
   exec 3<&- 4>&-
   read -r keep <&5 || exit 0
   exec 5<&-
-  dd bs=64k count="$keep" iflag=count_bytes status=none >>"$4/output"; exec cat >/dev/null
+  if [ "${11}" = head ]; then head -c "$keep"
+  else dd bs=64k count="$keep" iflag=count_bytes status=none; fi >>"$4/output"
+  exec cat >/dev/null
 }
 rc=$?
 if [ -f "$4/setup" ]; then read -r failed <"$4/setup"; exit "$failed"; fi
@@ -172,20 +177,23 @@ class Toolset:
 
     unshare: tuple[str, ...]
     shell: tuple[str, ...]
+    # what keeps the first bytes of the output and writes each read at once: busybox's dd
+    # counts bytes across short reads; coreutils' dd stops after one short read, its head does not
+    keep_first: str = "dd"
 
     @classmethod
     def find(cls, busybox: str = BUSYBOX) -> Toolset:
         if _busybox_has(busybox, BUSYBOX_APPLETS):
-            return cls(unshare=(busybox, "unshare"), shell=(busybox, "sh"))
+            return cls(unshare=(busybox, "unshare"), shell=(busybox, "sh"), keep_first="dd")
         unshare, bash = shutil.which("unshare"), shutil.which("bash")
-        needed = ("unshare", "bash", "mount", "umount", "mkdir", "dd", "cat", "od")
+        needed = ("unshare", "bash", "mount", "umount", "mkdir", "head", "cat", "od")
         missing = [command for command in needed if not shutil.which(command)]
         if unshare is None or bash is None or missing:
             raise EngineUnavailable(
                 f"the OCI backend's supervisor needs {', '.join(missing)} (util-linux, coreutils, bash;"
                 " or a static busybox at /bin/busybox)"
             )
-        return cls(unshare=(unshare,), shell=(bash,))
+        return cls(unshare=(unshare,), shell=(bash,), keep_first="head")
 
 
 def _busybox_has(busybox: str, applets: frozenset[str]) -> bool:
@@ -228,4 +236,5 @@ def argv(
         " ".join(runtime_options),
         str(runtime_root),
         "1" if hide_unified else "0",
+        tools.keep_first,
     ]
